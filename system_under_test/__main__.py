@@ -1,0 +1,43 @@
+"""``python -m system_under_test COMMAND ...``: the recommender's own command line.
+
+Each command lives in its module and is imported only when chosen, so ``up`` and ``down`` never
+pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("system_under_test.train", "main_train", "train the models and cache the artifacts"),
+    "up": ("system_under_test.launcher", "main_up", "start the whole cluster and write a manifest"),
+    "down": ("system_under_test.launcher", "main_down", "stop every process of a manifest"),
+    "serve-shard": ("system_under_test.shard_server", "main", "run one shard copy (internal)"),
+    "serve-region": ("system_under_test.region_server", "main", "run the degraded region (internal)"),
+    "serve-gateway": ("system_under_test.gateway", "main", "run the HTTP gateway (internal)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m system_under_test COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"unknown command {name!r}; allowed: {', '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name, _ = COMMANDS[name]
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""``up`` and ``down``: start every process of the recommender, wait until it serves, stop it all.
+
+``up`` trains (or reuses) the artifacts, starts 2 x S shard copies, the degraded region and the
+gateway as separate processes in sessions of their own (so they outlive ``up`` and a terminal's
+Ctrl-C), waits until each answers (bounded; on a timeout it shows the failing component's last log
+lines and stops everything it started), then writes the manifest. ``down`` stops the processes a
+manifest names, checking first that each PID is still the process that was started.
+
+The manifest is a public interface read by other tools; its keys stay stable::
+
+    {"gateway_url": "http://127.0.0.1:PORT",
+     "components": [{"name": "shard-0-primary", "role": "primary", "shard": 0,
+                     "pid": 1234, "address": "127.0.0.1:PORT", "log": PATH, "command": [...]}, ...],
+     ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MANIFEST = Path(".sut/manifest.json")
+MANIFEST_VERSION = 1
+
+
+class LaunchError(Exception):
+    """A component did not start or did not become ready."""
+
+
+@dataclass
+class Component:
+    name: str
+    role: str
+    shard: int | None
+    address: str
+    command: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    pid: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "shard": self.shard,
+            "pid": self.pid,
+            "address": self.address,
+            "log": str(self.log),
+            "command": self.command,
+        }
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"(no log at {path}: {exc})"
+    return "\n".join(f"    | {line}" for line in text[-lines:]) or "    | (empty log)"
+
+
+def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
+    """The processes to start, with their ports chosen now (loopback by default)."""
+    py = [sys.executable, "-m", "system_under_test"]
+    common = ["--preset", args.preset, "--device", args.device]
+    if args.artifacts:
+        common += ["--artifacts", str(args.artifacts)]
+    host = args.host
+    comps: list[Component] = []
+    for shard in range(args.shards):
+        for role in ("primary", "replica"):
+            name = f"shard-{shard}-{role}"
+            port = free_port(host)
+            cmd = py + ["serve-shard", "--shard", str(shard), "--shards", str(args.shards),
+                        "--role", role, "--host", host, "--port", str(port)] + common
+            comps.append(Component(name, role, shard, f"{host}:{port}", cmd, log_dir / f"{name}.log"))
+    region_port = free_port(host)
+    comps.append(Component(
+        "region", "region", None, f"{host}:{region_port}",
+        py + ["serve-region", "--host", host, "--port", str(region_port)] + common,
+        log_dir / "region.log",
+    ))
+    gw_port = free_port(host)
+    gw_cmd = py + ["serve-gateway", "--host", host, "--port", str(gw_port), "--sla-ms",
+                   str(args.sla_ms), "--region", f"{host}:{region_port}"] + common
+    for comp in comps:
+        if comp.role in ("primary", "replica"):
+            gw_cmd += [f"--shard-{comp.role}", comp.address]
+    if args.redis:
+        gw_cmd += ["--redis", args.redis]
+    comps.append(Component("gateway", "gateway", None, f"{host}:{gw_port}", gw_cmd,
+                           log_dir / "gateway.log"))
+    return comps
+
+
+def spawn(comp: Component) -> None:
+    comp.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(comp.log, "ab") as log:
+        comp.proc = subprocess.Popen(
+            comp.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+    comp.pid = comp.proc.pid
+
+
+async def _ping(address: str, timeout_s: float) -> bool:
+    from system_under_test import protocol
+
+    host, port = address.rsplit(":", 1)
+    client = protocol.Client(host, int(port))
+    try:
+        await client.call("ping", timeout_s)
+        return True
+    except protocol.CallError:
+        return False
+    finally:
+        await client.close()
+
+
+def _http_ok(url: str, timeout_s: float) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def is_ready(comp: Component) -> bool:
+    if comp.role == "gateway":
+        return _http_ok(f"http://{comp.address}/readyz", 1.0)
+    return asyncio.run(_ping(comp.address, 1.0))
+
+
+def wait_ready(comps: list[Component], timeout_s: float, log=print) -> None:
+    """Poll each component in start order until it answers; fail fast if one exits."""
+    deadline = time.monotonic() + timeout_s
+    for comp in comps:
+        while not is_ready(comp):
+            assert comp.proc is not None
+            code = comp.proc.poll()
+            if code is not None:
+                raise LaunchError(
+                    f"{comp.name} exited with code {code} before it was ready; last log lines "
+                    f"({comp.log}):\n{log_tail(comp.log)}"
+                )
+            if time.monotonic() > deadline:
+                raise LaunchError(
+                    f"{comp.name} was not ready within {timeout_s:.0f} s (--timeout); last log "
+                    f"lines ({comp.log}):\n{log_tail(comp.log)}"
+                )
+            time.sleep(0.05)
+        log(f"  ready: {comp.name:<18} {comp.address}  pid {comp.pid}")
+
+
+def write_manifest(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LaunchError(f"no manifest at {path} (--manifest); is the cluster up?") from None
+    except json.JSONDecodeError as exc:
+        raise LaunchError(f"manifest {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("components"), list):
+        raise LaunchError(f"manifest {path} has no 'components' list")
+    return data
+
+
+def _still_ours(pid: int, command: list[str]) -> bool:
+    """True when ``pid`` runs the command we started (guards against a reused PID)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    if state == "Z":
+        return False
+    return [c.decode(errors="replace") for c in cmdline if c] == command
+
+
+def stop_pids(targets: list[tuple[str, int, list[str]]], timeout_s: float, log=print) -> list[str]:
+    """SIGTERM (and SIGCONT, for frozen ones), then SIGKILL after the timeout. Returns leftovers."""
+    live = [(n, p, c) for n, p, c in targets if _still_ours(p, c)]
+    for _, pid, _ in live:
+        for sig in (signal.SIGTERM, signal.SIGCONT):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_still_ours(p, c) for _, p, c in live):
+        time.sleep(0.05)
+    left = []
+    for name, pid, cmd in live:
+        if _still_ours(pid, cmd):
+            log(f"  {name} (pid {pid}) ignored SIGTERM for {timeout_s:.0f} s: SIGKILL")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    kill_deadline = time.monotonic() + 5
+    while time.monotonic() < kill_deadline and any(_still_ours(p, c) for _, p, c in live):
+        time.sleep(0.05)
+    for name, pid, cmd in live:
+        if _still_ours(pid, cmd):
+            left.append(f"{name} (pid {pid})")
+    return left
+
+
+def _reap(comps: list[Component]) -> None:
+    for comp in comps:
+        if comp.proc is not None and comp.proc.poll() is None:
+            comp.proc.kill()
+            comp.proc.wait(timeout=10)
+
+
+def add_up_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", type=int, default=4, help="number of shards (default 4)")
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST,
+                        help=f"where to write the manifest (default {DEFAULT_MANIFEST})")
+    parser.add_argument("--redis", default=None, help="redis://HOST:PORT for the L2 cache and "
+                        "feature store (default: none, everything in process)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--preset", default="default", help="data/model preset (default, tiny)")
+    parser.add_argument("--artifacts", type=Path, default=None, help="artifact cache directory")
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="component logs (default: logs/ beside the manifest)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    parser.add_argument("--sla-ms", type=float, default=20.0)
+    parser.add_argument("--timeout", type=float, default=180.0,
+                        help="seconds to wait for the cluster to be ready (default 180)")
+
+
+def validate_up(args: argparse.Namespace) -> str | None:
+    if not 1 <= args.shards <= 64:
+        return f"--shards {args.shards} is out of range; allowed: 1 to 64"
+    if args.sla_ms <= 0:
+        return f"--sla-ms {args.sla_ms} must be positive"
+    if args.redis and not args.redis.startswith(("redis://", "unix://")):
+        return f"--redis {args.redis!r} must be a URL like redis://127.0.0.1:6379/0"
+    if args.timeout <= 0:
+        return f"--timeout {args.timeout} must be positive"
+    from system_under_test.config import PRESETS
+
+    if args.preset not in PRESETS:
+        return f"--preset {args.preset!r} is unknown; allowed: {', '.join(sorted(PRESETS))}"
+    return None
+
+
+def start(args: argparse.Namespace, log=print) -> dict[str, Any]:
+    """Start the cluster, wait until ready, write and return the manifest."""
+    from system_under_test.artifacts import ensure_artifacts, load_metadata
+
+    t0 = time.monotonic()
+    if args.manifest.exists():
+        existing = json.loads(args.manifest.read_text() or "{}")
+        alive = [c["name"] for c in existing.get("components", [])
+                 if c.get("pid") and _still_ours(c["pid"], c.get("command", []))]
+        if alive:
+            raise LaunchError(f"manifest {args.manifest} names running components ({', '.join(alive)});"
+                              f" run `down --manifest {args.manifest}` first or pass another --manifest")
+    art_dir = ensure_artifacts(args.preset, args.artifacts, log=log)
+    meta = load_metadata(art_dir)
+    log_dir = args.log_dir or args.manifest.parent / "logs"
+    comps = plan_cluster(args, log_dir)
+    log(f"starting {len(comps)} processes (model {meta['version']}, logs in {log_dir})")
+    try:
+        for comp in comps[:-1]:
+            spawn(comp)
+        wait_ready(comps[:-1], args.timeout, log)
+        spawn(comps[-1])
+        wait_ready(comps[-1:], max(args.timeout - (time.monotonic() - t0), 5.0), log)
+    except BaseException:
+        _reap(comps)
+        raise
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "gateway_url": f"http://{comps[-1].address}",
+        "model_version": meta["version"],
+        "preset": args.preset,
+        "shards": args.shards,
+        "redis": args.redis,
+        "log_dir": str(log_dir),
+        "started_at": time.time(),
+        "startup_seconds": round(time.monotonic() - t0, 3),
+        "components": [c.to_json() for c in comps],
+    }
+    write_manifest(args.manifest, manifest)
+    return manifest
+
+
+def stop(manifest_path: Path, timeout_s: float = 10.0, log=print) -> list[str]:
+    data = read_manifest(manifest_path)
+    targets = [(c["name"], int(c["pid"]), list(c.get("command", [])))
+               for c in reversed(data["components"]) if c.get("pid")]
+    left = stop_pids(targets, timeout_s, log)
+    if not left:
+        manifest_path.unlink(missing_ok=True)
+    return left
+
+
+def main_up(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m system_under_test up",
+                                     description="Start the recommender cluster.")
+    add_up_arguments(parser)
+    args = parser.parse_args(argv)
+    problem = validate_up(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        manifest = start(args)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: stopped every process started so far", file=sys.stderr)
+        return 130
+    print(f"cluster up in {manifest['startup_seconds']:.1f} s: {manifest['gateway_url']} "
+          f"(manifest {args.manifest})")
+    return 0
+
+
+def main_down(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m system_under_test down",
+                                     description="Stop every process a manifest names.")
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait after SIGTERM before SIGKILL (default 10)")
+    args = parser.parse_args(argv)
+    try:
+        left = stop(args.manifest, args.timeout)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if left:
+        print(f"error: still running after SIGKILL: {', '.join(left)}", file=sys.stderr)
+        return 1
+    print(f"cluster down ({args.manifest})")
+    return 0
