@@ -83,26 +83,30 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
     if args.artifacts:
         common += ["--artifacts", str(args.artifacts)]
     host = args.host
+    ports: dict[str, int] = dict(args.port_plan or {})
     comps: list[Component] = []
     for shard in range(args.shards):
         for role in ("primary", "replica"):
             name = f"shard-{shard}-{role}"
-            port = free_port(host)
+            port = ports.get(name) or free_port(host)
             cmd = py + ["serve-shard", "--shard", str(shard), "--shards", str(args.shards),
                         "--role", role, "--host", host, "--port", str(port)] + common
             comps.append(Component(name, role, shard, f"{host}:{port}", cmd, log_dir / f"{name}.log"))
-    region_port = free_port(host)
+    region_port = ports.get("region") or free_port(host)
     comps.append(Component(
         "region", "region", None, f"{host}:{region_port}",
         py + ["serve-region", "--host", host, "--port", str(region_port)] + common,
         log_dir / "region.log",
     ))
-    gw_port = free_port(host)
+    gw_port = ports.get("gateway") or free_port(host)
+    # --route lets a tool put something (a fault proxy) between the gateway and a component.
+    routes: dict[str, str] = dict(args.routes or {})
     gw_cmd = py + ["serve-gateway", "--host", host, "--port", str(gw_port), "--sla-ms",
-                   str(args.sla_ms), "--region", f"{host}:{region_port}"] + common
+                   str(args.sla_ms), "--region", routes.get("region", f"{host}:{region_port}")]
+    gw_cmd += common
     for comp in comps:
         if comp.role in ("primary", "replica"):
-            gw_cmd += [f"--shard-{comp.role}", comp.address]
+            gw_cmd += [f"--shard-{comp.role}", routes.get(comp.name, comp.address)]
     if args.redis:
         gw_cmd += ["--redis", args.redis]
     comps.append(Component("gateway", "gateway", None, f"{host}:{gw_port}", gw_cmd,
@@ -251,6 +255,26 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sla-ms", type=float, default=20.0)
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds to wait for the cluster to be ready (default 180)")
+    parser.add_argument("--port", dest="port_plan", action="append", type=_name_port,
+                        metavar="NAME=PORT", help="listen port of a component (default: a free one)")
+    parser.add_argument("--route", dest="routes", action="append", type=_name_address,
+                        metavar="NAME=HOST:PORT",
+                        help="address the gateway uses for a component (e.g. a fault proxy)")
+
+
+def _name_port(text: str) -> tuple[str, int]:
+    name, sep, port = text.partition("=")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PORT with PORT in 1-65535")
+    return name, int(port)
+
+
+def _name_address(text: str) -> tuple[str, str]:
+    name, sep, address = text.partition("=")
+    host, colon, port = address.rpartition(":")
+    if not sep or not colon or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=HOST:PORT")
+    return name, address
 
 
 def validate_up(args: argparse.Namespace) -> str | None:
@@ -263,6 +287,12 @@ def validate_up(args: argparse.Namespace) -> str | None:
     if args.timeout <= 0:
         return f"--timeout {args.timeout} must be positive"
     from system_under_test.config import PRESETS
+
+    names = {f"shard-{i}-{r}" for i in range(args.shards) for r in ("primary", "replica")}
+    for name, _ in list(args.port_plan or []) + list(args.routes or []):
+        if name not in names | {"region", "gateway"}:
+            return (f"component {name!r} in --port/--route is unknown; allowed: shard-I-primary, "
+                    f"shard-I-replica (I < {args.shards}), region, gateway")
 
     if args.preset not in PRESETS:
         return f"--preset {args.preset!r} is unknown; allowed: {', '.join(sorted(PRESETS))}"
@@ -306,6 +336,7 @@ def start(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "started_at": time.time(),
         "startup_seconds": round(time.monotonic() - t0, 3),
         "components": [c.to_json() for c in comps],
+        "routes": dict(args.routes or {}),
     }
     write_manifest(args.manifest, manifest)
     return manifest

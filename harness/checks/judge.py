@@ -1,0 +1,137 @@
+"""Judges: one SLO against one window's statistics, or against one fault's failover times.
+
+A judgement is PASS or FAIL only on enough evidence; otherwise INCONCLUSIVE, with the reason
+and the value that was measured anyway. Messages name the value, the window, the limit and where
+the SLO is written, e.g. "p99 143.2 ms during kill(shard-1-primary) window [12.0 s, 17.0 s]
+exceeds the SLO of 20.0 ms (scenarios/primary_kill.yaml, slos[0]); 4,812 requests in the window".
+"""
+
+from __future__ import annotations
+
+import math
+
+from harness.checks import text
+from harness.checks.verdict import CheckResult, Verdict
+from harness.metrics.failover import Failover, Recovery
+from harness.metrics.stats import WindowStats
+from harness.model.record import FaultEvent
+from harness.model.slo import Evidence, SLOSpec
+
+
+def evidence_problem(
+    stats: WindowStats, evidence: Evidence, sla_ms: float, min_samples: int | None = None
+) -> str | None:
+    """Why this window cannot be judged, or None when the evidence is good enough."""
+    needed = min_samples or evidence.min_samples
+    if stats.count < needed:
+        return (
+            f"only {text.count(stats.count)} requests, fewer than the {text.count(needed)}"
+            " needed to judge; lengthen the window or raise the rate"
+        )
+    if stats.sent_ratio < evidence.min_sent_ratio:
+        return (
+            f"the load generator sent only {text.number(stats.sent_ratio, '')} of the"
+            f" {text.count(stats.count)} intended requests (at least"
+            f" {text.number(evidence.min_sent_ratio, '')} needed)"
+        )
+    limit = evidence.lag_limit_ms(sla_ms)
+    if stats.lag_p99_ms > limit:
+        return (
+            f"the load generator lagged (send lag p99 {stats.lag_p99_ms:.1f} ms, limit"
+            f" {limit:.1f} ms), so slow responses may be its own"
+        )
+    if not stats.window.fault_verified:
+        return f"the fault {stats.window.label} was not shown to take effect"
+    return None
+
+
+def judge(
+    slo: SLOSpec, stats: WindowStats, *, where: str, sla_ms: float, evidence: Evidence
+) -> CheckResult:
+    """Judge one window metric SLO in one window."""
+    value = stats.metric(slo.metric, include_errors=slo.include_errors, tier=slo.tier)
+    name = text.metric_name(slo, sla_ms)
+    shown = text.number(value, slo.unit)
+    window = stats.window.describe()
+    reason = evidence_problem(stats, evidence, sla_ms, slo.min_samples)
+    if reason is not None:
+        message = (
+            f"{name} {window} cannot be judged: {reason} ({where}); measured {shown},"
+            f" {text.requirement(slo)}"
+        )
+        return CheckResult(
+            Verdict.INCONCLUSIVE, message, value, slo.limit, stats.window.name, where, slo.metric
+        )
+    if math.isnan(value):  # success-only latency with no success at all
+        message = (
+            f"{name} {window} has no successful request to measure: all"
+            f" {text.count(stats.count)} failed ({where}); {text.requirement(slo)}"
+        )
+        return CheckResult(
+            Verdict.FAIL, message, value, slo.limit, stats.window.name, where, slo.metric
+        )
+    holds = slo.holds(value)
+    message = (
+        f"{name} {shown} {window} {text.comparison(slo, holds)} ({where});"
+        f" {text.count(stats.count)} requests in the window"
+    )
+    if math.isinf(value) and stats.errors:
+        message += f", {text.count(stats.errors)} failed (a failure counts as infinitely slow)"
+    verdict = Verdict.PASS if holds else Verdict.FAIL
+    return CheckResult(verdict, message, value, slo.limit, stats.window.name, where, slo.metric)
+
+
+def fault_value(slo: SLOSpec, times: Failover | Recovery) -> float | None:
+    if isinstance(times, Failover):
+        return times.first_replica_ms if slo.metric == "time_to_failover" else times.last_miss_ms
+    return times.first_primary_ms
+
+
+def judge_fault(
+    slo: SLOSpec,
+    event: FaultEvent,
+    times: Failover | Recovery,
+    *,
+    where: str,
+    evidence: Evidence,
+    reason: str | None = None,
+) -> CheckResult:
+    """Judge a fault metric SLO for one fault; ``reason`` is the during window's evidence."""
+    value = fault_value(slo, times)
+    name = text.metric_name(slo, 0)
+    recover = isinstance(times, Recovery)
+    at = (
+        f"the heal of {event.label} at {event.heal_s or 0:.1f} s"
+        if recover
+        else (f"{event.label} at {event.inject_s:.1f} s")
+    )
+    needed = slo.min_samples or evidence.min_samples
+    if times.requests < needed:
+        reason = (
+            f"only {text.count(times.requests)} requests, fewer than the"
+            f" {text.count(needed)} needed to judge"
+        )
+    elif not event.verified:
+        reason = f"the fault {event.label} was not shown to take effect"
+    label = f"after {at}"
+    if reason is not None:
+        message = f"{name} after {at} cannot be judged: {reason} ({where}); {text.requirement(slo)}"
+        return CheckResult(
+            Verdict.INCONCLUSIVE, message, value, slo.limit, label, where, slo.metric
+        )
+    tally = f"{text.count(times.requests)} requests {'after the heal' if recover else 'during the fault'}"
+    if value is None:
+        never = "the primary tier" if recover else "the replica tier"
+        holds = slo.holds(math.inf)
+        message = (
+            f"{name}: no answer was served by {never} after {at}; {text.requirement(slo)}"
+            f" ({where}); {tally}"
+        )
+    else:
+        holds = slo.holds(value)
+        message = (
+            f"{name} {text.number(value, 'ms')} after {at} {text.comparison(slo, holds)}"
+            f" ({where}); {tally}"
+        )
+    verdict = Verdict.PASS if holds else Verdict.FAIL
+    return CheckResult(verdict, message, value, slo.limit, label, where, slo.metric)

@@ -1,0 +1,177 @@
+"""Judge a whole run: every SLO in every window (or fault) it selects, plus the evidence rules.
+
+:func:`evaluate` goes from the request log and the fault timeline to windows, statistics,
+failover times, check results and one verdict. Every SLO yields at least one result (an SLO
+with nothing to judge is INCONCLUSIVE), and every fault that was not shown to take effect adds
+an INCONCLUSIVE result of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.checks.judge import evidence_problem, judge, judge_fault
+from harness.checks.verdict import CheckResult, Verdict, combine
+from harness.metrics.failover import Failover, Recovery, time_to_failover, time_to_recover
+from harness.metrics.stats import WindowStats, window_stats
+from harness.metrics.windows import Window, windows_for
+from harness.model.faults import FAULT_KINDS
+from harness.model.record import FaultEvent
+from harness.model.scenario import Scenario
+from harness.model.slo import SLOSpec
+
+
+@dataclass(frozen=True)
+class FaultTimes:
+    failover: Failover
+    recovery: Recovery | None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    windows: tuple[WindowStats, ...]
+    faults: dict[int, FaultTimes]
+    checks: tuple[CheckResult, ...]
+    verdict: Verdict
+
+
+def evaluate(
+    scenario: Scenario,
+    requests: np.ndarray,
+    timeline: Sequence[FaultEvent],
+    run_end_s: float,
+    run_start_s: float = 0.0,
+) -> Evaluation:
+    wins = windows_for(timeline, run_start_s, run_end_s, scenario.warmup_s, scenario.settle_s)
+    stats = tuple(window_stats(requests, w, scenario.sla_ms) for w in wins)
+    times = fault_times(requests, timeline, run_end_s, scenario.sla_ms)
+    checks = judge_run(scenario, stats, timeline, times)
+    return Evaluation(stats, times, checks, combine(checks))
+
+
+def fault_times(
+    requests: np.ndarray, timeline: Sequence[FaultEvent], run_end_s: float, sla_ms: float
+) -> dict[int, FaultTimes]:
+    out = {}
+    for i, e in enumerate(timeline):
+        heal = e.heal_s
+        failover = time_to_failover(requests, e.inject_s, heal or run_end_s, sla_ms)
+        if heal is None:
+            out[i] = FaultTimes(failover, None)
+            continue
+        later = [x.inject_s for x in timeline if x.inject_s >= heal]
+        out[i] = FaultTimes(failover, time_to_recover(requests, heal, min(later + [run_end_s])))
+    return out
+
+
+def judge_run(
+    scenario: Scenario,
+    stats: Sequence[WindowStats],
+    timeline: Sequence[FaultEvent],
+    times: Mapping[int, FaultTimes],
+) -> tuple[CheckResult, ...]:
+    results = [_unverified(scenario, e) for e in timeline if not e.verified]
+    for slo in scenario.slos:
+        where = scenario.where(slo.origin)
+        found = (
+            _judge_faults(scenario, slo, stats, timeline, times)
+            if slo.per_fault
+            else [
+                judge(slo, s, where=where, sla_ms=scenario.sla_ms, evidence=scenario.evidence)
+                for s in stats
+                if _selects(slo, s.window, timeline)
+            ]
+        )
+        results += found or [_nothing_to_judge(slo, where)]
+    return tuple(results)
+
+
+def _judge_faults(
+    scenario: Scenario,
+    slo: SLOSpec,
+    stats: Sequence[WindowStats],
+    timeline: Sequence[FaultEvent],
+    times: Mapping[int, FaultTimes],
+) -> list[CheckResult]:
+    out = []
+    for i, event in enumerate(timeline):
+        if slo.fault is not None and not slo.fault.matches(event):
+            continue
+        t = times[i].recovery if slo.metric == "time_to_recover" else times[i].failover
+        if t is None:
+            continue
+        during = [s for s in stats if s.window.kind == "during" and s.window.fault == i]
+        reason = (
+            evidence_problem(during[0], scenario.evidence, scenario.sla_ms, 1) if during else None
+        )
+        out.append(
+            judge_fault(
+                slo,
+                event,
+                t,
+                where=scenario.where(slo.origin),
+                evidence=scenario.evidence,
+                reason=reason,
+            )
+        )
+    return out
+
+
+def _selects(slo: SLOSpec, w: Window, timeline: Sequence[FaultEvent]) -> bool:
+    if w.kind not in slo.windows:
+        return False
+    if slo.fault is not None and (w.fault is None or not slo.fault.matches(timeline[w.fault])):
+        return False
+    return slo.unless is None or not condition_holds(slo.unless, w, timeline)
+
+
+def condition_holds(name: str, w: Window, timeline: Sequence[FaultEvent]) -> bool:
+    """Does an ``unless`` condition hold at some time in the window?"""
+    down = [timeline[j] for j in w.active if FAULT_KINDS[timeline[j].kind].takes_down]
+    if name == "region_down":
+        return any(e.target == "region" for e in down)
+    primaries = {
+        e.target.removesuffix("-primary"): e for e in down if e.target.endswith("-primary")
+    }
+    for e in down:
+        p = (
+            primaries.get(e.target.removesuffix("-replica"))
+            if e.target.endswith("-replica")
+            else None
+        )
+        if p is not None and _overlap(p, e, w):
+            return True
+    return False
+
+
+def _overlap(a: FaultEvent, b: FaultEvent, w: Window) -> bool:
+    end = w.end_s * 1e9
+    start = max(a.inject_ns, b.inject_ns, w.start_s * 1e9)
+    stop = min(
+        a.heal_ns if a.heal_ns is not None else end,
+        b.heal_ns if b.heal_ns is not None else end,
+        end,
+    )
+    return start < stop
+
+
+def _unverified(scenario: Scenario, e: FaultEvent) -> CheckResult:
+    note = f": {e.note}" if e.note else ""
+    where = scenario.where(e.origin)
+    message = (
+        f"fault {e.label} injected at {e.inject_s:.1f} s ({where}) was not shown to take"
+        f" effect{note}; the windows it touches cannot be judged"
+    )
+    return CheckResult(Verdict.INCONCLUSIVE, message, None, None, None, where, "fault")
+
+
+def _nothing_to_judge(slo: SLOSpec, where: str) -> CheckResult:
+    kinds = ", ".join(slo.windows) if not slo.per_fault else "fault"
+    message = (
+        f"{slo.metric} ({where}) had nothing to judge: no {kinds} window or fault in"
+        " this run matched it"
+    )
+    return CheckResult(Verdict.INCONCLUSIVE, message, None, slo.limit, None, where, slo.metric)

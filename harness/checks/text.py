@@ -1,0 +1,56 @@
+"""How values, limits and counts read in verdict messages ("143.2 ms", "1.25%", "4,812")."""
+
+from __future__ import annotations
+
+import math
+
+from harness.model.slo import LATENCY_METRICS, SLOSpec
+
+
+def count(n: int) -> str:
+    return f"{n:,}"
+
+
+def number(value: float | None, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if unit == "ms":
+        return "inf ms" if math.isinf(value) else f"{value:.1f} ms"
+    if value == 0:
+        return "0%"
+    return f"{value * 100:.3g}%"
+
+
+def metric_name(slo: SLOSpec, sla_ms: float) -> str:
+    if slo.metric in LATENCY_METRICS:
+        return slo.metric if slo.include_errors else f"{slo.metric} (successes only)"
+    return {
+        "error_ratio": "error ratio",
+        "within_sla": f"share answered within the {sla_ms:g} ms SLA",
+        "tier_share": f"{slo.tier} share",
+        "time_to_failover": "time to failover (first replica answer)",
+        "time_to_last_miss": "time to last miss",
+        "time_to_recover": "time to recover (first primary answer)",
+    }[slo.metric]
+
+
+_VERBS = {
+    ("at_most", True): "is within the SLO of at most",
+    ("at_most", False): "exceeds the SLO of",
+    ("below", True): "is below the SLO of",
+    ("below", False): "is not below the SLO of",
+    ("at_least", True): "meets the SLO of at least",
+    ("at_least", False): "is below the SLO of at least",
+    ("above", True): "is above the SLO of",
+    ("above", False): "is not above the SLO of",
+}
+
+
+def comparison(slo: SLOSpec, holds: bool) -> str:
+    """``exceeds the SLO of 20.0 ms``."""
+    return f"{_VERBS[(slo.bound, holds)]} {number(slo.limit, slo.unit)}"
+
+
+def requirement(slo: SLOSpec) -> str:
+    """``the SLO asks for at most 20.0 ms``."""
+    return f"the SLO asks for {slo.bound_text()} {number(slo.limit, slo.unit)}"

@@ -1,0 +1,144 @@
+"""The ``recchaos`` command line: a thin adapter over the harness's layers.
+
+Subcommands register themselves in :data:`COMMANDS` (one function per group that adds its
+parser); ``run`` will be added next to them. Exit codes: 0 PASS (or OK), 1 FAIL, 2 usage error,
+3 INCONCLUSIVE, 4 harness error. ``recchaos sut ...`` passes its arguments unchanged to
+``python -m system_under_test`` (the recommender is never imported here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from harness.model.errors import EXIT_HARNESS, EXIT_USAGE, RecchaosError, ScenarioError
+
+Register = Callable[[Any], None]  # receives the subparsers action
+COMMANDS: list[Register] = []
+PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {}
+
+
+def command(register: Register) -> Register:
+    COMMANDS.append(register)
+    return register
+
+
+# scenarios ----------------------------------------------------------------------------------
+@command
+def _scenarios(sub: Any) -> None:
+    p = sub.add_parser("scenarios", help="check and show scenario files without running them")
+    group = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    v = group.add_parser(
+        "validate", help="validate scenario files (exit 0 if all are valid, 2 if not)"
+    )
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("--profile", help="also apply this profile (every profile is always checked)")
+    v.set_defaults(func=validate_files)
+    s = group.add_parser("show", help="print a scenario as resolved, with its fault plan")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--profile")
+    s.set_defaults(func=show_file)
+
+
+def validate_files(args: argparse.Namespace) -> int:
+    from harness.model.scenario import load_scenario
+
+    status = 0
+    for path in args.files:
+        try:
+            scenario = load_scenario(path, profile=args.profile)
+        except ScenarioError as exc:
+            print(exc, file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        print(f"OK {path}: {_summary(scenario)}")
+    return status
+
+
+def _summary(s: Any) -> str:
+    plan = s.fault_plan()
+    generated = len(plan) - len(s.faults)
+    parts = [
+        f"{len(s.load)} phase{'s' * (len(s.load) != 1)} ({s.load_duration_s:g} s)",
+        f"{len(s.faults)} fault{'s' * (len(s.faults) != 1)}"
+        + (f" + {generated} generated" if generated else ""),
+        f"{len(s.slos)} SLO{'s' * (len(s.slos) != 1)}",
+    ]
+    if s.profiles:
+        parts.append("profiles " + ", ".join(s.profiles))
+    if s.profile:
+        parts.append(f"applied {s.profile}")
+    return ", ".join(parts)
+
+
+def show_file(args: argparse.Namespace) -> int:
+    import yaml
+
+    from harness.model.scenario import load_scenario
+
+    try:
+        scenario = load_scenario(args.file, profile=args.profile)
+    except ScenarioError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    doc = scenario.to_dict()
+    doc["fault_plan"] = [dict(f.to_dict(), origin=f.origin) for f in scenario.fault_plan()]
+    print(yaml.safe_dump(doc, sort_keys=False), end="")
+    return 0
+
+
+# sut ----------------------------------------------------------------------------------------
+@command
+def _sut(sub: Any) -> None:
+    sub.add_parser(
+        "sut",
+        add_help=False,
+        help="run the bundled recommender: python -m system_under_test ARGS...",
+    )
+
+
+def run_sut(argv: list[str]) -> int:
+    """``python -m system_under_test ARGS`` with this interpreter; its exit code is ours."""
+    return subprocess.run([sys.executable, "-m", "system_under_test", *argv]).returncode
+
+
+PASSTHROUGH["sut"] = run_sut
+
+
+# entry point --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recchaos",
+        description="Fault-injection and latency chaos test harness.",
+        epilog="exit codes: 0 PASS/OK, 1 FAIL, 2 usage error, 3 INCONCLUSIVE, 4 harness error",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in PASSTHROUGH:
+        return PASSTHROUGH[args_list[0]](args_list[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # argparse exits 2 on a usage error, 0 after --help
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args))
+    except RecchaosError as exc:
+        print(f"recchaos: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("recchaos: interrupted", file=sys.stderr)
+        return EXIT_HARNESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Statistics of one window, computed (vectorised) from the request log.
+
+Response time runs from the intended send time (coordinated omission corrected), service time
+from the actual send, generator lag from intended to actual send. Percentiles come from
+:class:`~harness.metrics.histogram.LatencyHistogram`, success-only and error-inclusive (a failed
+or never-sent request counts as infinitely slow). Shares are of the intended requests in the
+window, so a request that was never sent counts against the system, and the generator's own
+shortfall is reported (``sent_ratio``, lag) for the judges to discount.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from harness.metrics.histogram import LatencyHistogram
+from harness.metrics.windows import Window
+from harness.model.requestlog import ERROR_KINDS, TIERS, succeeded
+
+QUANTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0), ("p99.9", 99.9))
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """p50/p95/p99/p99.9/max in ms (inf where a failure or an overflow reaches that rank)."""
+
+    p50: float
+    p95: float
+    p99: float
+    p999: float
+    max: float
+
+    @classmethod
+    def of(cls, h: LatencyHistogram, with_errors: bool = False) -> Percentiles:
+        pick = h.percentile_with_errors if with_errors else h.percentile
+        p50, p95, p99, p999 = (pick(q) for _, q in QUANTILES)
+        top = h.max_with_errors_ms() if with_errors else h.max_ms
+        return cls(p50, p95, p99, p999, top)
+
+    def get(self, metric: str) -> float:
+        return self.p999 if metric == "p99.9" else float(getattr(self, metric))
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "p50": self.p50,
+            "p95": self.p95,
+            "p99": self.p99,
+            "p99.9": self.p999,
+            "max": self.max,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class WindowStats:
+    """Counts, percentiles, shares and generator health of one window."""
+
+    window: Window
+    count: int
+    sent: int
+    successes: int
+    within_sla: int
+    tier_counts: dict[str, int]
+    error_kinds: dict[str, int]
+    latency: Percentiles
+    latency_all: Percentiles
+    service: Percentiles
+    lag_p99_ms: float
+    lag_max_ms: float
+    response_hist: LatencyHistogram
+    service_hist: LatencyHistogram
+    lag_hist: LatencyHistogram
+
+    @property
+    def errors(self) -> int:
+        return self.count - self.successes
+
+    @property
+    def misses(self) -> int:
+        """Intended requests not answered within the SLA (errors included)."""
+        return self.count - self.within_sla
+
+    def _share(self, n: int) -> float:
+        return n / self.count if self.count else math.nan
+
+    @property
+    def error_ratio(self) -> float:
+        return self._share(self.errors)
+
+    @property
+    def within_sla_share(self) -> float:
+        return self._share(self.within_sla)
+
+    @property
+    def sent_ratio(self) -> float:
+        return self._share(self.sent)
+
+    def tier_share(self, tier: str) -> float:
+        return self._share(self.tier_counts.get(tier, 0))
+
+    def metric(self, name: str, *, include_errors: bool = True, tier: str | None = None) -> float:
+        """The value of a window metric named as in an SLO (``p99``, ``error_ratio``, ...)."""
+        if name == "error_ratio":
+            return self.error_ratio
+        if name == "within_sla":
+            return self.within_sla_share
+        if name == "tier_share":
+            return self.tier_share(tier or "")
+        return (self.latency_all if include_errors else self.latency).get(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window.to_dict(),
+            "count": self.count,
+            "sent": self.sent,
+            "successes": self.successes,
+            "errors": self.errors,
+            "misses": self.misses,
+            "error_ratio": self.error_ratio,
+            "within_sla": self.within_sla_share,
+            "tier_shares": {t: self.tier_share(t) for t in TIERS},
+            "tier_counts": dict(self.tier_counts),
+            "error_kinds": dict(self.error_kinds),
+            "latency_ms": self.latency.to_dict(),
+            "latency_with_errors_ms": self.latency_all.to_dict(),
+            "service_ms": self.service.to_dict(),
+            "lag_p99_ms": self.lag_p99_ms,
+            "lag_max_ms": self.lag_max_ms,
+            "histograms": {
+                "response": self.response_hist.encode(),
+                "service": self.service_hist.encode(),
+                "lag": self.lag_hist.encode(),
+            },
+        }
+
+
+def in_window(requests: np.ndarray, window: Window) -> np.ndarray:
+    """The rows whose intended send time lies in [start, end) of the window."""
+    t = requests["intended_ns"]
+    return requests[(t >= round(window.start_s * 1e9)) & (t < round(window.end_s * 1e9))]
+
+
+def _us(ns: np.ndarray) -> np.ndarray:
+    return (np.maximum(ns, 0) + 500) // 1000
+
+
+def window_stats(requests: np.ndarray, window: Window, sla_ms: float) -> WindowStats:
+    rows = in_window(requests, window)
+    ok = succeeded(rows)
+    sent = rows["send_ns"] >= 0
+    response_ns = rows["done_ns"][ok] - rows["intended_ns"][ok]
+    response = LatencyHistogram.from_us(_us(response_ns), failures=int((~ok).sum()))
+    service = LatencyHistogram.from_us(_us(rows["done_ns"][ok] - rows["send_ns"][ok]))
+    lag = LatencyHistogram.from_us(_us(rows["send_ns"][sent] - rows["intended_ns"][sent]))
+    tiers = rows["tier"][ok]
+    return WindowStats(
+        window=window,
+        count=int(rows.shape[0]),
+        sent=int(sent.sum()),
+        successes=int(ok.sum()),
+        within_sla=int((response_ns <= sla_ms * 1e6).sum()),
+        tier_counts={t: int((tiers == i).sum()) for i, t in enumerate(TIERS)},
+        error_kinds=_error_kinds(rows[~ok]),
+        latency=Percentiles.of(response),
+        latency_all=Percentiles.of(response, True),
+        service=Percentiles.of(service),
+        lag_p99_ms=lag.percentile(99) if lag.count else math.nan,
+        lag_max_ms=lag.max_ms,
+        response_hist=response,
+        service_hist=service,
+        lag_hist=lag,
+    )
+
+
+def _error_kinds(failed: np.ndarray) -> dict[str, int]:
+    """Failures by kind; an error-free row with a non-2xx status counts as ``http_status``."""
+    kinds = failed["error_kind"].astype(np.int64)
+    kinds = np.where(kinds == 0, ERROR_KINDS.index("http_status"), kinds)
+    values, counts = np.unique(kinds, return_counts=True)
+    return {
+        ERROR_KINDS[v] if 0 <= v < len(ERROR_KINDS) else f"code {v}": int(c)
+        for v, c in zip(values.tolist(), counts.tolist(), strict=True)
+    }

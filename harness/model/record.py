@@ -1,0 +1,174 @@
+"""The run record (``run.json``): what ran, with which seed, what was injected, what was measured.
+
+Written incrementally during a run (``status: running``), always by atomic replace, and
+finished as ``complete`` or ``incomplete``; reports read it back with :func:`read_record`.
+Fault timeline times are monotonic nanoseconds since the run's origin (the same clock and origin
+as the request log, see :mod:`harness.model.requestlog`) plus wall-clock epoch seconds.
+Window statistics and check results are stored as the plain mappings their own layers produce.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from harness.model.errors import UsageError
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "complete", "incomplete")
+
+
+@dataclass(frozen=True)
+class FaultEvent:
+    """One injected fault as it happened; ``verified`` says its effect was observed."""
+
+    kind: str
+    target: str
+    params: dict[str, Any]
+    origin: str
+    inject_ns: int
+    inject_wall: float
+    heal_ns: int | None = None
+    heal_wall: float | None = None
+    verified: bool = False
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}({self.target})"
+
+    @property
+    def inject_s(self) -> float:
+        return self.inject_ns / 1e9
+
+    @property
+    def heal_s(self) -> float | None:
+        return None if self.heal_ns is None else self.heal_ns / 1e9
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FaultEvent:
+        return cls(**_known(cls, d))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything about one run that a report or a replay needs."""
+
+    scenario: dict[str, Any]
+    seed: int
+    scenario_path: str = ""
+    profile: str | None = None
+    replay: str = ""
+    status: str = "running"
+    git_commit: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)
+    started_wall: float = 0.0
+    ended_wall: float | None = None
+    origin_mono_ns: int = 0
+    load_end_s: float | None = None
+    timeline: tuple[FaultEvent, ...] = ()
+    windows: tuple[dict[str, Any], ...] = ()
+    checks: tuple[dict[str, Any], ...] = ()
+    verdict: str | None = None
+    errors: tuple[str, ...] = ()
+    files: dict[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["timeline"] = [asdict(e) for e in self.timeline]
+        for key in ("windows", "checks", "errors"):
+            d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "run.json") -> RunRecord:
+        version = d.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+            raise UsageError(
+                f"{source}: schema_version {version!r} is not supported; this"
+                f" recchaos reads schema versions 1 to {SCHEMA_VERSION}"
+            )
+        kw = _known(cls, d)
+        kw["timeline"] = tuple(FaultEvent.from_dict(e) for e in d.get("timeline", ()))
+        for key in ("windows", "checks", "errors"):
+            kw[key] = tuple(d.get(key, ()))
+        return cls(**kw)
+
+
+def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """Only the keys ``cls`` has: a newer writer of the same schema may add fields."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+def json_safe(value: Any) -> Any:
+    """Strict JSON: infinities become "inf"/"-inf", NaN becomes null, tuples become lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_record(path: str | os.PathLike[str], record: RunRecord) -> None:
+    """Write ``run.json`` by atomic replace, so a reader never sees half a record."""
+    if record.status not in STATUSES:
+        raise ValueError(f"status {record.status!r}; allowed: {', '.join(STATUSES)}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    text = json.dumps(json_safe(record.to_dict()), indent=2, allow_nan=False)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_record(path: str | os.PathLike[str]) -> RunRecord:
+    source = os.fspath(path)
+    try:
+        data = json.loads(Path(source).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{source}: cannot read the run record: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: not a run record (a JSON object is expected)")
+    return RunRecord.from_dict(data, source)
+
+
+class RecordFile:
+    """A run record on disk, rewritten (atomically) after every change during a run."""
+
+    def __init__(self, path: str | os.PathLike[str], record: RunRecord):
+        self.path = Path(path)
+        self.record = record
+        write_record(self.path, record)
+
+    def update(self, **changes: Any) -> RunRecord:
+        self.record = replace(self.record, **changes)
+        write_record(self.path, self.record)
+        return self.record
+
+    def add_fault(self, event: FaultEvent) -> int:
+        """Append a timeline entry; returns its index (to update it when healed)."""
+        self.update(timeline=self.record.timeline + (event,))
+        return len(self.record.timeline) - 1
+
+    def replace_fault(self, index: int, **changes: Any) -> FaultEvent:
+        timeline = list(self.record.timeline)
+        timeline[index] = replace(timeline[index], **changes)
+        self.update(timeline=tuple(timeline))
+        return timeline[index]
+
+    def add_error(self, message: str) -> None:
+        self.update(errors=self.record.errors + (message,))
+
+    def finish(self, status: str = "complete", **changes: Any) -> RunRecord:
+        return self.update(status=status, **changes)

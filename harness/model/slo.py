@@ -1,0 +1,254 @@
+"""Declarative service-level objectives and the evidence rules that guard every verdict.
+
+An :class:`SLOSpec` names a metric, one bound (``at_most``, ``at_least``, ``above`` or
+``below``) and where it applies: window metrics (percentiles, error ratio, shares) are judged in
+every selected window; fault metrics (time to failover, time to recover) once per selected fault.
+:class:`Evidence` holds the thresholds below which a window is INCONCLUSIVE instead of judged.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from harness.model.errors import MISSING, Problem
+from harness.model.faults import FAULT_KINDS
+from harness.model.requestlog import TIERS
+from harness.model.validate import (
+    INVALID,
+    Bad,
+    Conv,
+    Fields,
+    any_invalid,
+    boolean,
+    choice,
+    integer,
+    number,
+)
+
+LATENCY_METRICS = ("p50", "p95", "p99", "p99.9", "max")
+RATIO_METRICS = ("error_ratio", "within_sla", "tier_share")
+FAULT_METRICS = ("time_to_failover", "time_to_last_miss", "time_to_recover")
+METRICS = LATENCY_METRICS + RATIO_METRICS + FAULT_METRICS
+WINDOW_KINDS = ("steady", "before", "during", "after")
+CONDITIONS = ("both_copies_dead", "region_down")
+
+BOUNDS: dict[str, tuple[Callable[[float, float], bool], str]] = {
+    "at_most": (operator.le, "at most"),
+    "at_least": (operator.ge, "at least"),
+    "above": (operator.gt, "above"),
+    "below": (operator.lt, "below"),
+}
+
+
+class FaultLike(Protocol):
+    """A planned fault (FaultSpec) or one that happened (the run record's FaultEvent)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def origin(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class FaultSelector:
+    """Which faults an SLO is about: by index into ``faults``, and/or by kind and target glob."""
+
+    index: int | None = None
+    kind: str | None = None
+    target: str | None = None
+
+    def matches(self, fault: FaultLike) -> bool:
+        if self.index is not None and fault.origin != f"faults[{self.index}]":
+            return False
+        if self.kind is not None and fault.kind != self.kind:
+            return False
+        return self.target is None or fnmatch.fnmatchcase(fault.target, self.target)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in (("index", self.index), ("kind", self.kind), ("target", self.target))
+            if v is not None
+        }
+
+
+@dataclass(frozen=True)
+class SLOSpec:
+    """``metric`` must be ``bound`` ``limit`` (ms for times, a 0..1 share for ratios)."""
+
+    metric: str
+    bound: str
+    limit: float
+    windows: tuple[str, ...] = WINDOW_KINDS
+    fault: FaultSelector | None = None
+    tier: str | None = None
+    include_errors: bool = True
+    unless: str | None = None
+    min_samples: int | None = None
+    origin: str = field(default="", compare=False)
+
+    @property
+    def per_fault(self) -> bool:
+        return self.metric in FAULT_METRICS
+
+    @property
+    def unit(self) -> str:
+        return "ms" if self.metric in LATENCY_METRICS + FAULT_METRICS else ""
+
+    def holds(self, value: float) -> bool:
+        return BOUNDS[self.bound][0](value, self.limit)
+
+    def bound_text(self) -> str:
+        return BOUNDS[self.bound][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"metric": self.metric, self.bound: self.limit}
+        if not self.per_fault:
+            d["windows"] = list(self.windows)
+        if self.fault is not None:
+            d["fault"] = self.fault.to_dict()
+        if self.tier is not None:
+            d["tier"] = self.tier
+        if self.metric in LATENCY_METRICS:
+            d["include_errors"] = self.include_errors
+        if self.unless is not None:
+            d["unless"] = self.unless
+        if self.min_samples is not None:
+            d["min_samples"] = self.min_samples
+        return d
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Below these a window is INCONCLUSIVE: samples, generator lag p99, share actually sent.
+
+    ``max_lag_p99_ms`` None means a quarter of the scenario's SLA.
+    """
+
+    min_samples: int = 100
+    max_lag_p99_ms: float | None = None
+    min_sent_ratio: float = 0.99
+
+    def lag_limit_ms(self, sla_ms: float) -> float:
+        return sla_ms / 4 if self.max_lag_p99_ms is None else self.max_lag_p99_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "min_samples": self.min_samples,
+            "max_lag_p99_ms": self.max_lag_p99_ms,
+            "min_sent_ratio": self.min_sent_ratio,
+        }
+
+
+def read_evidence(data: Any, path: str, problems: list[Problem]) -> Evidence | None:
+    f = Fields(data, path, problems)
+    n = f.get("min_samples", integer(1, 10_000_000), 100)
+    lag = f.get("max_lag_p99_ms", number(0, lo_open=True, unit="ms"), None)
+    sent = f.get("min_sent_ratio", number(0, 1, unit="share of intended requests"), 0.99)
+    f.finish()
+    if not f.ok or any_invalid(n, lag, sent):
+        return None
+    return Evidence(min_samples=n, max_lag_p99_ms=lag, min_sent_ratio=sent)
+
+
+def read_slo(data: Any, path: str, problems: list[Problem], origin: str) -> SLOSpec | None:
+    f = Fields(data, path, problems)
+    metric = f.get("metric", choice(METRICS))
+    bound, limit = _read_bound(f, metric)
+    windows = _read_windows(f, metric)
+    fault = _read_selector(f)
+    tier = f.get("tier", choice(TIERS), None)
+    if metric == "tier_share" and tier is None:
+        tier = f.add("tier", MISSING, "one of " + ", ".join(TIERS))
+    elif tier not in (None, INVALID) and metric != "tier_share":
+        tier = f.add("tier", tier, "tier only with metric: tier_share")
+    errors = f.get("include_errors", boolean(), True)
+    unless = f.get("unless", choice(CONDITIONS), None)
+    min_samples = f.get("min_samples", integer(1, 10_000_000), None)
+    f.finish()
+    values = (metric, bound, limit, windows, fault, tier, errors, unless, min_samples)
+    if not f.ok or any_invalid(*values):
+        return None
+    return SLOSpec(
+        metric, bound, limit, windows, fault, tier, errors, unless, min_samples, origin=origin
+    )
+
+
+def _read_bound(f: Fields, metric: Any) -> tuple[Any, Any]:
+    given = [b for b in BOUNDS if f.has(b)]
+    if len(given) != 1:
+        for b in BOUNDS:
+            f.raw(b)
+        allowed = "exactly one of " + ", ".join(BOUNDS)
+        shown = {b: f.data[b] for b in given} if given else MISSING
+        return f.add("at_most" if not given else given[1], shown, allowed), INVALID
+    bound = given[0]
+    if metric in RATIO_METRICS:
+        conv = number(0, 1, unit="a share of requests")
+    else:
+        conv = number(0, unit="ms")
+    return bound, f.get(bound, conv)
+
+
+def _read_windows(f: Fields, metric: Any) -> Any:
+    if metric in FAULT_METRICS and f.has("windows"):
+        return f.add(
+            "windows",
+            f.raw("windows"),
+            "no windows key for " + str(metric),
+            "fault metrics are measured once per fault; select faults with fault:",
+        )
+    raw = f.raw("windows", "every")
+    if raw == "every":
+        return WINDOW_KINDS
+    if isinstance(raw, str):
+        raw = [raw]
+    allowed = "every, or a list of " + ", ".join(WINDOW_KINDS)
+    if not isinstance(raw, list) or not raw or not all(r in WINDOW_KINDS for r in raw):
+        return f.add("windows", raw, allowed)
+    return tuple(dict.fromkeys(raw))
+
+
+def _selector_conv() -> Conv:
+    def check(v: Any) -> FaultSelector:
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return FaultSelector(index=v)
+        if not isinstance(v, dict) or not v or set(v) - {"index", "kind", "target"}:
+            raise Bad()
+        index, kind, target = v.get("index"), v.get("kind"), v.get("target")
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
+            raise Bad("index is a position in faults, from 0")
+        if kind is not None and kind not in FAULT_KINDS:
+            raise Bad(f"unknown fault kind {kind!r}")
+        if target is not None and not isinstance(target, str):
+            raise Bad("target is a component name or glob pattern")
+        return FaultSelector(index, kind, target)
+
+    return Conv("a fault index, or a mapping with index, kind and/or target (a glob)", check)
+
+
+def _read_selector(f: Fields) -> Any:
+    return f.get("fault", _selector_conv(), None)
+
+
+__all__ = [
+    "BOUNDS",
+    "CONDITIONS",
+    "Evidence",
+    "FAULT_METRICS",
+    "FaultSelector",
+    "LATENCY_METRICS",
+    "METRICS",
+    "RATIO_METRICS",
+    "SLOSpec",
+    "TIERS",
+    "WINDOW_KINDS",
+    "read_evidence",
+    "read_slo",
+]

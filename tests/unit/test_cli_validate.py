@@ -1,0 +1,135 @@
+"""``recchaos scenarios validate``: exit 0 for valid files, 2 for invalid ones, with messages that
+name the file, the field path, the value and what is allowed; the real CLI as a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scenarios").glob("*.yaml"))
+
+BAD = """\
+seed: 7
+target: {kind: recommender, shards: 2}
+load:
+  - {name: main, rate: 100, duration_s: 30}
+faults:
+  - {kind: kill, target: shard-1-primary, at_s: 10, duration_s: 5}
+  - {kind: freeze, target: shard-0-primary, at_s: 12, duration_s: 5}
+  - {kind: kill, target: shard-0-replica, at_s: 14, duration_s: -2}
+slos:
+  - {metric: p99, at_most: 20, windws: [during]}
+"""
+
+
+@pytest.fixture
+def bad_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    return path
+
+
+def run_cli(*args, timeout=60):
+    """The real console entry point in a fresh interpreter; shows its output on failure."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc
+
+
+def test_examples_validate(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["scenarios", "validate", *EXAMPLES]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out] == [f"OK {p}" for p in EXAMPLES]
+
+
+def test_bad_file_exit_2_and_message(bad_file, capsys):
+    assert cli.main(["scenarios", "validate", str(bad_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad_file}: 2 problems" in err
+    assert "faults[2].duration_s: got -2; allowed: a number > 0 (seconds)" in err
+    assert "slos[0].windws: got ['during']; allowed: the keys" in err
+    assert "did you mean 'windows'?" in err
+
+
+def test_good_and_bad_together(bad_file, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["scenarios", "validate", "scenarios/primary_kill.yaml", str(bad_file)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith("OK scenarios/primary_kill.yaml")
+    assert str(bad_file) in captured.err
+
+
+def test_unknown_profile_and_missing_file(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    assert (
+        cli.main(["scenarios", "validate", "--profile", "weekly", "scenarios/steady_state.yaml"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "profile (from the command line): got 'weekly'; allowed: one of pr, nightly" in err
+    assert cli.main(["scenarios", "validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "No such file or directory" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert cli.main([]) == 2
+    assert cli.main(["scenarios", "validate"]) == 2
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main(["--help"]) == 0
+    assert "exit codes" in capsys.readouterr().out
+
+
+def test_show_prints_the_fault_plan(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["scenarios", "show", "scenarios/random_faults.yaml", "--profile", "pr"]) == 0
+    out = capsys.readouterr().out
+    assert "fault_plan:" in out and "origin: fault_schedule[2]" in out and "profile: pr" in out
+
+
+def test_sut_passes_arguments_through(monkeypatch):
+    calls = []
+
+    class Done:
+        returncode = 5
+
+    def fake_run(argv, **kw):
+        calls.append(argv)
+        return Done()
+
+    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    assert cli.main(["sut", "up", "--shards", "2", "--help"]) == 5
+    assert calls == [[sys.executable, "-m", "system_under_test", "up", "--shards", "2", "--help"]]
+
+
+def test_real_cli_subprocess(bad_file):
+    proc = run_cli("scenarios", "validate", str(bad_file))
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{bad_file}: 2 problems" in proc.stderr
+    proc = run_cli("scenarios", "validate", *EXAMPLES)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_pure_layers_import_without_torch_locust_or_the_sut():
+    code = (
+        "import sys, harness.cli, harness.model.scenario, harness.model.record, "
+        "harness.metrics, harness.checks\n"
+        "harness.cli.main(['scenarios', 'validate', 'scenarios/primary_kill.yaml'])\n"
+        "bad = [m for m in ('torch', 'locust', 'gevent', 'system_under_test') if m in sys.modules]\n"
+        "sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
