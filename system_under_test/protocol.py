@@ -66,6 +66,7 @@ class RemoteError(CallError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.detail = message
 
 
 @dataclass
@@ -96,14 +97,26 @@ def decode_body(body: bytes) -> Message:
     (hlen,) = struct.unpack_from(">I", body, 0)
     if 4 + hlen > len(body):
         raise ProtocolError(f"header length {hlen} exceeds frame length {len(body)}")
-    header = msgpack.unpackb(body[4 : 4 + hlen], raw=False)
+    try:
+        header = msgpack.unpackb(body[4 : 4 + hlen], raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"header is not valid msgpack: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"header must be a map, got {type(header).__name__}")
+    specs = header.pop("t", [])
+    try:
+        return Message(header, _decode_tensors(specs, body, 4 + hlen))
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"malformed tensor list {specs!r}: {exc}") from None
+
+
+def _decode_tensors(specs: Any, body: bytes, offset: int) -> Tensors:
     tensors: Tensors = {}
-    offset = 4 + hlen
     view = memoryview(body)
-    for spec in header.pop("t", []):
+    for spec in specs:
         name, dtype_name, shape = spec
+        if any(not isinstance(d, int) or d < 0 for d in shape):
+            raise ProtocolError(f"tensor {name!r}: shape {shape} must be non-negative integers")
         dt = _DTYPES.get(dtype_name)
         if dt is None:
             raise ProtocolError(f"tensor {name!r}: dtype {dtype_name!r} not in {sorted(_DTYPES)}")
@@ -113,7 +126,7 @@ def decode_body(body: bytes) -> Message:
             raise ProtocolError(f"tensor {name!r} of shape {shape} runs past the frame end")
         tensors[name] = np.frombuffer(view[offset : offset + nbytes], dtype=dt).reshape(shape)
         offset += nbytes
-    return Message(header, tensors)
+    return tensors
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Message:
@@ -266,7 +279,7 @@ async def serve_connection(
             try:
                 fields, tensors = await handler(msg)
             except RemoteError as exc:
-                writer.write(error_frame(call_id, exc.code, str(exc)))
+                writer.write(error_frame(call_id, exc.code, exc.detail))
                 continue
             except Exception as exc:  # noqa: BLE001 - a bad request must not kill the server
                 writer.write(error_frame(call_id, "internal", f"{type(exc).__name__}: {exc}"))

@@ -1,0 +1,651 @@
+"""One shard copy of the recommender (primary or replica: the two are identical processes).
+
+``python -m system_under_test serve-shard --shard S --shards N --role primary|replica ...`` loads
+only shard S's rows of the user and item embedding tables from the trained ``full.pt`` (user rows
+hash-partitioned, item rows range-partitioned, see ``sharding.py``), drops the rest and serves them
+over the framed protocol of ``protocol.py`` (specified in ``docs/protocol.md``):
+
+* ``ping``     health and identity (shard, role, model version, owned ranges);
+* ``lookup``   per-bag partial sums of owned rows (``nn.EmbeddingBag`` sum semantics); the gateway
+               adds the partials of several shards and divides by the total count for a mean;
+* ``retrieve`` the shard's best ``top_n`` items for a query vector, with their rows, plus (in the
+               same call) partial sums of a bag of owned items: one call per shard per request;
+* ``control``  the per-request fault points (``FaultPoints``) that chaos scenarios switch on.
+
+Layers, pure first: ``ShardTables`` is the computation (no sockets, no clock), ``FaultSpec`` and
+``FaultPoints`` decide injected faults from a hash of (seed, request id), ``ShardService`` maps ops
+to both, and ``main`` is the process around them. ``region_server`` reuses the fault points and the
+process plumbing at the bottom of this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from system_under_test import protocol, sharding
+from system_under_test.protocol import Message, RemoteError, Tensors
+
+TABLES = ("user", "item")
+ROLES = ("primary", "replica")
+DEVICES = ("cpu", "cuda")
+
+Reply = tuple[dict[str, Any], Tensors]
+
+
+# --------------------------------------------------------------------------------------------
+# Request validation shared by the shard and the region: every message names the offending value.
+
+
+def int_field(header: Mapping[str, Any], name: str, low: int, high: int | None = None) -> int:
+    value = header.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RemoteError("bad_request", f"field {name!r} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        allowed = f"{low}..{high}" if high is not None else f">= {low}"
+        raise RemoteError(
+            "bad_request", f"field {name!r} = {value} is out of range; allowed {allowed}"
+        )
+    return value
+
+
+def id_tensor(tensors: Tensors, name: str, required: bool = True) -> np.ndarray | None:
+    """A 1-D int64 tensor (ids or offsets), or None when optional and absent."""
+    arr = tensors.get(name)
+    if arr is None:
+        if required:
+            raise RemoteError("bad_request", f"tensor {name!r} (i64 [n]) is missing")
+        return None
+    if arr.dtype != np.int64 or arr.ndim != 1:
+        raise RemoteError(
+            "bad_request", f"tensor {name!r} must be i64 [n], got {arr.dtype} {list(arr.shape)}"
+        )
+    return arr
+
+
+def vector_tensor(tensors: Tensors, name: str, dim: int) -> np.ndarray:
+    """A float32 vector of length ``dim``, copied (incoming tensors are read-only views)."""
+    arr = tensors.get(name)
+    if arr is None:
+        raise RemoteError("bad_request", f"tensor {name!r} (f32 [{dim}]) is missing")
+    if arr.dtype != np.float32 or arr.shape != (dim,):
+        raise RemoteError(
+            "bad_request",
+            f"tensor {name!r} must be f32 [{dim}], got {arr.dtype} {list(arr.shape)}",
+        )
+    if not np.isfinite(arr).all():
+        raise RemoteError("bad_request", f"tensor {name!r} holds NaN or infinite values")
+    return arr.copy()
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# The computation.
+
+
+class ShardTables:
+    """One shard's rows of the user and item tables, and the lookups and retrieval on them.
+
+    Pure: numpy arrays in (as the protocol decodes them), numpy arrays out (as it encodes them),
+    ``RemoteError`` for a request the shard cannot answer. Rows live on the tables' device.
+    """
+
+    def __init__(
+        self,
+        shard: int,
+        n_shards: int,
+        n_users: int,
+        item_bounds: np.ndarray,
+        user_rows: torch.Tensor,
+        item_rows: torch.Tensor,
+    ) -> None:
+        if not 0 <= shard < n_shards:
+            raise ValueError(f"shard {shard} out of range for {n_shards} shards")
+        self.shard, self.n_shards, self.n_users = shard, n_shards, n_users
+        self.item_start, self.item_end = int(item_bounds[shard]), int(item_bounds[shard + 1])
+        self.n_items = int(item_bounds[-1])
+        n_local_users = len(sharding.user_rows_of_shard(n_users, shard, n_shards))
+        if user_rows.ndim != 2 or user_rows.shape[0] != n_local_users:
+            raise ValueError(
+                f"shard {shard}/{n_shards} of {n_users} users needs {n_local_users} user rows, "
+                f"got shape {list(user_rows.shape)}"
+            )
+        if item_rows.ndim != 2 or item_rows.shape[0] != self.item_end - self.item_start:
+            raise ValueError(
+                f"item range [{self.item_start}, {self.item_end}) needs "
+                f"{self.item_end - self.item_start} item rows, got shape {list(item_rows.shape)}"
+            )
+        if user_rows.shape[1] != item_rows.shape[1]:
+            raise ValueError(
+                f"user rows are {user_rows.shape[1]}-d but item rows {item_rows.shape[1]}-d"
+            )
+        self.user_rows, self.item_rows = user_rows, item_rows
+        self.dim = int(item_rows.shape[1])
+        self.device = item_rows.device
+
+    @classmethod
+    def from_full(
+        cls,
+        user_table: torch.Tensor,
+        item_table: torch.Tensor,
+        shard: int,
+        n_shards: int,
+        device: str | torch.device = "cpu",
+    ) -> ShardTables:
+        """Copy shard ``shard``'s rows out of the whole tables; the caller may then drop those."""
+        n_users, n_items = int(user_table.shape[0]), int(item_table.shape[0])
+        bounds = sharding.item_bounds(n_items, n_shards)
+        users = torch.from_numpy(sharding.user_rows_of_shard(n_users, shard, n_shards))
+        user_rows = user_table.index_select(0, users)
+        item_rows = item_table[int(bounds[shard]) : int(bounds[shard + 1])]
+        return cls(
+            shard,
+            n_shards,
+            n_users,
+            bounds,
+            user_rows.to(device=device, dtype=torch.float32, copy=True).contiguous(),
+            item_rows.to(device=device, dtype=torch.float32, copy=True).contiguous(),
+        )
+
+    @property
+    def n_local_users(self) -> int:
+        return int(self.user_rows.shape[0])
+
+    def owns_users(self, ids: np.ndarray) -> np.ndarray:
+        return (ids >= 0) & (ids < self.n_users) & (ids % self.n_shards == self.shard)
+
+    def owns_items(self, ids: np.ndarray) -> np.ndarray:
+        return (ids >= self.item_start) & (ids < self.item_end)
+
+    def describe_owned(self, table: str) -> str:
+        if table == "user":
+            return (
+                f"user ids u with u % {self.n_shards} == {self.shard} and 0 <= u < {self.n_users}"
+            )
+        return f"item ids [{self.item_start}, {self.item_end})"
+
+    def local_rows(self, table: str, ids: np.ndarray) -> np.ndarray:
+        """Local row of each global id, or ``not_owned`` naming the first foreign id."""
+        if table == "user":
+            owned, local = self.owns_users(ids), ids // self.n_shards
+        elif table == "item":
+            owned, local = self.owns_items(ids), ids - self.item_start
+        else:
+            raise RemoteError("bad_request", f"table {table!r} is not one of {list(TABLES)}")
+        if not owned.all():
+            bad = ids[~owned]
+            raise RemoteError(
+                "not_owned",
+                f"{table} id {int(bad[0])} is not on shard {self.shard} of {self.n_shards} "
+                f"({len(bad)} of {len(ids)} ids foreign); this shard owns "
+                f"{self.describe_owned(table)}",
+            )
+        return np.ascontiguousarray(local, dtype=np.int64)
+
+    def _tensor(self, arr: np.ndarray, dtype: type) -> torch.Tensor:
+        """A private copy on the tables' device (incoming arrays are read-only views)."""
+        t = torch.from_numpy(np.array(arr, dtype=dtype))
+        return t if self.device.type == "cpu" else t.to(self.device)
+
+    def lookup(self, table: str, ids: np.ndarray, offsets: np.ndarray | None = None) -> Tensors:
+        """Per-bag sums of this shard's rows: ``{"sums": f32 [B, d], "counts": i64 [B]}``."""
+        local = self.local_rows(table, ids)
+        rows = self.user_rows if table == "user" else self.item_rows
+        if offsets is None:
+            # One bag per id: a plain gather, cheaper than an embedding bag.
+            index = self._tensor(local, np.int64)
+            return {
+                "sums": to_numpy(rows.index_select(0, index)),
+                "counts": np.ones(len(local), np.int64),
+            }
+        counts = bag_counts(offsets, len(local))
+        sums = F.embedding_bag(
+            self._tensor(local, np.int64), rows, self._tensor(offsets, np.int64), mode="sum"
+        )
+        return {"sums": to_numpy(sums), "counts": counts}
+
+    def retrieve(
+        self,
+        query: np.ndarray,
+        top_n: int,
+        bag_ids: np.ndarray | None = None,
+        bag_offsets: np.ndarray | None = None,
+    ) -> Tensors:
+        """This shard's best ``min(top_n, range size)`` items by ``query . row``, best first.
+
+        ``{"ids", "scores", "emb"}``, plus ``{"bag_sums", "bag_counts"}`` (the item-table lookup
+        of ``bag_ids`` / ``bag_offsets``) when a bag is given.
+        """
+        if query.shape != (self.dim,):
+            raise RemoteError(
+                "bad_request", f"query must be f32 [{self.dim}], got {list(query.shape)}"
+            )
+        if bag_ids is None and bag_offsets is not None:
+            raise RemoteError("bad_request", "tensor 'bag_offsets' given without 'bag_ids'")
+        bag = self.lookup("item", bag_ids, bag_offsets) if bag_ids is not None else None
+        n = min(top_n, self.item_end - self.item_start)
+        q = self._tensor(query, np.float32)
+        scores, local = torch.topk(torch.mv(self.item_rows, q), n, sorted=True)
+        out = {
+            "ids": to_numpy(local) + self.item_start,
+            "scores": to_numpy(scores),
+            "emb": to_numpy(self.item_rows.index_select(0, local)),
+        }
+        if bag is not None:
+            out["bag_sums"], out["bag_counts"] = bag["sums"], bag["counts"]
+        return out
+
+
+def bag_counts(offsets: np.ndarray, n_ids: int) -> np.ndarray:
+    """Bag sizes from ``nn.EmbeddingBag`` offsets (bag b is ids[offsets[b]:offsets[b+1]])."""
+    if len(offsets) == 0:
+        if n_ids:
+            raise RemoteError("bad_request", f"offsets are empty but {n_ids} ids were given")
+        return np.zeros(0, np.int64)
+    if offsets[0] != 0:
+        raise RemoteError("bad_request", f"offsets[0] must be 0, got {int(offsets[0])}")
+    counts = np.diff(offsets, append=n_ids)
+    if (counts < 0).any():
+        b = int(np.argmax(counts < 0))
+        raise RemoteError(
+            "bad_request",
+            f"offsets must be non-decreasing and at most len(ids) = {n_ids}; offsets[{b}] = "
+            f"{int(offsets[b])} is followed by {int(offsets[b + 1]) if b + 1 < len(offsets) else n_ids}",
+        )
+    return counts.astype(np.int64, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Fault points: per-request application faults, decided by a hash of (seed, request id) so that a
+# replay, and every load worker, injects exactly the same faults into the same requests.
+
+FAULT_KINDS = ("error", "delay", "nan", "wrong_shape")
+
+
+def decide(seed: int, request_id: Any, point: str = "") -> float:
+    """A uniform float in [0, 1) fixed by (seed, request id, fault point)."""
+    digest = hashlib.blake2b(f"{seed}:{request_id}:{point}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _rate(fields: Mapping[str, Any], name: str, default: float) -> float:
+    value = fields.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise RemoteError("bad_request", f"fault {name!r} = {value!r} must be a number in [0, 1]")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """What to inject. Each rate is the share of matching requests that get that fault."""
+
+    seed: int = 0
+    error_rate: float = 0.0
+    delay_ms: float = 0.0
+    delay_rate: float = 1.0  # share of requests delayed by ``delay_ms`` (all, unless given)
+    nan_rate: float = 0.0
+    wrong_shape_rate: float = 0.0
+    ops: tuple[str, ...] | None = None  # None: every data op (never ping or control)
+
+    @classmethod
+    def from_fields(cls, fields: Any) -> FaultSpec:
+        if not isinstance(fields, dict):
+            raise RemoteError("bad_request", f"'faults' must be a map, got {fields!r}")
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(fields) - set(allowed))
+        if unknown:
+            raise RemoteError(
+                "bad_request", f"unknown fault field(s) {unknown}; allowed: {allowed}"
+            )
+        seed = fields.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise RemoteError("bad_request", f"fault 'seed' = {seed!r} must be an integer")
+        delay_ms = fields.get("delay_ms", 0.0)
+        if (
+            isinstance(delay_ms, bool)
+            or not isinstance(delay_ms, int | float)
+            or not 0 <= delay_ms <= 600_000
+        ):
+            raise RemoteError(
+                "bad_request", f"fault 'delay_ms' = {delay_ms!r} must be in [0, 600000]"
+            )
+        ops = fields.get("ops")
+        if ops is not None and (
+            not isinstance(ops, list) or not all(isinstance(o, str) for o in ops)
+        ):
+            raise RemoteError("bad_request", f"fault 'ops' = {ops!r} must be a list of op names")
+        return cls(
+            seed=seed,
+            error_rate=_rate(fields, "error_rate", 0.0),
+            delay_ms=float(delay_ms),
+            delay_rate=_rate(fields, "delay_rate", 1.0),
+            nan_rate=_rate(fields, "nan_rate", 0.0),
+            wrong_shape_rate=_rate(fields, "wrong_shape_rate", 0.0),
+            ops=tuple(ops) if ops is not None else None,
+        )
+
+    def to_fields(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["ops"] = list(self.ops) if self.ops is not None else None
+        return out
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """The faults one request gets."""
+
+    delay_s: float = 0.0
+    error: bool = False
+    nan: bool = False
+    wrong_shape: bool = False
+
+    @property
+    def any(self) -> bool:
+        return bool(self.delay_s or self.error or self.nan or self.wrong_shape)
+
+
+NO_FAULTS = FaultPlan()
+
+
+def plan_faults(spec: FaultSpec, op: str, request_id: Any) -> FaultPlan:
+    """Pure: the faults ``spec`` gives request ``request_id`` of ``op``."""
+    if spec.ops is not None and op not in spec.ops:
+        return NO_FAULTS
+
+    def hit(rate: float, point: str) -> bool:
+        return rate > 0 and decide(spec.seed, request_id, point) < rate
+
+    return FaultPlan(
+        delay_s=spec.delay_ms / 1000 if spec.delay_ms and hit(spec.delay_rate, "delay") else 0.0,
+        error=hit(spec.error_rate, "error"),
+        nan=hit(spec.nan_rate, "nan"),
+        wrong_shape=hit(spec.wrong_shape_rate, "wrong_shape"),
+    )
+
+
+def corrupt(tensors: Tensors, plan: FaultPlan) -> Tensors:
+    """Apply a plan's reply corruption: NaN floats, and/or one extra row on every tensor."""
+    out = dict(tensors)
+    if plan.nan:
+        out = {k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v for k, v in out.items()}
+    if plan.wrong_shape:
+        out = {
+            k: np.concatenate([v, np.zeros((1, *v.shape[1:]), v.dtype)]) if v.ndim else v[None]
+            for k, v in out.items()
+        }
+    return out
+
+
+def request_key(header: Mapping[str, Any]) -> Any:
+    """The id faults are decided by: the caller's end-to-end ``rid`` if sent, else the frame id."""
+    return header["rid"] if "rid" in header else header.get("id")
+
+
+class FaultPoints:
+    """The switchable fault points of one server, and counters that prove they fired."""
+
+    def __init__(self) -> None:
+        self.spec: FaultSpec | None = None
+        self.counts = dict.fromkeys(("requests", *FAULT_KINDS), 0)
+
+    def plan(self, op: str, header: Mapping[str, Any]) -> FaultPlan:
+        if self.spec is None:
+            return NO_FAULTS
+        self.counts["requests"] += 1
+        plan = plan_faults(self.spec, op, request_key(header))
+        for kind, fired in zip(
+            FAULT_KINDS, (plan.error, plan.delay_s > 0, plan.nan, plan.wrong_shape), strict=True
+        ):
+            self.counts[kind] += int(fired)
+        return plan
+
+    def control(self, header: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``control`` op: ``{"faults": {...}}`` sets (and zeroes the counters),
+        ``{"clear": true}`` clears (counters kept for reading); either way the state is returned."""
+        if "faults" in header and header.get("clear"):
+            raise RemoteError("bad_request", "send either 'faults' or 'clear', not both")
+        if "faults" in header:
+            self.spec = FaultSpec.from_fields(header["faults"])
+            self.counts = dict.fromkeys(self.counts, 0)
+        elif header.get("clear"):
+            self.spec = None
+        return {
+            "faults": self.spec.to_fields() if self.spec else None,
+            "injected": dict(self.counts),
+        }
+
+    async def run(self, op: str, header: Mapping[str, Any], compute: Callable[[], Reply]) -> Reply:
+        plan = self.plan(op, header)
+        if not plan.any:
+            return compute()
+        if plan.delay_s:
+            await asyncio.sleep(plan.delay_s)
+        if plan.error:
+            raise RemoteError("injected", f"injected error in {op} (fault points are on)")
+        fields, tensors = compute()
+        return fields, corrupt(tensors, plan)
+
+
+# --------------------------------------------------------------------------------------------
+# Ops.
+
+
+class ShardService:
+    """Maps request ops to ``ShardTables``, through the fault points."""
+
+    def __init__(self, tables: ShardTables, role: str, version: str) -> None:
+        self.tables, self.role, self.version = tables, role, version
+        self.faults = FaultPoints()
+        self._ops: dict[str, Callable[[Message], Reply]] = {
+            "lookup": self._lookup,
+            "retrieve": self._retrieve,
+        }
+
+    async def handle(self, msg: Message) -> Reply:
+        op = msg.header.get("op")
+        if op == "ping":
+            return self.ping(), {}
+        if op == "control":
+            return self.faults.control(msg.header), {}
+        compute = self._ops.get(op) if isinstance(op, str) else None
+        if compute is None:
+            allowed = ["ping", "control", *self._ops]
+            raise RemoteError("bad_op", f"op {op!r} is not served by a shard; allowed: {allowed}")
+        # Fault points: consulted before handling, per request (see FaultPoints).
+        return await self.faults.run(op, msg.header, lambda: compute(msg))
+
+    def ping(self) -> dict[str, Any]:
+        t = self.tables
+        return {
+            "shard": t.shard,
+            "shards": t.n_shards,
+            "role": self.role,
+            "version": self.version,
+            "items": [t.item_start, t.item_end],
+            "n_users": t.n_local_users,
+            "dim": t.dim,
+            "faults": self.faults.spec is not None,
+        }
+
+    def _lookup(self, msg: Message) -> Reply:
+        table = msg.header.get("table")
+        if table not in TABLES:
+            raise RemoteError(
+                "bad_request", f"field 'table' = {table!r} is not one of {list(TABLES)}"
+            )
+        ids = id_tensor(msg.tensors, "ids")
+        offsets = id_tensor(msg.tensors, "offsets", required=False)
+        assert ids is not None
+        return {}, self.tables.lookup(table, ids, offsets)
+
+    def _retrieve(self, msg: Message) -> Reply:
+        top_n = int_field(msg.header, "top_n", 1)
+        query = vector_tensor(msg.tensors, "query", self.tables.dim)
+        bag_ids = id_tensor(msg.tensors, "bag_ids", required=False)
+        bag_offsets = id_tensor(msg.tensors, "bag_offsets", required=False)
+        return {}, self.tables.retrieve(query, top_n, bag_ids, bag_offsets)
+
+
+# --------------------------------------------------------------------------------------------
+# Process plumbing, shared with region_server.
+
+
+class StartupError(Exception):
+    """The server cannot start: bad artifacts or device. Logged, exit code 1."""
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
+    parser.add_argument("--preset", default="default", help="data/model preset (default 'default')")
+    parser.add_argument("--artifacts", type=Path, default=None, help="artifact cache directory")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="where tables live")
+
+
+def validate_common(args: argparse.Namespace) -> str | None:
+    from system_under_test.config import PRESETS
+
+    if not 0 <= args.port <= 65535:
+        return f"--port {args.port} is out of range; allowed: 0 (any free port) to 65535"
+    if args.preset not in PRESETS:
+        return f"--preset {args.preset!r} is unknown; allowed: {', '.join(sorted(PRESETS))}"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return (
+            "--device cuda was given but torch.cuda.is_available() is False on this machine "
+            f"(torch {torch.__version__}); use --device cpu"
+        )
+    return None
+
+
+def parse_or_exit(
+    parser: argparse.ArgumentParser, argv: list[str], extra=None
+) -> argparse.Namespace:
+    """Parse and validate; a bad value is printed with what is allowed and exits with code 2."""
+    args = parser.parse_args(argv)
+    problem = validate_common(args) or (extra(args) if extra else None)
+    if problem:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return args
+
+
+def find_artifacts(preset_name: str, cli_value: Path | None) -> Path:
+    """The trained artifacts of a preset. Servers never train: ``up`` (or ``train``) does first."""
+    from system_under_test.artifacts import artifact_dir, check_complete
+
+    path = artifact_dir(preset_name, cli_value)
+    if not path.exists():
+        where = f" --artifacts {cli_value}" if cli_value else ""
+        raise StartupError(
+            f"no artifacts of preset {preset_name!r} in {path}; train them first: "
+            f"python -m system_under_test train --preset {preset_name}{where}"
+        )
+    check_complete(path)
+    return path
+
+
+async def serve(
+    handler: Callable[[Message], Awaitable[Reply]],
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    log: logging.Logger,
+    ready: Callable[[int], str],
+) -> int:
+    """Serve until ``stop`` is set; logs ``ready(bound_port)`` once listening."""
+    server = await protocol.start_server(handler, host, port)
+    bound = int(server.sockets[0].getsockname()[1])
+    log.info("ready %s", ready(bound))
+    await stop.wait()
+    server.close()
+    try:
+        await asyncio.wait_for(server.wait_closed(), 1.0)
+    except TimeoutError:  # open client connections are cancelled when the loop ends
+        pass
+    return 0
+
+
+def load_shard(args: argparse.Namespace) -> tuple[ShardTables, str]:
+    from system_under_test.artifacts import load_metadata
+
+    path = find_artifacts(args.preset, args.artifacts)
+    version = str(load_metadata(path)["version"])
+    # mmap: only this shard's rows are read from disk and copied; the state dict is then dropped.
+    state = torch.load(path / "full.pt", map_location="cpu", weights_only=True, mmap=True)
+    user_table, item_table = state["user_emb.weight"], state["item_emb.weight"]
+    if item_table.shape[0] < args.shards:
+        raise StartupError(
+            f"--shards {args.shards} exceeds the {item_table.shape[0]} items of preset {args.preset!r}"
+        )
+    tables = ShardTables.from_full(user_table, item_table, args.shard, args.shards, args.device)
+    del state, user_table, item_table
+    return tables, version
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m system_under_test serve-shard",
+        description="Serve one shard copy of the embedding tables (internal; started by `up`).",
+    )
+    parser.add_argument("--shard", type=int, required=True, help="this shard's number, 0..N-1")
+    parser.add_argument("--shards", type=int, required=True, help="number of shards N, >= 1")
+    parser.add_argument("--role", choices=ROLES, required=True)
+    add_common_arguments(parser)
+
+    def check(args: argparse.Namespace) -> str | None:
+        if args.shards < 1:
+            return f"--shards {args.shards} must be at least 1"
+        if not 0 <= args.shard < args.shards:
+            return f"--shard {args.shard} is out of range; allowed: 0 to {args.shards - 1} (--shards {args.shards})"
+        return None
+
+    args = parse_or_exit(parser, argv, check)
+    from system_under_test.artifacts import ArtifactError
+    from system_under_test.runtime import configure_process, freeze_heap, run_until_signalled
+
+    log = configure_process(f"shard-{args.shard}-{args.role}")
+    try:
+        tables, version = load_shard(args)
+    except (StartupError, ArtifactError) as exc:
+        log.error("%s", exc)
+        return 1
+    service = ShardService(tables, args.role, version)
+    freeze_heap()
+
+    def ready(port: int) -> str:
+        return (
+            f"shard={args.shard} role={args.role} port={port} "
+            f"rows={tables.n_local_users + tables.item_end - tables.item_start} "
+            f"user_rows={tables.n_local_users} items=[{tables.item_start},{tables.item_end}) "
+            f"dim={tables.dim} device={tables.device} version={version}"
+        )
+
+    return run_until_signalled(
+        lambda stop: serve(service.handle, args.host, args.port, stop, log, ready), log
+    )
+
+
+__all__ = [
+    "FaultPoints",
+    "FaultSpec",
+    "ShardService",
+    "ShardTables",
+    "decide",
+    "main",
+]
