@@ -1,0 +1,274 @@
+"""Start the whole recommender for an integration test, with handles to break single components.
+
+The processes and their command lines come from the launcher's own plan
+(``launcher.plan_cluster``), so they are exactly what ``python -m system_under_test up`` starts.
+Unlike ``up``, :func:`start_cluster` keeps every ``Popen`` handle, so a test can SIGKILL,
+SIGSTOP/SIGCONT and restart one component by name, and it always reaps everything it started
+(SIGCONT + SIGTERM, then SIGKILL), even when start-up fails half-way. Failures carry the last log
+lines of every component (:meth:`Cluster.diagnose`).
+
+A later version may swap this for ``harness/sut`` or the launcher's ``up``/``down``; tests use only
+``gateway_url``, ``kill``, ``freeze``, ``thaw``, ``restart``, ``diagnose`` and ``recommend``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from system_under_test import launcher
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+    elapsed_s: float
+
+    @property
+    def tier(self) -> str:
+        return str(self.body.get("tier", ""))
+
+
+@dataclass
+class Cluster:
+    comps: dict[str, launcher.Component]
+    log_dir: Path
+    extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def gateway_address(self) -> tuple[str, int]:
+        host, port = self.comps["gateway"].address.rsplit(":", 1)
+        return host, int(port)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.comps['gateway'].address}"
+
+    # ---- faults
+
+    def _proc(self, name: str) -> subprocess.Popen[bytes]:
+        proc = self.comps[name].proc
+        assert proc is not None, f"{name} was never started"
+        return proc
+
+    def kill(self, name: str) -> None:
+        proc = self._proc(name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        proc.wait(timeout=10)
+
+    def freeze(self, name: str) -> None:
+        self._proc(name).send_signal(signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        proc = self._proc(name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+
+    def restart(self, name: str, timeout_s: float = 60.0) -> None:
+        """Start ``name`` again with its original command (same port) and wait until it answers."""
+        self.kill(name)
+        comp = self.comps[name]
+        _spawn(comp)
+        launcher.wait_ready([comp], timeout_s, log=lambda _: None)
+
+    def alive(self, name: str) -> bool:
+        return self._proc(name).poll() is None
+
+    # ---- teardown and diagnostics
+
+    def stop_all(self, timeout_s: float = 10.0) -> None:
+        procs = [c.proc for c in reversed(list(self.comps.values())) if c.proc is not None]
+        procs += self.extra
+        for proc in procs:
+            if proc.poll() is None:
+                for sig in (signal.SIGCONT, signal.SIGTERM):
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(sig)
+        deadline = time.monotonic() + timeout_s
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def tails(self, lines: int = 15) -> str:
+        return "\n".join(
+            f"--- {name} ({c.log}):\n{launcher.log_tail(c.log, lines)}"
+            for name, c in self.comps.items()
+        )
+
+    @contextlib.contextmanager
+    def diagnose(self) -> Iterator[None]:
+        """Re-raise any failure with every component's last log lines appended."""
+        try:
+            yield
+        except Exception as exc:
+            raise AssertionError(
+                f"{exc}\n\nlast log lines of the cluster:\n{self.tails()}"
+            ) from exc
+
+    # ---- the client side
+
+    def recommend(
+        self, user_id: Any, k: Any = 10, timeout_s: float = 5.0, raw_body: bytes | None = None
+    ) -> Reply:
+        body = (
+            raw_body if raw_body is not None else json.dumps({"user_id": user_id, "k": k}).encode()
+        )
+        return self.http("POST", "/v1/recommend", body, timeout_s)
+
+    def http(
+        self, method: str, path: str, body: bytes | None = None, timeout_s: float = 5.0
+    ) -> Reply:
+        host, port = self.gateway_address
+        conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+        try:
+            start = time.perf_counter()
+            conn.request(method, path, body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            elapsed = time.perf_counter() - start
+        finally:
+            conn.close()
+        ctype = resp.getheader("Content-Type", "")
+        parsed = (
+            json.loads(data) if ctype.startswith("application/json") else {"text": data.decode()}
+        )
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, parsed, elapsed)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of one metric whose labels include ``labels``."""
+        text = self.http("GET", "/metrics").body["text"]
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name) or line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            if series.split("{")[0] != name:
+                continue
+            if all(f'{k}="{v}"' in series for k, v in labels.items()):
+                total += float(value)
+        return total
+
+
+def _spawn(comp: launcher.Component) -> None:
+    comp.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(comp.log, "ab") as log:
+        comp.proc = subprocess.Popen(
+            comp.command,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    comp.pid = comp.proc.pid
+
+
+def plan(
+    shards: int, preset: str, log_dir: Path, redis_url: str | None = None, sla_ms: float = 20.0
+) -> list[launcher.Component]:
+    parser = argparse.ArgumentParser()
+    launcher.add_up_arguments(parser)
+    argv = ["--shards", str(shards), "--preset", preset, "--sla-ms", str(sla_ms)]
+    if redis_url:
+        argv += ["--redis", redis_url]
+    return launcher.plan_cluster(parser.parse_args(argv), log_dir)
+
+
+@contextlib.contextmanager
+def start_cluster(
+    log_dir: Path,
+    shards: int = 2,
+    preset: str = "tiny",
+    redis_url: str | None = None,
+    timeout_s: float = 120.0,
+) -> Iterator[Cluster]:
+    """Start shards (primary + replica each), region and gateway; yield; always stop them."""
+    comps = plan(shards, preset, log_dir, redis_url)
+    cluster = Cluster({c.name: c for c in comps}, log_dir)
+    try:
+        for comp in comps[:-1]:
+            _spawn(comp)
+        launcher.wait_ready(comps[:-1], timeout_s, log=lambda _: None)
+        _spawn(comps[-1])
+        launcher.wait_ready(comps[-1:], timeout_s, log=lambda _: None)
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+class RedisProcess:
+    """A throw-away redis-server on a free loopback port (no persistence)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = launcher.free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("redis-server") is not None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        log = open(self.workdir / f"redis-{self.port}.log", "ab")  # noqa: SIM115 - child owns it
+        with log:
+            self.proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.workdir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server on port {self.port} not ready within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
