@@ -28,6 +28,7 @@ ERROR_KINDS = (
     "bad_response",
     "not_sent",
     "other",
+    "aborted",  # sent, but the load worker was stopped (SIGTERM) before the answer came
 )
 NEVER = -1
 

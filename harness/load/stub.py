@@ -1,0 +1,265 @@
+"""A stub HTTP server with known behaviour, for calibrating the load generator.
+
+    python -m harness.load.stub --port 0 --service-ms 2 [--tier primary] [--status 200]
+        [--realtime]
+
+Every request (any method, any path outside ``/_stub/``) is answered ``service_ms`` after it
+arrived, with a small JSON body and, when ``--tier`` is given, an ``X-Recchaos-Tier`` header.
+The delay is a pure wait, not CPU work, so answers overlap freely and the stub's own latency
+stays small: asyncio on uvloop with httptools, TCP_NODELAY, and a Linux timerfd for the delays
+(event-loop timers are millisecond-granular; a timerfd wakes to the microsecond).
+
+Control endpoints, answered at once, even while frozen:
+
+* ``POST /_stub/freeze`` ``{"ms": 1000}``: freeze for that long, starting now, like a SIGSTOPped
+  server whose kernel still accepts connections: nothing is answered until the freeze ends;
+  a request that arrived during it is answered ``service_ms`` after the end, one that was due
+  during it at the end. Answers ``{"start_ns": ..., "end_ns": ...}`` (time.monotonic_ns()).
+* ``POST /_stub/config`` ``{"service_ms": 2, "tier": "replica", "status": 503}``: change them.
+* ``GET /_stub/stats``: ``{"requests": n, "answered": n, "connections": n}``.
+
+Once listening it prints one line, ``{"event": "ready", "port": P, "pid": PID}``, on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+
+from harness.load._timerfd import TimerFd
+
+REASONS = {
+    200: "OK",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+@dataclass
+class StubConfig:
+    service_ns: int = 2_000_000
+    tier: str = ""
+    status: int = 200
+
+    def answer(self, keep_alive: bool) -> bytes:
+        body = b'{"ok": true, "items": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}'
+        return _response(
+            self.status, body, keep_alive, (("X-Recchaos-Tier", self.tier),) if self.tier else ()
+        )
+
+
+def _response(
+    status: int, body: bytes, keep_alive: bool, headers: tuple[tuple[str, str], ...] = ()
+) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+    ]
+    lines += [f"{k}: {v}" for k, v in headers]
+    if not keep_alive:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class Stub:
+    """The server's state: configuration, freeze window, and answers waiting for their time."""
+
+    def __init__(self, config: StubConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.frozen_until = 0
+        self.requests = self.answered = self.connections = 0
+        self._heap: list[tuple[int, int, Conn, bytes, bool]] = []
+        self._seq = 0
+        self._timer = TimerFd()
+        self._armed_at = 0
+        loop.add_reader(self._timer.fd, self._fire)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self._timer.fd)
+        self._timer.close()
+
+    def serve(self, conn: Conn, keep_alive: bool) -> None:
+        now = time.monotonic_ns()
+        self.requests += 1
+        due = max(now, self.frozen_until) + self.config.service_ns
+        data = self.config.answer(keep_alive)
+        if due <= now:
+            self._send(conn, data, keep_alive)
+            return
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, conn, data, keep_alive))
+        if self._heap[0][0] == due:
+            self._arm()
+
+    def freeze(self, ms: float) -> dict[str, int]:
+        start = time.monotonic_ns()
+        self.frozen_until = max(self.frozen_until, start + int(ms * 1e6))
+        self._arm()
+        return {"start_ns": start, "end_ns": self.frozen_until}
+
+    def _arm(self) -> None:
+        if self._heap:
+            at = max(self._heap[0][0], self.frozen_until)
+            if at != self._armed_at:
+                self._timer.arm_at(at)
+                self._armed_at = at
+
+    def _fire(self) -> None:
+        self._timer.consume()
+        self._armed_at = 0
+        now = time.monotonic_ns()
+        if now >= self.frozen_until:
+            heap = self._heap
+            while heap and heap[0][0] <= now:
+                _, _, conn, data, keep_alive = heapq.heappop(heap)
+                self._send(conn, data, keep_alive)
+        self._arm()
+
+    def _send(self, conn: Conn, data: bytes, keep_alive: bool) -> None:
+        if conn.transport.is_closing():
+            return
+        conn.transport.write(data)
+        self.answered += 1
+        if not keep_alive:
+            conn.transport.close()
+
+    def control(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            args = json.loads(body) if body else {}
+        except ValueError:
+            return 400, {"error": f"body is not JSON: {body[:60]!r}"}
+        if path == "/_stub/freeze" and method == "POST":
+            return 200, self.freeze(float(args.get("ms", 0)))
+        if path == "/_stub/config" and method == "POST":
+            if "service_ms" in args:
+                self.config.service_ns = int(float(args["service_ms"]) * 1e6)
+            self.config.tier = str(args.get("tier", self.config.tier))
+            self.config.status = int(args.get("status", self.config.status))
+            return 200, {
+                "service_ms": self.config.service_ns / 1e6,
+                "tier": self.config.tier,
+                "status": self.config.status,
+            }
+        if path == "/_stub/stats":
+            return 200, {
+                "requests": self.requests,
+                "answered": self.answered,
+                "connections": self.connections,
+            }
+        return 404, {"error": f"unknown control endpoint {method} {path}"}
+
+
+class Conn(asyncio.Protocol):
+    """One client connection: httptools parses, the stub answers."""
+
+    def __init__(self, stub: Stub) -> None:
+        self.stub = stub
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._url = b""
+        self._body: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.stub.connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.write(_response(400, b'{"error": "bad request"}', False))
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._body = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        keep_alive = self.parser.should_keep_alive()
+        path = self._url.split(b"?", 1)[0].decode("latin-1")
+        if path.startswith("/_stub/"):
+            method = self.parser.get_method().decode("latin-1")
+            status, answer = self.stub.control(method, path, b"".join(self._body))
+            self.transport.write(_response(status, json.dumps(answer).encode(), keep_alive))
+            if not keep_alive:
+                self.transport.close()
+            return
+        self.stub.serve(self, keep_alive)
+
+
+async def _main(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stub = Stub(StubConfig(int(args.service_ms * 1e6), args.tier, args.status), loop)
+    server = await loop.create_server(lambda: Conn(stub), args.host, args.port, backlog=4096)
+    port = server.sockets[0].getsockname()[1]
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ready = {"event": "ready", "port": port, "pid": os.getpid(), "priority": args.priority}
+    print(json.dumps(ready), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        stub.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m harness.load.stub", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0: any free port (printed when ready)")
+    p.add_argument("--service-ms", type=float, default=2.0)
+    p.add_argument("--tier", default="", help="X-Recchaos-Tier header value (none when empty)")
+    p.add_argument("--status", type=int, default=200)
+    p.add_argument("--no-uvloop", action="store_true", help="plain asyncio event loop")
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="run as SCHED_FIFO (where permitted) so that other load on the machine does not "
+        "bend the stub's known behaviour (it never spins: waits are a timerfd)",
+    )
+    args = p.parse_args(argv)
+    args.priority = "normal"
+    if args.realtime:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+            args.priority = "realtime"
+        except (OSError, AttributeError) as exc:
+            args.priority = f"normal (realtime refused: {exc})"
+    if args.no_uvloop:
+        asyncio.run(_main(args))
+    else:
+        import uvloop
+
+        uvloop.run(_main(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,689 @@
+"""The load worker process: one open-loop share of the schedule, sent through the Locust engine.
+
+    python -m harness.load.worker JOB.json [--go-stdin]
+    python -m harness.load.worker JOB.json --locust-master HOST:PORT        (Locust worker)
+    python -m harness.load.worker JOB.json --locust-master-bind PORT --expect-workers N
+
+This is the only module that imports locust and gevent, and only inside :func:`main` (``import
+locust`` monkey-patches the standard library), so importing it elsewhere has no side effect.
+
+Open loop: the schedule fixes every request's intended send time; a dispatcher greenlet waits
+for each due time and hands the request to a new greenlet at once, however slow earlier answers
+are. The wait is a Linux timerfd (wakes to the microsecond without spinning; see
+:mod:`harness.load._timerfd`), or, with ``timer: spin`` / ``sleep``, gevent's millisecond timers.
+At most ``max_in_flight`` requests are outstanding: a request due while the bound is reached is
+recorded as a miss (``not_sent``), never sent late. Connections are keep-alive, TCP_NODELAY,
+opened before the start, and more are opened on demand (inside the request's service time).
+Answers are parsed by geventhttpclient's C parser.
+
+Locust supplies the rest of the engine: the Environment, a runner (local, or a worker of a Locust
+master, which then assigns worker indexes and starts all workers together), and its request
+event, fired for every request so its statistics and web UI work; its numbers are not used.
+
+Output, in the job's ``output_dir`` (times in ns from the load start, the run's origin):
+``requests-<worker>.npy`` (one :data:`~harness.model.requestlog.REQUEST_DTYPE` row per intended
+request), ``histograms-<worker>.json`` (response time from the intended send, service time from
+the actual send, generator lag; microseconds, 3 significant figures, failures counted) and
+``summary-<worker>.json`` (counts, achieved rate, lag, CPU). Stdout carries JSON lines: ``ready``,
+then ``progress`` every ``progress_interval_s``, then ``done``. On SIGTERM or SIGINT the worker
+stops dispatching, gives in-flight requests a short grace, and writes what it has
+(``partial: true``): requests in flight are recorded as ``aborted``, requests not yet due are not
+in the log (``scheduled`` says how many there were).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from harness.load.results import finite, histograms, summarize, write_json
+from harness.load.spec import LoadJob, WorkerShare, render
+from harness.metrics.histogram import LatencyHistogram
+from harness.model.requestlog import ERROR_KINDS, TIERS, empty_log, error_code, write_log
+
+# filled in by _load_gevent(), inside the worker process only
+gevent: Any = None
+gsocket: Any = None
+HTTPSocketResponse: Any = None
+HTTPParseError: Any = None
+HTTPConnectionClosed: Any = None
+
+DRAIN_GRACE_S = 0.5  # in-flight requests get this long after SIGTERM before they are aborted
+START_LEAD_NS = 50_000_000  # a worker that starts itself begins 50 ms after it is ready
+SPIN_MARGIN_NS = 2_000_000  # timer: spin sleeps until 2 ms before the due time, then yields
+MAX_SLEEP_S = 0.05  # long waits are cut in slices so a stop is noticed
+REALTIME_PRIORITY = 10  # SCHED_FIFO 1-99: low among real-time tasks, above every normal one
+HIGH_NICE = -10
+
+E_OK = 0
+E_TIMEOUT = error_code("timeout")
+E_CONNECT = error_code("connect")
+E_RESET = error_code("reset")
+E_STATUS = error_code("http_status")
+E_BAD = error_code("bad_response")
+E_MISS = error_code("not_sent")
+E_OTHER = error_code("other")
+E_ABORTED = error_code("aborted")
+
+
+def _load_gevent() -> None:
+    """Import the engine. ``import locust`` first: it monkey-patches the standard library."""
+    global gevent, gsocket, HTTPSocketResponse, HTTPParseError, HTTPConnectionClosed
+    import locust  # noqa: F401, I001  (first: it patches what the next imports use)
+    import gevent as _gevent
+    import gevent.socket as _gsocket
+    from geventhttpclient._parser import HTTPParseError as _parse_error
+    from geventhttpclient.response import HTTPConnectionClosed as _closed
+    from geventhttpclient.response import HTTPSocketResponse as _response
+
+    gevent, gsocket = _gevent, _gsocket
+    HTTPSocketResponse, HTTPParseError, HTTPConnectionClosed = _response, _parse_error, _closed
+
+
+class Pool:
+    """Keep-alive connections to one host: idle sockets in a LIFO list, new ones on demand."""
+
+    def __init__(self, host: str, port: int, connect_timeout_s: float) -> None:
+        self.host, self.port, self.timeout = host, port, connect_timeout_s
+        self.idle: list[Any] = []
+        self.opened = 0
+
+    def connect(self) -> Any:
+        sock = gsocket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)  # the request's own gevent.Timeout bounds every wait
+        self.opened += 1
+        return sock
+
+    def prewarm(self, count: int) -> str | None:
+        """Open ``count`` idle connections; the error text if the target does not accept them."""
+        try:
+            for _ in range(count - len(self.idle)):
+                self.idle.append(self.connect())
+        except OSError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def close(self) -> None:
+        for sock in self.idle:
+            sock.close()
+        self.idle.clear()
+
+
+class Waiter:
+    """Waits until an absolute monotonic time inside gevent, by the job's timer method."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.stopping = False
+        self._timer: Any = None
+        self._watcher: Any = None
+        if method == "timerfd":
+            from harness.load._timerfd import TimerFd
+
+            self._timer = TimerFd()
+            self._watcher = gevent.get_hub().loop.io(self._timer.fd, 1)
+
+    def until(self, due_ns: int) -> None:
+        now = time.monotonic_ns()
+        if self._timer is not None:
+            while now < due_ns and not self.stopping:
+                self._timer.arm_at(due_ns)
+                gevent.get_hub().wait(self._watcher)
+                self._timer.consume()
+                now = time.monotonic_ns()
+            return
+        while now < due_ns and not self.stopping:
+            ahead = due_ns - now - (SPIN_MARGIN_NS if self.method == "spin" else 0)
+            gevent.sleep(min(ahead / 1e9, MAX_SLEEP_S) if ahead > 0 else 0)
+            now = time.monotonic_ns()
+
+    def wake(self) -> None:
+        """Interrupt a wait (from a signal handler)."""
+        self.stopping = True
+        if self._timer is not None:
+            self._timer.arm_at(1)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._watcher.close()
+            self._timer.close()
+
+
+class OpenLoop:
+    """The open-loop sender and its recording: one row per intended request of this worker."""
+
+    def __init__(self, job: LoadJob, share: WorkerShare, events: Any) -> None:
+        self.job, self.share, self.events = job, share, events
+        n = len(share)
+        self.send = np.full(n, -1, dtype=np.int64)
+        self.done = np.full(n, -1, dtype=np.int64)
+        self.status = np.zeros(n, dtype=np.int16)
+        self.tier = np.full(n, -1, dtype=np.int8)
+        self.error = np.zeros(n, dtype=np.int8)
+        self.pool = Pool(job.host, job.port, job.timeout_s)
+        self.waiter = Waiter(job.timer)
+        self.live_response = LatencyHistogram()
+        self.live_lag = LatencyHistogram()
+        self.tiers: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.in_flight = 0
+        self.dispatched = 0  # rows whose due time was reached: sent or missed
+        self.sent = self.answered = self.failed = self.missed = 0
+        self.start_ns = 0
+        self.stop_ns: int | None = None
+        self.finished = gevent.event.Event()
+        self.idle = gevent.event.Event()
+        self.idle.set()
+        self.greenlets: set[Any] = set()
+        self._host_header = f"{job.host}:{job.port}"
+        self._method = job.request.method
+        self._name = job.request.path
+        self._fixed = None if self._templated() else self._build(-1)
+
+    # request bytes -----------------------------------------------------------------------------
+    def _templated(self) -> bool:
+        req = self.job.request
+        texts = [req.path, req.body or ""] + [v for _, v in req.headers]
+        return any("$" in t for t in texts)
+
+    def _build(self, j: int) -> bytes:
+        """The request bytes of row ``j`` (-1: a template without placeholders)."""
+        share = self.share
+        values = (0, 0, 0) if j < 0 else (share.user_ids[j], share.k[j], share.ids[j])
+        user_id, k, request_id = (int(v) for v in values)
+        path, body, headers = render(self.job.request, user_id, k, request_id, self.job.seed)
+        payload = (body or "").encode()
+        lines = [f"{self._method} {path} HTTP/1.1", f"Host: {self._host_header}"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        if payload or self._method != "GET":
+            lines.append(f"Content-Length: {len(payload)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+
+    # the schedule ------------------------------------------------------------------------------
+    def run(self, start_ns: int) -> None:
+        """Dispatch every row at its due time (runs inside the Locust user's task)."""
+        self.start_ns = start_ns
+        dues = (self.share.intended_ns + start_ns).tolist()
+        limit = self.job.max_in_flight
+        until = self.waiter.until
+        spawn = gevent.spawn
+        for j, due in enumerate(dues):
+            if time.monotonic_ns() < due:
+                until(due)
+            if self.waiter.stopping:
+                break
+            self.dispatched = j + 1
+            if self.in_flight >= limit:
+                self.error[j] = E_MISS
+                self.missed += 1
+                self.errors["not_sent"] += 1
+                continue
+            self.in_flight += 1
+            self.idle.clear()
+            data = self._fixed if self._fixed is not None else self._build(j)
+            sock = self._send_now(j, data)
+            g = spawn(self._request, j, data, sock)
+            self.greenlets.add(g)
+            g.link(self.greenlets.discard)
+        self.finished.set()
+
+    def _send_now(self, j: int, data: bytes) -> Any:
+        """Write the request on an idle keep-alive connection from the dispatcher itself, so
+        the send time is the wake-up time; None when a connection must be opened first."""
+        idle = self.pool.idle
+        while idle:
+            sock = idle.pop()
+            t0 = time.monotonic_ns()
+            try:
+                sock.sendall(data)  # idle: nothing unanswered on it, the send buffer is empty
+            except OSError:
+                sock.close()
+                continue
+            self.send[j] = t0
+            self.sent += 1
+            return sock
+        return None
+
+    def _request(self, j: int, data: bytes, sock: Any) -> None:
+        status, tier, err, exc, length = 0, "", E_OTHER, None, 0
+        try:
+            with gevent.Timeout(self.job.timeout_s):
+                status, tier, length = self._exchange(j, data, sock)
+            err = E_OK if 200 <= status < 300 else E_STATUS
+        except gevent.Timeout as e:
+            err, exc = E_TIMEOUT, e
+        except ConnectionRefusedError as e:
+            err, exc = E_CONNECT, e
+        except (ConnectionResetError, BrokenPipeError, HTTPConnectionClosed) as e:
+            err, exc = E_RESET, e
+        except HTTPParseError as e:
+            err, exc = E_BAD, e
+        except gevent.GreenletExit:
+            err = E_ABORTED
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure is recorded, none is lost
+            err, exc = (E_CONNECT if isinstance(e, OSError) and not status else E_OTHER), e
+        finally:
+            self._record(j, status, tier, err, exc, length)
+
+    def _exchange(self, j: int, data: bytes, sock: Any) -> tuple[int, str, int]:
+        """Read the answer (sending first if the dispatcher could not); a connection the
+        server closed while idle is replaced once."""
+        pool = self.pool
+        for attempt in (0, 1):
+            reused = sock is not None or bool(pool.idle)
+            try:
+                if sock is None:
+                    if self.send[j] < 0:
+                        self.send[j] = time.monotonic_ns()
+                        self.sent += 1
+                    sock = pool.idle.pop() if pool.idle else pool.connect()
+                    sock.sendall(data)
+                resp = HTTPSocketResponse(sock, block_size=16384, method=self._method)
+                body = resp.read()
+            except (HTTPConnectionClosed, ConnectionResetError, BrokenPipeError):
+                if sock is not None:
+                    sock.close()
+                sock = None
+                if reused and attempt == 0:
+                    continue  # the server closed an idle keep-alive connection
+                raise
+            except BaseException:
+                if sock is not None:
+                    sock.close()
+                raise
+            if resp.should_close():
+                sock.close()
+            else:
+                pool.idle.append(sock)
+            tier = resp.get("x-recchaos-tier") or ""
+            return resp.status_code, tier if isinstance(tier, str) else tier[-1], len(body)
+        raise AssertionError("unreachable")
+
+    def _record(self, j: int, status: int, tier: str, err: int, exc: Any, length: int) -> None:
+        done = time.monotonic_ns()
+        t0 = int(self.send[j])
+        self.in_flight -= 1
+        if err == E_ABORTED:
+            self.error[j] = err
+            self.failed += 1
+            self.errors["aborted"] += 1
+        else:
+            self.done[j] = done
+            self.status[j] = status
+            self.error[j] = err
+            if tier:
+                self.tier[j] = TIERS.index(tier) if tier in TIERS else -1
+                self.tiers[tier] += 1
+            due = self.start_ns + int(self.share.intended_ns[j])
+            if t0 >= 0:
+                self.live_lag.record_us(max(t0 - due, 0) // 1000)
+            if err == E_OK:
+                self.answered += 1
+                self.live_response.record_us((done - due) // 1000)
+            else:
+                self.failed += 1
+                self.errors[ERROR_KINDS[err]] += 1
+                self.live_response.record_failure()
+            self.events.request.fire(
+                request_type=self._method,
+                name=self._name,
+                response_time=(done - t0) / 1e6,
+                response_length=length,
+                response=None,
+                context={},
+                exception=exc if exc is not None else (f"HTTP {status}" if err else None),
+            )
+        if self.in_flight == 0:
+            self.idle.set()
+
+    # stopping ----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        if self.stop_ns is None:
+            self.stop_ns = time.monotonic_ns()
+        self.waiter.wake()
+
+    def drain(self, timeout_s: float) -> None:
+        """Wait for in-flight requests; abort those still out after ``timeout_s``."""
+        self.idle.wait(timeout=timeout_s)
+        if self.greenlets:
+            gevent.killall(list(self.greenlets), block=True, timeout=1.0)
+
+    # reporting ---------------------------------------------------------------------------------
+    def progress(self, interval_sent: int, interval_s: float) -> dict[str, Any]:
+        resp, lag = self.live_response, self.live_lag
+        return {
+            "event": "progress",
+            "worker": self.job.worker_index,
+            "elapsed_s": round((time.monotonic_ns() - self.start_ns) / 1e9, 3),
+            "due": self.dispatched,
+            "sent": self.sent,
+            "answered": self.answered,
+            "failed": self.failed,
+            "missed": self.missed,
+            "in_flight": self.in_flight,
+            "rate": round(interval_sent / interval_s, 1) if interval_s > 0 else 0.0,
+            "p99_ms": finite(resp.percentile_with_errors(99)) if resp.total else None,
+            "lag_p99_ms": finite(lag.percentile(99)) if lag.count else None,
+            "tiers": dict(self.tiers),
+            "errors": dict(self.errors),
+        }
+
+    def log(self) -> np.ndarray:
+        """The request log of every dispatched row, times relative to the load start."""
+        n = self.dispatched
+        rows = empty_log(n)
+        share = self.share
+        rows["id"] = share.ids[:n]
+        rows["intended_ns"] = share.intended_ns[:n]
+        for col, src in (("send_ns", self.send), ("done_ns", self.done)):
+            vals = src[:n]
+            rows[col] = np.where(vals >= 0, vals - self.start_ns, -1)
+        rows["status"] = self.status[:n]
+        rows["tier"] = self.tier[:n]
+        # a request greenlet killed before it ran never recorded itself: aborted
+        unfinished = (self.error[:n] == E_OK) & (self.done[:n] < 0)
+        rows["error_kind"] = np.where(unfinished, E_ABORTED, self.error[:n])
+        rows["user_id"] = share.user_ids[:n]
+        rows["worker"] = self.job.worker_index
+        return rows
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def apply_priority(job: LoadJob) -> str:
+    """Raise this process's CPU priority as the job asks; returns what was applied and why not.
+
+    Why: on a busy 2-core VM a normal-priority generator waits in the run queue, and its send
+    lag p99 reached 1-6 ms; as SCHED_FIFO (priority 10) the bare timerfd wake-up kept p99 near
+    0.1 ms under the same load. It never spins with timerfd, so it takes only the CPU it needs
+    (and the kernel caps real-time tasks at 95% of a CPU). ``timer: spin`` is never real-time.
+    """
+    wanted = job.priority
+    notes = []
+    if wanted == "realtime" and job.timer == "spin":
+        wanted = "high"
+        notes.append("realtime refused for timer spin (it would hold a CPU)")
+    if wanted == "realtime":
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+            return "realtime"
+        except (OSError, AttributeError) as exc:
+            notes.append(f"realtime refused ({exc})")
+            wanted = "high"
+    if wanted == "high":
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, HIGH_NICE)
+            return "high" + (f"; {'; '.join(notes)}" if notes else "")
+        except OSError as exc:
+            notes.append(f"high refused ({exc})")
+    return "normal" + (f"; {'; '.join(notes)}" if notes else "")
+
+
+def _raise_fd_limit(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+class _Usage:
+    def __init__(self) -> None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        self.user, self.sys, self.wall = r.ru_utime, r.ru_stime, time.monotonic()
+
+    def since(self) -> dict[str, float]:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "user_s": r.ru_utime - self.user,
+            "sys_s": r.ru_stime - self.sys,
+            "wall_s": time.monotonic() - self.wall,
+        }
+
+
+# ---- process ----------------------------------------------------------------------------------
+
+
+def _user_class(state: dict[str, Any]) -> type:
+    """The Locust user: one per worker process, whose single task runs the open-loop schedule."""
+    from locust import User, constant, task
+    from locust.exception import StopUser
+
+    class OpenLoopUser(User):
+        wait_time = constant(0)
+
+        @task
+        def open_loop(self) -> None:
+            state["go"].wait()
+            engine = state["engine"]
+            if engine is not None and not engine.waiter.stopping:
+                engine.run(state["start_ns"])
+            state["dispatched"].set()
+            raise StopUser()
+
+    return OpenLoopUser
+
+
+def _progress_loop(engine: OpenLoop, interval_s: float) -> None:
+    last_sent, last_t = 0, time.monotonic()
+    parent = os.getppid()
+    while True:
+        gevent.sleep(interval_s)
+        if os.getppid() != parent:  # orphaned: whoever started us is gone, stop sending
+            engine.stop()
+        now = time.monotonic()
+        _emit(engine.progress(engine.sent - last_sent, now - last_t))
+        last_sent, last_t = engine.sent, now
+
+
+def _read_go_line(timeout_s: float) -> int:
+    """The driver's start line on stdin: ``{"start_mono_ns": T}``."""
+    from gevent.fileobject import FileObjectPosix
+
+    with gevent.Timeout(timeout_s, TimeoutError(f"no start line on stdin within {timeout_s} s")):
+        line = FileObjectPosix(sys.stdin.fileno(), "rb", close=False).readline()
+    if not line:
+        raise EOFError("stdin closed before the start line")
+    return int(json.loads(line)["start_mono_ns"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m harness.load.worker", description="Open-loop load worker (Locust engine)."
+    )
+    p.add_argument("job", help="the LoadJob JSON file")
+    p.add_argument(
+        "--go-stdin",
+        action="store_true",
+        help="after 'ready', wait for {\"start_mono_ns\": T} on stdin",
+    )
+    p.add_argument("--go-timeout", type=float, default=60.0)
+    p.add_argument(
+        "--locust-master",
+        metavar="HOST:PORT",
+        help="run as a worker of a Locust master (which starts it and sets its index)",
+    )
+    p.add_argument(
+        "--locust-master-bind",
+        type=int,
+        metavar="PORT",
+        help="run as the Locust master of --expect-workers workers (sends nothing)",
+    )
+    p.add_argument("--expect-workers", type=int, default=1)
+    args = p.parse_args(argv)
+    job = LoadJob.read(args.job)
+    os.makedirs(job.output_dir, exist_ok=True)
+    _load_gevent()
+    import gevent.event  # noqa: F401  (the engine's events)
+
+    if args.locust_master_bind is not None:
+        from harness.load import _distributed
+
+        return _distributed.run_master(job, args.locust_master_bind, args.expect_workers, _emit)
+    return _run_worker(job, args)
+
+
+def _run_worker(job: LoadJob, args: argparse.Namespace) -> int:
+    from locust.env import Environment
+
+    _raise_fd_limit(job.max_in_flight + 256)
+    priority = apply_priority(job)
+    state: dict[str, Any] = {
+        "go": gevent.event.Event(),
+        "dispatched": gevent.event.Event(),
+        "engine": None,
+        "start_ns": 0,
+    }
+    env = Environment(user_classes=[_user_class(state)], host=job.target, catch_exceptions=False)
+    engine: OpenLoop | None = None
+    error: str | None = None
+    stopped_by: list[int] = []
+    usage: _Usage | None = None
+    progress = None
+    runner = None
+
+    def on_signal(signum: int) -> None:
+        stopped_by.append(signum)
+        if engine is not None:
+            engine.stop()
+        state["go"].set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, on_signal, sig)
+
+    try:
+        if args.locust_master:
+            from harness.load import _distributed
+
+            runner, job = _distributed.attach_worker(env, job, args.locust_master, state)
+        share = job.share()
+        engine = OpenLoop(job, share, env.events)
+        state["engine"] = engine
+        if stopped_by:  # a signal came while we were starting
+            engine.stop()
+        warm_error = engine.pool.prewarm(job.pool_size())
+        gc.collect()
+        gc.freeze()  # the schedule arrays and the engine are never collected: skip them
+        _emit(
+            {
+                "event": "ready",
+                "worker": job.worker_index,
+                "pid": os.getpid(),
+                "requests": len(share),
+                "connections": len(engine.pool.idle),
+                "connect_error": warm_error,
+                "priority": priority,
+            }
+        )
+        if runner is None:
+            runner = env.create_local_runner()
+            if job.start_mono_ns is not None:
+                start_ns = job.start_mono_ns
+            elif args.go_stdin:
+                start_ns = _read_go_line(args.go_timeout)
+            else:
+                start_ns = time.monotonic_ns() + START_LEAD_NS
+            state["start_ns"] = start_ns
+            state["go"].set()
+            runner.start(1, spawn_rate=1)
+        else:
+            state["go"].wait(timeout=args.go_timeout)  # set by the master's go message
+        usage = _Usage()
+        progress = gevent.spawn(_progress_loop, engine, job.progress_interval_s)
+        deadline_s = job.duration_s + job.timeout_s + 60 + args.go_timeout
+        state["dispatched"].wait(timeout=deadline_s)
+        if not state["dispatched"].is_set():
+            error = f"the schedule did not finish within {deadline_s:.0f} s"
+            engine.stop()
+        engine.drain(DRAIN_GRACE_S if stopped_by else job.timeout_s + 1.0)
+    except Exception as exc:  # noqa: BLE001 - write what we have, then fail
+        error = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        if engine is not None:
+            engine.stop()
+            engine.drain(DRAIN_GRACE_S)
+    finally:
+        if progress is not None:
+            progress.kill(block=False)
+    cpu = usage.since() if usage else {"user_s": 0.0, "sys_s": 0.0, "wall_s": 0.0}
+    code = _finish(
+        job,
+        engine,
+        cpu,
+        partial=bool(stopped_by) or error is not None,
+        error=error,
+        priority=priority,
+    )
+    if runner is not None:
+        _distributed_done(runner, job, code)
+        runner.quit()
+    if engine is not None:
+        engine.pool.close()
+        engine.waiter.close()
+    return code if error is None else 1
+
+
+def _distributed_done(runner: Any, job: LoadJob, code: int) -> None:
+    from locust.runners import WorkerRunner
+
+    if isinstance(runner, WorkerRunner):
+        runner.send_message("recchaos_done", {"worker": job.worker_index, "code": code})
+        gevent.sleep(0.2)  # let the message leave before the runner quits
+
+
+def _finish(
+    job: LoadJob,
+    engine: OpenLoop | None,
+    cpu: dict[str, float],
+    partial: bool,
+    error: str | None,
+    priority: str,
+) -> int:
+    """Write the log, histograms and summary; print the ``done`` line."""
+    if engine is None:
+        rows, scheduled, start_ns, active_s = empty_log(0), 0, 0, 0.0
+    else:
+        rows, scheduled, start_ns = engine.log(), len(engine.share), engine.start_ns
+        end_ns = (
+            engine.stop_ns if partial and engine.stop_ns else start_ns + int(job.duration_s * 1e9)
+        )
+        active_s = max(end_ns - start_ns, 0) / 1e9 if start_ns else 0.0
+    hists = histograms(rows)
+    summary = summarize(
+        job, rows, hists, scheduled, start_ns, active_s, cpu, partial, error, priority
+    )
+    write_log(job.path("requests-{worker}.npy"), rows)
+    counts = ("intended", "sent", "answered", "failed", "missed")
+    write_json(
+        job.path("histograms-{worker}.json"),
+        {
+            "worker": job.worker_index,
+            "unit": "us",
+            "significant_figures": 3,
+            "counts": {k: summary[k] for k in counts},
+            **{name: h.to_dict() for name, h in hists.items()},
+        },
+    )
+    write_json(job.path("summary-{worker}.json"), summary)
+    _emit({"event": "done", **summary})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
