@@ -330,6 +330,8 @@ def start(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "gateway_url": f"http://{comps[-1].address}",
         "model_version": meta["version"],
         "preset": args.preset,
+        "n_users": meta["data"]["n_users"],
+        "n_items": meta["data"]["n_items"],
         "shards": args.shards,
         "redis": args.redis,
         "log_dir": str(log_dir),

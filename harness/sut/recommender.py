@@ -161,6 +161,11 @@ class RecommenderCluster:
     def stop(self) -> None:
         if self._up:
             self._up = False
+            # `down` removes the manifest once everything is stopped; keep what ran for the record.
+            (self.workdir / "components.json").write_text(json.dumps(
+                {"components": self.manifest.get("components", []),
+                 "proxy_pid": self.proxy.pid if self.proxy else None,
+                 "redis_pid": self.redis.pid if self.redis else None}, indent=2) + "\n")
             out = self.workdir / "logs" / "sut-down.log"
             with open(out, "ab") as fh:
                 code = subprocess.run(_sut_command("down", "--manifest", str(self.manifest_path)),

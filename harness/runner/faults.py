@@ -1,0 +1,92 @@
+"""Executing a scenario's fault plan against the clock of the load: apply at ``at_s``, heal at
+``at_s + duration_s`` (or at the end of the load), every fault on one :class:`FaultStack` so that
+whatever happens, everything applied is healed in reverse order.
+
+Times are offsets from the load's start (the shared CLOCK_MONOTONIC origin the load workers use),
+so the recorded inject and heal times line up with the request log.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.inject.base import (
+    FaultEvent,
+    FaultStack,
+    FaultUnsupported,
+    InjectContext,
+    Injector,
+    make_injector,
+)
+from harness.model.errors import RecchaosError
+from harness.model.faults import FaultSpec
+
+
+@dataclass
+class FaultPlanRun:
+    """The plan's execution state: applied injectors, problems, and what is active now."""
+
+    plan: tuple[FaultSpec, ...]
+    ctx: InjectContext
+    stack: FaultStack
+    origin_ns: int
+    load_end_s: float
+    log: Callable[[str], None] = print
+    on_change: Callable[[], None] = lambda: None
+    problems: list[str] = field(default_factory=list)
+    injectors: dict[int, Injector] = field(default_factory=dict)
+
+    def actions(self) -> list[tuple[float, int, str]]:
+        """(time_s, fault index, 'apply' | 'heal'), in time order; heals before applies on ties."""
+        out = []
+        for i, spec in enumerate(self.plan):
+            out.append((spec.at_s, i, "apply"))
+            out.append((spec.end_s(self.load_end_s), i, "heal"))
+        return sorted(out, key=lambda a: (a[0], a[2] != "heal", a[1]))
+
+    def active(self) -> list[str]:
+        return [e.label for e in self.stack.events if e.inject_mono_ns and not e.heal_mono_ns]
+
+    def run(self, stop: threading.Event) -> None:
+        """Run the actions until done or ``stop`` is set (the caller then heals everything)."""
+        for at_s, index, what in self.actions():
+            delay = self.origin_ns / 1e9 + at_s - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                return
+            if what == "apply":
+                self._apply(index)
+            elif index in self.injectors:
+                event = self.stack.heal(self.injectors[index])
+                note = f" (heal failed: {event.heal_error})" if event.heal_error else ""
+                self.log(f"healed {event.label} at {at_s:.1f} s{note}")
+                if event.heal_error:
+                    self.problems.append(f"{event.label}: heal failed: {event.heal_error}")
+            self.on_change()
+
+    def _apply(self, index: int) -> None:
+        spec = self.plan[index]
+        where = spec.origin or f"faults[{index}]"
+        try:
+            injector = make_injector(spec.kind, spec.target, dict(spec.params), self.ctx)
+            self.injectors[index] = injector
+            event = self.stack.apply(injector, origin=where)
+        except FaultUnsupported as exc:
+            self.problems.append(f"{spec.label} ({where}) was not applied: {exc}")
+            self.log(f"skipped {spec.label}: {exc}")
+            return
+        except RecchaosError as exc:
+            self.problems.append(f"{spec.label} ({where}) failed to apply: {exc}")
+            self.log(f"could not apply {spec.label}: {exc}")
+            return
+        state = "verified" if event.verified else f"not yet verified ({event.verify_note})"
+        self.log(f"applied {event.label} at {((event.inject_mono_ns or 0) - self.origin_ns) / 1e9:.1f} s"
+                 f" [{state}]")
+
+    def timeline(self) -> tuple:
+        return tuple(e.to_record(self.origin_ns) for e in self.applied_events())
+
+    def applied_events(self) -> list[FaultEvent]:
+        return [e for e in self.stack.events if e.inject_mono_ns is not None]

@@ -1,0 +1,255 @@
+"""The run lifecycle, the one place that knows it: target up, steady state, load plus faults,
+heal, settle, judge, write the record, tear down. Small phase functions, one per step.
+
+Whatever happens (a failed start, a crash, Ctrl-C), every fault is healed, the target is stopped
+and ``run.json`` is left behind: ``complete`` with a verdict, or ``incomplete`` with the reason.
+A watchdog process heals and tears down if this process dies without getting to do that.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.checks.run import evaluate
+from harness.checks.verdict import Verdict
+from harness.inject.base import FaultStack, InjectContext
+from harness.inject.journal import Journal
+from harness.load.driver import LoadResult, run_load
+from harness.load.spec import RECOMMENDER_REQUEST, LoadJob
+from harness.model.errors import EXIT_HARNESS, HarnessError, SutFailure
+from harness.model.record import RecordFile, RunRecord
+from harness.model.requestlog import TIERS, succeeded
+from harness.model.scenario import Scenario
+from harness.model.target import GenericTarget
+from harness.runner import provenance
+from harness.runner.faults import FaultPlanRun
+from harness.runner.progress import ProgressDisplay
+from harness.runner.scrape import cross_check, scrape_tiers
+from harness.runner.settings import RunSettings, resolve_scenario
+from harness.runner.target import RunningTarget, start_target
+from harness.watchdog import start_watchdog
+
+START_LEAD_S = 3.0  # load workers import locust and open connections before the common start
+STEADY_REQUESTS = 20
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_dir: Path
+    verdict: Verdict | None
+    exit_code: int
+    message: str
+    replay: str
+
+
+def new_run_dir(root: Path, scenario: Scenario) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    base = root / f"{stamp}-{scenario.name}-s{scenario.seed}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+def open_record(settings: RunSettings, scenario: Scenario, run_dir: Path) -> RecordFile:
+    replay = provenance.replay_command(settings.scenario_path, scenario.seed, settings.profile,
+                                       settings.rate, settings.duration)
+    record = RunRecord(scenario=scenario.to_dict(), seed=scenario.seed,
+                       scenario_path=settings.scenario_path, profile=settings.profile,
+                       replay=replay, git_commit=provenance.git_commit(),
+                       versions=provenance.versions(), host=provenance.host(),
+                       started_wall=time.time())
+    return RecordFile(run_dir / "run.json", record)
+
+
+def steady_state(target: RunningTarget, scenario: Scenario, timeout_s: float = 30.0) -> None:
+    """Before any fault: STEADY_REQUESTS answers in a row succeed (at tier primary for the
+    recommender). Cold caches and first calls may need a few tries; bounded by ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    streak, seen, user = 0, Counter[str](), 0
+    while streak < STEADY_REQUESTS:
+        if time.monotonic() > deadline:
+            raise SutFailure(f"steady state not reached within {timeout_s:.0f} s before any "
+                             f"fault: {STEADY_REQUESTS} answers in a row at tier primary were "
+                             f"expected from {target.base_url}; saw {dict(seen)}")
+        status, tier = _probe(target.base_url, scenario, user)
+        user += 1
+        good = 200 <= status < 300 and (isinstance(scenario.target, GenericTarget)
+                                         or tier == "primary")
+        seen[f"{status} {tier}".strip()] += 1
+        streak = streak + 1 if good else 0
+
+
+def _probe(base_url: str, scenario: Scenario, user: int) -> tuple[int, str]:
+    template = (scenario.target.request if isinstance(scenario.target, GenericTarget)
+                else RECOMMENDER_REQUEST)
+    path, body = template.render(user_id=user, k=10, request_id=f"steady-{user}",
+                                 seed=scenario.seed)
+    req = urllib.request.Request(base_url + path, method=template.method,
+                                 data=body.encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=2.0) as resp:
+            return resp.status, resp.headers.get("X-Recchaos-Tier", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except (urllib.error.URLError, OSError) as exc:
+        raise SutFailure(f"steady state not reached: {base_url}{path} unreachable: {exc}") from None
+
+
+def build_job(settings: RunSettings, scenario: Scenario, target: RunningTarget,
+              run_dir: Path) -> LoadJob:
+    request = (scenario.target.request if isinstance(scenario.target, GenericTarget)
+               else RECOMMENDER_REQUEST)
+    return LoadJob(target=target.base_url, phases=scenario.load, seed=scenario.seed,
+                   output_dir=str(run_dir / "load"), request=request,
+                   start_mono_ns=time.monotonic_ns() + int(START_LEAD_S * 1e9))
+
+
+def load_with_faults(job: LoadJob, faults: FaultPlanRun, settings: RunSettings,
+                     display: ProgressDisplay) -> LoadResult:
+    """Load in a background thread, faults on this one; both bounded by the load's length."""
+    result: dict[str, Any] = {}
+    timeout = START_LEAD_S + job.duration_s + 60.0
+
+    def load() -> None:
+        try:
+            result["load"] = run_load(job, timeout, display.on_progress,
+                                      workers=settings.load_workers)
+        except BaseException as exc:  # re-raised on the main thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=load, name="load", daemon=True)
+    stop = threading.Event()
+    thread.start()
+    try:
+        faults.run(stop)
+        thread.join(timeout)
+    finally:
+        stop.set()
+    if thread.is_alive():
+        raise HarnessError(f"the load driver did not return within {timeout:.0f} s")
+    if "error" in result:
+        raise result["error"]
+    return result["load"]
+
+
+def client_tiers(log: np.ndarray) -> Counter[str]:
+    ok = log[succeeded(log)]
+    codes, counts = np.unique(ok["tier"], return_counts=True)
+    return Counter({TIERS[c] if 0 <= c < len(TIERS) else "unknown": int(n)
+                    for c, n in zip(codes, counts, strict=True)})
+
+
+def judge(scenario: Scenario, result: LoadResult, faults: FaultPlanRun, record: RecordFile,
+          cross: dict[str, Any]) -> Verdict:
+    timeline = faults.timeline()
+    end_s = job_end_s(result)
+    ev = evaluate(scenario, result.log, timeline, end_s)
+    verdict = ev.verdict
+    if verdict is Verdict.PASS and faults.problems:
+        verdict = Verdict.INCONCLUSIVE  # a planned fault that never took effect proves nothing
+    if verdict is Verdict.PASS and result.unaccounted():
+        verdict = Verdict.INCONCLUSIVE
+    record.update(timeline=timeline, windows=tuple(w.to_dict() for w in ev.windows),
+                  checks=tuple(c.to_dict() for c in ev.checks), verdict=verdict.value,
+                  load_end_s=end_s, origin_mono_ns=result.start_mono_ns)
+    _write_extra(record.path.parent, result, cross, faults)
+    return verdict
+
+
+def job_end_s(result: LoadResult) -> float:
+    intended = result.log["intended_ns"]
+    return float(intended.max()) / 1e9 if intended.size else 0.0
+
+
+def _write_extra(run_dir: Path, result: LoadResult, cross: dict[str, Any],
+                 faults: FaultPlanRun) -> None:
+    extra = {"generator": result.summary, "tier_cross_check": cross,
+             "fault_problems": faults.problems, "unaccounted": result.unaccounted(),
+             "load_errors": list(result.errors)}
+    (run_dir / "details.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
+
+
+def run(settings: RunSettings, log=print) -> RunOutcome:
+    """One whole run. Usage errors (bad scenario, bad options) raise before anything starts."""
+    scenario = resolve_scenario(settings)
+    run_dir = new_run_dir(settings.out_dir, scenario)
+    record = open_record(settings, scenario, run_dir)
+    replay = record.record.replay
+    log(f"run {run_dir} (seed {scenario.seed}); replay with: {replay}")
+    display = ProgressDisplay(enabled=settings.progress, log=log)
+    try:
+        verdict = _run_phases(settings, scenario, run_dir, record, display, log)
+    except KeyboardInterrupt:
+        record.add_error("interrupted (Ctrl-C): faults healed, target stopped")
+        record.finish("incomplete", ended_wall=time.time())
+        return RunOutcome(run_dir, None, 130, "interrupted; partial record written", replay)
+    except Exception as exc:
+        code = getattr(exc, "exit_code", EXIT_HARNESS)
+        record.add_error(f"{type(exc).__name__}: {exc}")
+        record.finish("incomplete", ended_wall=time.time())
+        return RunOutcome(run_dir, None, code, f"{type(exc).__name__}: {exc}", replay)
+    record.finish("complete", ended_wall=time.time())
+    return RunOutcome(run_dir, verdict, verdict.exit_code, f"verdict {verdict.value}", replay)
+
+
+def _run_phases(settings: RunSettings, scenario: Scenario, run_dir: Path, record: RecordFile,
+                display: ProgressDisplay, log) -> Verdict:
+    journal = Journal(run_dir / "faults.journal", run_id=run_dir.name)
+    with ExitStack() as stack:
+        watchdog = stack.enter_context(start_watchdog(
+            run_dir / "faults.journal", run_dir / "cluster" / "manifest.json",
+            log_path=run_dir / "watchdog.log"))
+        target = start_target(scenario, run_dir, log)
+        stack.callback(target.stop)
+        for pid in target.extra_pids:
+            watchdog.add_pid(pid)
+        steady_state(target, scenario)
+        before = scrape_tiers(target.base_url)
+        ctx = InjectContext.from_manifest(
+            target.manifest_path, extra=_extra_components(target), proxy_url=target.proxy_url,
+            restart=target.restart, seed=scenario.seed, run_id=run_dir.name, journal=journal)
+        job = build_job(settings, scenario, target, run_dir)
+        faults = FaultPlanRun(scenario.fault_plan(), ctx, FaultStack(journal), job.start_mono_ns or 0,
+                              scenario.load_duration_s, log=display.note)
+        display.faults = faults
+        record.update(origin_mono_ns=job.start_mono_ns or 0)
+        try:
+            result = load_with_faults(job, faults, settings, display)
+        finally:
+            heal_errors = faults.stack.heal_all()
+            for err in heal_errors:
+                record.add_error(f"heal failed: {err}")
+            record.update(timeline=faults.timeline())
+        time.sleep(min(scenario.settle_s, 2.0))
+        cross = cross_check(before, scrape_tiers(target.base_url), client_tiers(result.log),
+                            tolerance=max(5, len(result.log) // 100))
+        verdict = judge(scenario, result, faults, record, cross)
+        if heal_errors and verdict is Verdict.PASS:
+            verdict = Verdict.INCONCLUSIVE
+        display.final(verdict, record)
+        watchdog.done()
+    return verdict
+
+
+def _extra_components(target: RunningTarget) -> list[Any]:
+    from harness.inject.base import Component
+
+    if target.redis is None:
+        return []
+    return [Component.from_manifest(target.redis)]

@@ -1,0 +1,146 @@
+"""``recchaos run`` end to end with real processes: a whole run, a SIGKILLed harness, Ctrl-C,
+and a bad scenario file. After each, nothing the run started may still be running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SCENARIO = Path(__file__).resolve().parents[1] / "data" / "short_kill.yaml"
+RUN_TIMEOUT_S = 240
+
+
+def _recchaos(*args: str, **kw) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _started_pids(run_dir: Path) -> list[int]:
+    """Every PID the run started: the cluster's components, the proxy, the watchdog."""
+    pids = []
+    for name in ("cluster/manifest.json", "cluster/components.json"):
+        path = run_dir / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            pids += [c["pid"] for c in data.get("components", []) if c.get("pid")]
+            pids += [data[k] for k in ("proxy_pid", "redis_pid") if data.get(k)]
+    return pids
+
+
+def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = [p for p in pids if _alive(p)]
+        if not left:
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+def _only_run_dir(out: Path) -> Path:
+    dirs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def _wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.stdout.read() if proc.poll() is not None and proc.stdout else ""
+            pytest.fail(f"{what} did not happen within {timeout_s} s; harness output:\n{out[-3000:]}")
+        time.sleep(0.1)
+
+
+def test_whole_run_writes_a_complete_record_and_leaves_nothing(tmp_path):
+    proc = _recchaos("run", str(SCENARIO), "--out", str(tmp_path), "--no-progress")
+    out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    assert proc.returncode in (0, 1, 3), out[-3000:]
+    run_dir = _only_run_dir(tmp_path)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "complete", out[-3000:]
+    assert record["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+    assert record["seed"] == 11
+    assert record["replay"].startswith("recchaos run ") and "--seed 11" in record["replay"]
+    [kill] = record["timeline"]
+    assert kill["kind"] == "kill" and kill["target"] == "shard-0-primary"
+    assert kill["verified"], kill
+    assert kill["heal_ns"] > kill["inject_ns"]
+    assert (run_dir / "load" / "requests.npy").exists()
+    details = json.loads((run_dir / "details.json").read_text())
+    assert details["unaccounted"] == []
+    assert details["tier_cross_check"]["agree"] is True, details["tier_cross_check"]
+    assert _wait_gone(_started_pids(run_dir), 10) == []
+
+
+def test_sigkill_of_the_harness_leaves_the_watchdog_to_clean_up(tmp_path):
+    proc = _recchaos("run", str(SCENARIO), "--out", str(tmp_path), "--no-progress",
+                     start_new_session=True)
+    try:
+        def killed_fault_applied() -> bool:
+            dirs = [p for p in tmp_path.iterdir() if p.is_dir()]
+            journal = dirs[0] / "faults.journal" if dirs else None
+            return bool(journal and journal.exists() and '"applied"' in journal.read_text())
+
+        _wait_for(killed_fault_applied, 180, "the kill fault being applied", proc)
+        run_dir = _only_run_dir(tmp_path)
+        pids = _started_pids(run_dir)
+        assert pids
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        # The load workers run in the harness's process group: gone with it or by the watchdog.
+        assert _wait_gone(pids, 30) == [], (run_dir / "watchdog.log").read_text()[-2000:]
+        record = json.loads((run_dir / "run.json").read_text())
+        assert record["status"] == "running"  # the harness never got to finish it
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_ctrl_c_heals_stops_and_writes_a_partial_record(tmp_path):
+    proc = _recchaos("run", str(SCENARIO), "--out", str(tmp_path), "--no-progress")
+    try:
+        _wait_for(lambda: any((p / "load").exists() for p in tmp_path.iterdir()), 180,
+                  "the load starting", proc)
+        time.sleep(1.0)
+        run_dir = _only_run_dir(tmp_path)
+        pids = _started_pids(run_dir)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 130, out[-3000:]
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "incomplete"
+    assert any("interrupted" in e for e in record["errors"]), record["errors"]
+    assert _wait_gone(pids, 10) == []
+
+
+def test_bad_scenario_exits_2_naming_file_field_and_value(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SCENARIO.read_text().replace("rate: 100", "rate: -5"))
+    proc = _recchaos("run", str(bad), "--out", str(tmp_path / "runs"))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, out
+    assert str(bad) in out and "load[0].rate" in out and "-5" in out
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
