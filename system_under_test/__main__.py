@@ -1,8 +1,7 @@
-"""``python -m system_under_test <command> ...``: the one entry point of the recommender's processes.
+"""``python -m system_under_test COMMAND ...``: the recommender's own command line.
 
-A table of commands, each naming the module and function that own it; the module is imported
-only when its command runs, so ``train`` never pays for the servers and the servers never pay
-for training.
+Each command lives in its module and is imported only when chosen, so ``up`` and ``down`` never
+pay for importing torch.
 """
 
 from __future__ import annotations
@@ -10,33 +9,34 @@ from __future__ import annotations
 import importlib
 import sys
 
-# command -> (module, function taking argv and returning an exit code)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("system_under_test.train", "main_train"),
-    "up": ("system_under_test.launcher", "main_up"),
-    "down": ("system_under_test.launcher", "main_down"),
-    "serve-shard": ("system_under_test.shard_server", "main"),
-    "serve-region": ("system_under_test.region_server", "main"),
-    "serve-gateway": ("system_under_test.gateway.server", "main"),
+COMMANDS = {
+    "train": ("system_under_test.train", "main_train", "train the models and cache the artifacts"),
+    "up": ("system_under_test.launcher", "main_up", "start the whole cluster and write a manifest"),
+    "down": ("system_under_test.launcher", "main_down", "stop every process of a manifest"),
+    "serve-shard": ("system_under_test.shard_server", "main", "run one shard copy (internal)"),
+    "serve-region": ("system_under_test.region_server", "main", "run the degraded region (internal)"),
+    "serve-gateway": ("system_under_test.gateway", "main", "run the HTTP gateway (internal)"),
 }
 
 
-def _usage() -> str:
-    return "usage: python -m system_under_test {" + ",".join(COMMANDS) + "} [options]"
+def usage() -> str:
+    lines = ["usage: python -m system_under_test COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
+        print(usage())
         return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"unknown command {command!r}; {_usage()}", file=sys.stderr)
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"unknown command {name!r}; allowed: {', '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
         return 2
-    module_name, function_name = COMMANDS[command]
-    function = getattr(importlib.import_module(module_name), function_name)
-    return int(function(rest) or 0)
+    module_name, func_name, _ = COMMANDS[name]
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
 
 
 if __name__ == "__main__":

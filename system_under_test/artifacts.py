@@ -69,6 +69,7 @@ def ensure_artifacts(
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the installed version is read by every server
     try:
         log(f"[artifacts] training {preset_name} into {target}")
         train.train_into(preset_name, tmp, log=log)
@@ -90,17 +91,22 @@ def _install(tmp: Path, target: Path, force: bool, log: Callable[[str], None]) -
     except OSError:
         # Another process finished the same version first: theirs is as good as ours.
         if not target.exists():
+            if old is not None:
+                old.rename(target)  # put the previous version back rather than lose it
             raise
         log(f"[artifacts] {target} appeared while training; keeping it")
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_complete(directory: Path) -> None:
+def check_complete(directory: str | os.PathLike[str]) -> None:
     """Raise ``ArtifactError`` naming the directory and what is missing, if it is incomplete."""
+    directory = Path(directory)
     if not directory.is_dir():
-        raise ArtifactError(f"artifact directory {directory} does not exist; run "
-                            "`python -m system_under_test train` to create it")
+        raise ArtifactError(
+            f"artifact directory {directory} does not exist; run "
+            "`python -m system_under_test train` to create it"
+        )
     missing = [name for name in FILES if not (directory / name).is_file()]
     if missing:
         raise ArtifactError(
@@ -170,16 +176,20 @@ def build_distilled_model(metadata: dict[str, Any]) -> DistilledModel:
 
 def _dir_of(metadata: dict[str, Any]) -> Path:
     if "_dir" not in metadata:
-        raise ArtifactError("metadata was not read by load_metadata(); it does not know its directory")
+        raise ArtifactError(
+            "metadata was not read by load_metadata(); it does not know its directory"
+        )
     return Path(metadata["_dir"])
 
 
 def _load_state(module: Any, path: Path) -> None:
+    import pickle
+
     import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError, EOFError) as exc:
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise ArtifactError(f"cannot load {path} into {type(module).__name__}: {exc}") from exc
     module.eval()

@@ -50,13 +50,13 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset("default", DataConfig(), ModelConfig(batch_size=1024, epochs=3)),
+    "default": Preset("default", DataConfig(), ModelConfig(batch_size=1024, epochs=2)),
     # Small enough to train in seconds; used by the tests.
     "tiny": Preset(
         "tiny",
         DataConfig(n_users=4_000, n_items=2_000, n_categories=20, interactions_per_user=20),
         ModelConfig(dim=16, bottom_mlp=(32, 16), top_mlp=(32, 16), distilled_dim=8,
-                    n_candidates=50, epochs=3, batch_size=512, distill_epochs=4),
+                    n_candidates=50, epochs=6, batch_size=512, distill_epochs=8),
     ),
 }
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from system_under_test.config import DataConfig
 
-# Softmax temperature of the affinity u . v; with unit-norm centres, about half of a user's
+# Softmax temperature of the affinity u . v; with unit-norm centres, a third to a half of a user's
 # interactions fall in the favourite category.
 _TEMPERATURE = 0.2
 # Item latent = category centre + noise of this norm (relative to the unit-norm centre).

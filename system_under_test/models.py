@@ -43,6 +43,7 @@ class DLRMRanker(nn.Module):
     """
 
     N_VECTORS = 5
+    _pairs: Tensor  # [2, 10] upper-triangle indices, a non-persistent buffer
 
     def __init__(
         self,

@@ -4,14 +4,16 @@
 preset's artifact directory; ``artifacts.ensure_artifacts`` calls ``train_into`` only when the
 version is missing (or ``--force``), into a temporary directory that it then renames.
 
-The full model is trained in one pass with two losses on shared embeddings: a sampled softmax for
+The full model is trained with two losses summed over shared embeddings: a sampled softmax for
 retrieval (in-batch plus uniform negatives, log-Q corrected, so ``user . item`` estimates the log
 probability of the next interaction, popularity included) and a binary cross-entropy for the
 ranker against uniform negatives (whose optimal logit is that same log probability up to a
 constant, which is what ranking the retrieved candidates needs). Each training pair sees the
 history that preceded it, never the pair itself: the serving history ends just before the
-held-out item in the same way. The distilled model then imitates the full model's softmax over
-its top candidates plus uniform samples.
+held-out item in the same way. Recommendations never repeat an item of the user's history (the
+users in the data never re-consume), so every top-10 here, like ``models.full_pipeline``, skips
+them. The distilled model then imitates the full model's softmax over its top candidates plus
+uniform samples.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,7 +42,8 @@ Log = Callable[[str], None]
 # Uniform negatives per batch in the retrieval softmax, as a share of the batch: they reach the
 # tail items that in-batch (popularity-distributed) negatives almost never show.
 _UNIFORM_NEGATIVE_SHARE = 0.5
-_ROW_L2 = 0.0
+# Weight of the L2 penalty on the table rows a batch touches (see _full_losses).
+_ROW_L2 = 0.01
 # Uniform negatives per positive for the ranker's binary cross-entropy.
 _RANKER_NEGATIVES = 2
 # Uniform items added to the teacher's top candidates in each distillation softmax.
@@ -102,8 +106,12 @@ def main_train(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="retrain even if artifacts exist")
     args = parser.parse_args(argv)
-    directory = artifacts.ensure_artifacts(args.preset, root=args.artifacts, force=args.force)
-    metadata = artifacts.load_metadata(directory)
+    try:
+        directory = artifacts.ensure_artifacts(args.preset, root=args.artifacts, force=args.force)
+        metadata = artifacts.load_metadata(directory)
+    except artifacts.ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(format_metrics(metadata["metrics"]))
     print(f"artifacts: {directory}")
     return 0
@@ -114,7 +122,8 @@ def format_metrics(metrics: dict[str, dict[str, float]]) -> str:
         f"held-out metrics ({_EVAL_USERS} users at most; seen items excluded from top-{_TOP_K})",
         f"{'model':<12}{'AUC':>8}{'recall@10':>12}",
     ]
-    for name, row in metrics.items():
+    for name in ("full", "distilled", "popularity"):
+        row = metrics[name]
         lines.append(f"{name:<12}{row['auc']:>8.4f}{row['recall@10']:>12.4f}")
     return "\n".join(lines)
 
@@ -315,7 +324,7 @@ def _distill_loss(
         items = torch.cat([top, sampled], dim=1)  # [B, S]
         teacher = _rank_matrix(full, user_vec, history, dense, items, t.item_category)
         # Seen items are never served, so they take no part in either distribution.
-        seen = (items.unsqueeze(2) == history.unsqueeze(1)).any(dim=2)
+        seen = _seen_mask(items, history)
         target = torch.softmax(teacher.masked_fill(seen, float("-inf")), dim=1)
     student = model.scores(history, dense, items).masked_fill(seen, float("-inf"))
     log_q = torch.log_softmax(student, dim=1).masked_fill(seen, 0.0)
@@ -359,7 +368,9 @@ def evaluate(
     users = torch.from_numpy(np.sort(rng.choice(data.n_users, n_eval, replace=False)))
     positives = t.test_items[users]
     negatives = torch.from_numpy(rng.integers(0, data.n_items, (n_eval, _EVAL_NEGATIVES)))
-    negatives = torch.where(negatives == positives.unsqueeze(1), (negatives + 1) % data.n_items, negatives)
+    negatives = torch.where(
+        negatives == positives.unsqueeze(1), (negatives + 1) % data.n_items, negatives
+    )
     pairs = torch.cat([positives.unsqueeze(1), negatives], dim=1)  # column 0 is the positive
     popularity = torch.from_numpy(data.popularity.astype(np.float32))
     popular_order = torch.argsort(-popularity, stable=True)
@@ -370,12 +381,16 @@ def evaluate(
         u = users[lo : lo + chunk]
         history, dense, pos = t.history[u], t.dense[u], positives[lo : lo + chunk]
         user_vec = full.user_vectors(u)
-        scores["full"].append(_rank_matrix(full, user_vec, history, dense, pairs[lo : lo + chunk], t.item_category))
+        scores["full"].append(
+            _rank_matrix(full, user_vec, history, dense, pairs[lo : lo + chunk], t.item_category)
+        )
         scores["distilled"].append(distilled.scores(history, dense, pairs[lo : lo + chunk]))
         scores["popularity"].append(popularity[pairs[lo : lo + chunk]])
 
         recs = {
-            "full": _full_top_k(full, user_vec, history, dense, t.item_category, preset.model.n_candidates),
+            "full": _full_top_k(
+                full, user_vec, history, dense, t.item_category, preset.model.n_candidates
+            ),
             "distilled": _distilled_top_k(distilled, history, dense),
             "popularity": _popular_top_k(popular_order, history),
         }
