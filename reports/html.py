@@ -1,0 +1,383 @@
+"""The run report as one self-contained HTML file: inline CSS, inline SVG, a few lines of JS.
+
+Order follows what a reader needs first: the verdict and the SLO table, then latency over time
+with the fault windows shaded, tier shares, the percentile spectrum per window, the per-stage
+budget, generator health, the fault timeline, and how to replay the run. Nothing is fetched from
+the network; the page opens from a file or a CI artifact as is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from reports import charts
+from reports.load import RunDir
+from reports.series import Series, per_second
+from reports.stages import StageRow, stage_rows
+from reports.svg import esc, fmt
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;
+color:#111;max-width:1000px}
+h1{font-size:22px;margin:0 0 6px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:12.5px;margin:6px 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.verdict{display:inline-block;padding:3px 12px;border-radius:4px;color:#fff;font-weight:bold}
+.PASS{background:#2e7d32}.FAIL{background:#c62828}.INCONCLUSIVE{background:#ef6c00}
+.NONE{background:#616161}.REGRESSION{background:#c62828}.OK{background:#2e7d32}
+.partial{background:#fff3e0;border:1px solid #ef6c00;padding:8px 12px;margin:10px 0}
+.meta{color:#555;font-size:13px}code,pre{background:#f6f6f6;padding:2px 4px;font-size:12.5px}
+pre{padding:8px;overflow-x:auto}svg{display:block;margin:8px 0;max-width:100%;height:auto}
+#tip{position:fixed;pointer-events:none;background:#222;color:#fff;font-size:12px;
+padding:3px 6px;border-radius:3px;display:none;z-index:9}
+circle.pt{opacity:.55}circle.pt:hover{opacity:1;r:4}.note{color:#555;font-size:12.5px}
+"""
+
+# The page may load nothing from anywhere: a violation shows up as a console error.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
+
+JS = """
+(function(){var t=document.getElementById('tip');
+document.addEventListener('mousemove',function(e){var n=e.target.closest?e.target.closest('[data-tip]'):null;
+if(!n){t.style.display='none';return;}t.textContent=n.getAttribute('data-tip');t.style.display='block';
+t.style.left=(e.clientX+12)+'px';t.style.top=(e.clientY+12)+'px';});
+document.documentElement.setAttribute('data-js','ok');})();
+"""
+
+
+def page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+        f'{body}<div id="tip"></div><script>{JS}</script></body></html>\n'
+    )
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    out = []
+    for row in rows:
+        cells = []
+        for v in row:
+            if isinstance(v, Raw):
+                cells.append(f"<td>{v.html}</td>")
+            elif isinstance(v, int | float) and not isinstance(v, bool):
+                cells.append(f'<td class="num">{esc(fmt(float(v)))}</td>')
+            else:
+                cells.append(f"<td>{esc(v)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="{cls}"><tr>{head}</tr>{"".join(out)}</table>'
+
+
+class Raw:
+    """Cell content that is already HTML."""
+
+    def __init__(self, html: str) -> None:
+        self.html = html
+
+
+def badge(verdict: str | None) -> str:
+    v = verdict or "NONE"
+    return f'<span class="verdict {esc(v)}">{esc(verdict or "no verdict")}</span>'
+
+
+def _pct(v: Any) -> str:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(x) else f"{x * 100:.2f}%"
+
+
+# sections -----------------------------------------------------------------------------------
+def header(run: RunDir) -> str:
+    r = run.record
+    started = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r.started_wall))
+        if r.started_wall
+        else "unknown"
+    )
+    profile = f", profile {r.profile}" if r.profile else ""
+    out = [
+        f"<h1>{esc(run.scenario_name)} {badge(r.verdict)}</h1>",
+        f'<p class="meta">run <code>{esc(run.path.name)}</code> · seed {r.seed}{esc(profile)} · '
+        f"started {esc(started)} · status <b>{esc(r.status)}</b> · commit "
+        f"<code>{esc(r.git_commit or 'unknown')}</code> · SLA {run.sla_ms:g} ms</p>",
+    ]
+    if run.partial:
+        items = "".join(f"<li>{esc(n)}</li>" for n in run.notes)
+        out.append(
+            f'<div class="partial"><b>PARTIAL RUN</b>: this report shows what was saved; '
+            f"its verdict (if any) is not a full result.<ul>{items}</ul></div>"
+        )
+    if r.errors:
+        items = "".join(f"<li><code>{esc(e)}</code></li>" for e in r.errors)
+        out.append(
+            f'<div class="partial"><b>Errors recorded by the harness</b><ul>{items}</ul></div>'
+        )
+    return "".join(out)
+
+
+def slo_section(run: RunDir) -> str:
+    checks = run.record.checks
+    if not checks:
+        body = (
+            '<p class="note">No SLO checks were recorded (a run without checks is never PASS).</p>'
+        )
+    else:
+        rows = [
+            [
+                Raw(badge(c.get("verdict"))),
+                c.get("metric", ""),
+                c.get("window") or "whole run",
+                _num_or(c.get("value")),
+                _num_or(c.get("limit")),
+                c.get("where", ""),
+                c.get("message", ""),
+            ]
+            for c in checks
+        ]
+        body = table(
+            ["verdict", "metric", "window", "value", "limit", "SLO", "message"], rows, "slo"
+        )
+    return '<h2 id="slo">Verdict and SLOs</h2>' + body + window_table(run)
+
+
+def _num_or(v: Any) -> Any:
+    if isinstance(v, int | float):
+        return v
+    if v in ("inf", "-inf"):
+        return float(v)
+    return "" if v is None else str(v)
+
+
+def window_table(run: RunDir) -> str:
+    rows = []
+    for w in run.record.windows:
+        win = w.get("window", {})
+        lat = w.get("latency_with_errors_ms", {})
+        shares = w.get("tier_shares", {})
+        tiers = ", ".join(f"{t} {_pct(v)}" for t, v in shares.items() if v and float(v) > 0)
+        rows.append(
+            [
+                win.get("name", "?"),
+                f"{win.get('start_s', 0):.1f}-{win.get('end_s', 0):.1f} s",
+                w.get("count", 0),
+                _num_or(lat.get("p50")),
+                _num_or(lat.get("p95")),
+                _num_or(lat.get("p99")),
+                _num_or(lat.get("p99.9")),
+                _pct(w.get("within_sla")),
+                _pct(w.get("error_ratio")),
+                tiers,
+                _num_or(w.get("lag_p99_ms")),
+            ]
+        )
+    if not rows:
+        return '<p class="note">No window statistics in the record.</p>'
+    return (
+        '<p class="note">Per window (response time from the intended send, ms, '
+        "error-inclusive: a failure counts as infinitely slow).</p>"
+        + table(
+            [
+                "window",
+                "span",
+                "requests",
+                "p50",
+                "p95",
+                "p99",
+                "p99.9",
+                "within SLA",
+                "errors",
+                "tiers",
+                "lag p99",
+            ],
+            rows,
+            "windows",
+        )
+    )
+
+
+def series_sections(run: RunDir, s: Series | None) -> str:
+    r = run.record
+    if s is None:
+        return (
+            '<h2 id="latency">Latency over time</h2><p class="note">No request log: '
+            "per-second plots are not available for this run.</p>"
+        )
+    return (
+        '<h2 id="latency">Latency over time</h2>'
+        '<p class="note">p50/p95/p99 per second of intended send time; shaded bands are '
+        "fault windows (inject to heal); red squares at the top: failures reach that "
+        "percentile.</p>"
+        + charts.latency_chart(s, r.timeline, run.end_s, run.sla_ms)
+        + '<h2 id="tiers">Tier shares over time</h2>'
+        + charts.tier_chart(s, r.timeline, run.end_s)
+        + '<div id="rates">'
+        + charts.rate_chart(s, r.timeline, run.end_s)
+        + "</div>"
+    )
+
+
+def spectrum_section(run: RunDir) -> str:
+    svg = charts.spectrum_chart(run.record.windows, run.sla_ms) if run.record.windows else ""
+    return '<h2 id="spectrum">Percentile spectrum per window</h2>' + (
+        svg or '<p class="note">No window histograms in the record.</p>'
+    )
+
+
+def stage_section(run: RunDir) -> str:
+    rows, gateway = stage_rows(run.path, run.record.windows, run.details)
+    note = (
+        ""
+        if gateway
+        else '<p class="note">The gateway\'s per-stage times (<code>timings_ms</code>: queue, '
+        "features, user, retrieve, rank) are not in the run record and its "
+        "<code>/metrics</code> has no stage histograms, so this shows the client-side "
+        'stages. Hook: a run that saves <code>details.json["gateway_stages_ms"]</code> or '
+        "<code>cluster/metrics-after.txt</code> (see <code>reports/stages.py</code>) gets "
+        "gateway rows here.</p>"
+    )
+    return (
+        '<h2 id="stages">Per-stage latency against the budget</h2>'
+        + note
+        + charts.budget_chart(rows, run.sla_ms)
+        + _stage_table(rows)
+    )
+
+
+def _stage_table(rows: list[StageRow]) -> str:
+    return table(
+        ["scope", "stage", "p50 ms", "p95 ms", "p99 ms", "source"],
+        [[r.scope, r.stage, r.p50, r.p95, r.p99, r.source] for r in rows],
+        "stages",
+    )
+
+
+def generator_section(run: RunDir, s: Series | None) -> str:
+    gen = run.details.get("generator") or {}
+    out = ['<h2 id="generator">Generator health</h2>']
+    if s is not None:
+        out.append(charts.lag_chart(s, run.record.timeline, run.end_s, run.sla_ms))
+    keys = [
+        "workers",
+        "scheduled",
+        "intended",
+        "sent",
+        "answered",
+        "failed",
+        "missed",
+        "intended_rate",
+        "achieved_rate",
+        "lag_p50_ms",
+        "lag_p99_ms",
+        "lag_p999_ms",
+        "cpu_ms_per_request",
+        "partial",
+    ]
+    rows = [
+        [
+            k,
+            gen[k]
+            if isinstance(gen.get(k), int | float) and not isinstance(gen.get(k), bool)
+            else str(gen.get(k)),
+        ]
+        for k in keys
+        if k in gen
+    ]
+    out.append(
+        table(["generator", "value"], rows, "generator")
+        if rows
+        else '<p class="note">No generator summary (details.json missing).</p>'
+    )
+    cross = run.details.get("tier_cross_check")
+    if cross:
+        out.append(
+            f'<p class="note">Tier cross-check (gateway /metrics vs client): agree = '
+            f"<b>{esc(cross.get('agree'))}</b> <code>{esc(json.dumps(cross))}</code></p>"
+        )
+    for key in ("unaccounted", "fault_problems", "load_errors"):
+        if run.details.get(key):
+            out.append(
+                f'<p class="note">{esc(key)}: <code>{esc(json.dumps(run.details[key]))}</code></p>'
+            )
+    return "".join(out)
+
+
+def timeline_section(run: RunDir) -> str:
+    tl = run.record.timeline
+    if not tl:
+        return '<h2 id="faults">Fault timeline</h2><p class="note">No faults were injected.</p>'
+    rows = [
+        [
+            i,
+            e.kind,
+            e.target,
+            e.origin,
+            f"{e.inject_s:.3f}",
+            "not healed" if e.heal_s is None else f"{e.heal_s:.3f}",
+            "" if e.heal_s is None else f"{e.heal_s - e.inject_s:.3f}",
+            "yes" if e.verified else "NO",
+            json.dumps(e.params) if e.params else "",
+            e.note,
+        ]
+        for i, e in enumerate(tl)
+    ]
+    return (
+        '<h2 id="faults">Fault timeline</h2>'
+        + charts.timeline_chart(tl, run.end_s)
+        + table(
+            [
+                "#",
+                "kind",
+                "target",
+                "origin",
+                "inject s",
+                "heal s",
+                "duration s",
+                "verified",
+                "params",
+                "note",
+            ],
+            rows,
+            "faults",
+        )
+    )
+
+
+def replay_section(run: RunDir) -> str:
+    r = run.record
+    versions = ", ".join(f"{k} {v}" for k, v in r.versions.items())
+    host = ", ".join(f"{k} {v}" for k, v in r.host.items())
+    return (
+        '<h2 id="replay">Seed and replay</h2>'
+        f"<p>seed <b>{r.seed}</b>; replay with:</p><pre>{esc(r.replay or 'unknown')}</pre>"
+        f'<p class="meta">commit <code>{esc(r.git_commit or "unknown")}</code> · '
+        f"{esc(versions)}<br>host: {esc(host)} · scenario file "
+        f"<code>{esc(r.scenario_path)}</code></p>"
+    )
+
+
+def render_run(run: RunDir) -> str:
+    s = None
+    if run.requests is not None and run.requests.size:
+        s = per_second(run.requests, run.end_s, sla_ms=run.sla_ms)
+    body = "".join(
+        [
+            header(run),
+            slo_section(run),
+            series_sections(run, s),
+            spectrum_section(run),
+            stage_section(run),
+            generator_section(run, s),
+            timeline_section(run),
+            replay_section(run),
+        ]
+    )
+    return page(f"recchaos {run.scenario_name}: {run.record.verdict or run.record.status}", body)

@@ -1,0 +1,85 @@
+"""Short markdown summaries for CI pages (GitHub job summaries, merge-request comments).
+
+One screen: the verdict, the failing or inconclusive checks, a per-window latency table, the
+faults, and the replay command. The HTML report next to it has the plots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from reports.load import RunDir
+from reports.svg import fmt
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            v = fmt(v)
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ms(v: Any) -> str:
+    if v in ("inf", "-inf"):
+        return str(v)
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(x) else fmt(x)
+
+
+def run_summary(run: RunDir, html_name: str = "report.html") -> str:
+    r = run.record
+    icon = {"PASS": "✅", "FAIL": "❌", "INCONCLUSIVE": "⚠️"}.get(r.verdict or "", "⏸")
+    out = [
+        f"## {icon} {run.scenario_name}: {r.verdict or 'no verdict'}"
+        + (" (PARTIAL RUN)" if run.partial else ""),
+        "",
+    ]
+    out.append(
+        f"seed {r.seed}, status {r.status}, commit `{r.git_commit or 'unknown'}`, "
+        f"SLA {run.sla_ms:g} ms. Plots: [{html_name}]({html_name})"
+    )
+    out.append("")
+    if run.partial:
+        out += [f"- partial: {n}" for n in run.notes] + [""]
+    out += [f"- harness error: `{e}`" for e in r.errors]
+    bad = [c for c in r.checks if c.get("verdict") != "PASS"]
+    passed = len(r.checks) - len(bad)
+    out.append(f"**Checks**: {passed} of {len(r.checks)} PASS")
+    out += [f"- **{c.get('verdict')}** {c.get('message', '')}" for c in bad]
+    out.append("")
+    rows = []
+    for w in r.windows:
+        lat = w.get("latency_with_errors_ms", {})
+        rows.append(
+            [
+                w.get("window", {}).get("name", "?"),
+                w.get("count", 0),
+                _ms(lat.get("p50")),
+                _ms(lat.get("p95")),
+                _ms(lat.get("p99")),
+                f"{float(w.get('error_ratio') or 0) * 100:.2f}%",
+            ]
+        )
+    if rows:
+        out += [md_table(["window", "requests", "p50 ms", "p95 ms", "p99 ms", "errors"], rows), ""]
+    if r.timeline:
+        out.append(
+            "**Faults**: "
+            + "; ".join(
+                f"{e.label} {e.inject_s:.1f}-{'?' if e.heal_s is None else f'{e.heal_s:.1f}'} s"
+                + ("" if e.verified else " (not verified)")
+                for e in r.timeline
+            )
+        )
+        out.append("")
+    out.append(f"Replay: `{r.replay or 'unknown'}`")
+    return "\n".join(out) + "\n"

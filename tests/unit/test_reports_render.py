@@ -1,0 +1,141 @@
+"""Report, compare and trend outputs from synthetic run directories, and JUnit properties."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from harness.cli import main
+from harness.model.record import read_record
+from reports import history
+from reports.junit import properties
+from reports.report import write_report
+from reports.stages import bucket_quantile, metrics_rows, parse_histograms
+from reports.synthetic import Synth, write_run
+
+
+def test_report_html_is_self_contained_and_has_every_section(tmp_path):
+    run = write_run(tmp_path / "r", Synth())
+    html = write_report(run).html.read_text()
+    ids = ["slo", "latency", "tiers", "spectrum", "stages", "generator", "faults", "replay"]
+    positions = [html.index(f'id="{i}"') for i in ids]
+    assert positions == sorted(positions)  # verdict and SLO table first
+    assert html.count("<svg") >= 7
+    assert 'class="fault-window"' in html and "kill(shard-0-primary)" in html
+    assert "recchaos run synthetic.yaml --seed 7" in html
+    assert not re.search(r"(src|href)=\"https?://", html)  # nothing from the network
+    assert "<script src" not in html
+
+
+def test_report_markdown_summary(tmp_path):
+    run = write_run(tmp_path / "r", Synth(slow=4.0))
+    md = write_report(run).markdown.read_text()
+    assert md.startswith("## ❌ synthetic_kill: FAIL")
+    assert "exceeds the SLO of 20 ms" in md
+    assert "| window | requests | p50 ms | p95 ms | p99 ms | errors |" in md
+    assert "Replay: `recchaos run synthetic.yaml --seed 7`" in md
+
+
+def test_gateway_stage_hooks(tmp_path):
+    run = write_run(tmp_path / "r", Synth())
+    details = json.loads((run / "details.json").read_text())
+    details["gateway_stages_ms"] = {"features": {"p50": 0.1, "p95": 0.2, "p99": 0.3}}
+    (run / "details.json").write_text(json.dumps(details))
+    (run / "cluster").mkdir()
+    (run / "cluster" / "metrics.txt").write_text(
+        'recchaos_request_seconds_bucket{tier="primary",le="0.001"} 50\n'
+        'recchaos_request_seconds_bucket{tier="primary",le="0.002"} 100\n'
+        'recchaos_request_seconds_bucket{tier="primary",le="+Inf"} 100\n'
+    )
+    html = write_report(run).html.read_text()
+    assert "gateway features" in html and "gateway total" in html
+    assert "are not in the run record" not in html  # the no-stage note goes away
+    [row] = metrics_rows(run)
+    assert abs(row.p50 - 1.0) < 1e-9 and abs(row.p99 - 1.98) < 1e-9
+
+
+def test_bucket_quantile_interpolates_like_prometheus():
+    hist = parse_histograms(
+        'recchaos_shard_call_seconds_bucket{shard="0",copy="p",le="0.01"} 10\n'
+        'recchaos_shard_call_seconds_bucket{shard="1",copy="p",le="0.01"} 10\n'
+        'recchaos_shard_call_seconds_bucket{shard="0",copy="p",le="0.02"} 20\n'
+        'recchaos_shard_call_seconds_bucket{shard="1",copy="p",le="0.02"} 20\n'
+        'recchaos_shard_call_seconds_bucket{shard="0",copy="p",le="+Inf"} 20\n'
+        'recchaos_shard_call_seconds_bucket{shard="1",copy="p",le="+Inf"} 20\n'
+    )
+    buckets = hist[("recchaos_shard_call_seconds", "shard call")]
+    assert buckets == [(0.01, 20.0), (0.02, 40.0), (float("inf"), 40.0)]  # summed over shards
+    assert abs(bucket_quantile(buckets, 0.5) - 0.01) < 1e-12
+    assert abs(bucket_quantile(buckets, 0.75) - 0.015) < 1e-12
+
+
+def test_compare_cli_exits_1_on_a_regression_and_writes_both_outputs(tmp_path, capsys):
+    for i in range(3):
+        write_run(tmp_path / "base" / f"r{i}", Synth(seed=i))
+        write_run(tmp_path / "cur" / f"r{i}", Synth(seed=10 + i, slow=1.4))
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "base"), str(tmp_path / "cur"), "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "REGRESSION synthetic_kill / during kill(shard-0-primary) p99" in printed
+    assert "Mann-Whitney U on 3 vs 3 runs" in (out / "compare.html").read_text()
+    assert "❌ recchaos compare: REGRESSION" in (out / "compare.md").read_text()
+    assert main(["compare", str(tmp_path / "base"), str(tmp_path / "base"), "--out", str(out)]) == 0
+
+
+def test_compare_history_batches_with_benchmarks_and_set_baseline(tmp_path, capsys):
+    db = tmp_path / "h.sqlite"
+    bench = {"benchmarks": [{"name": "test_routing", "stats": {"median": 1e-6}}]}
+    for batch, slow in (("b1", 1.0), ("b2", 1.0)):
+        for i in range(3):
+            history.append_run(
+                write_run(tmp_path / batch / f"r{i}", Synth(seed=i, slow=slow)), db, batch=batch
+            )
+            f = tmp_path / f"{batch}-{i}.json"
+            f.write_text(json.dumps(bench))
+            history.append_benchmarks(f, db, batch)
+    args = [
+        "compare",
+        "history:b1",
+        "history:latest",
+        "--db",
+        str(db),
+        "--out",
+        str(tmp_path / "o"),
+        "--set-baseline",
+    ]
+    assert main(args) == 0
+    assert "baseline: batch b2 is now the baseline" in capsys.readouterr().out
+    assert "test_routing" in (tmp_path / "o" / "compare.md").read_text()
+    assert main(["trend", "--db", str(db), "--out", str(tmp_path / "t")]) == 0
+    assert "<svg" in (tmp_path / "t" / "trend.html").read_text()
+
+
+def test_junit_properties(tmp_path):
+    run = write_run(tmp_path / "r", Synth())
+    props = dict(properties(read_record(run / "run.json").to_dict()))
+    assert props["recchaos.scenario"] == "synthetic_kill"
+    assert props["recchaos.seed"] == "7"
+    assert props["recchaos.verdict"] == "PASS"
+    assert props["recchaos.replay"] == "recchaos run synthetic.yaml --seed 7"
+    assert float(props["recchaos.window[during kill(shard-0-primary)].p99_ms"]) > 0
+    assert props["recchaos.fault[0]"].startswith("kill(shard-0-primary) 8.000-13.000 s")
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in props.items())
+    # the parsed run.json works as well (infinities arrive as "inf" text)
+    assert dict(properties(json.loads((run / "run.json").read_text()))) == props
+
+
+def test_reports_import_no_runner_injector_pytest_or_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, reports.commands, reports.comparison, reports.trend, reports.html, "
+        "reports.junit, reports.__main__, reports.history\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pytest', 'locust',"
+        " 'gevent') or m.startswith(('harness.runner', 'harness.inject', 'harness.load',"
+        " 'harness.sut', 'system_under_test')))\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
