@@ -185,6 +185,17 @@ def _write_extra(run_dir: Path, result: LoadResult, cross: dict[str, Any],
     (run_dir / "details.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
 
 
+def finish_record(record: RecordFile, status: str, log=print) -> None:
+    """Close run.json, then add the run to the history store (a convenience: never fatal)."""
+    record.finish(status, ended_wall=time.time())
+    try:
+        from reports.history import append_run
+
+        append_run(record.path.parent)
+    except Exception as exc:  # noqa: BLE001
+        log(f"history: run not appended: {type(exc).__name__}: {exc}")
+
+
 def run(settings: RunSettings, log=print) -> RunOutcome:
     """One whole run. Usage errors (bad scenario, bad options) raise before anything starts."""
     scenario = resolve_scenario(settings)
@@ -197,14 +208,14 @@ def run(settings: RunSettings, log=print) -> RunOutcome:
         verdict = _run_phases(settings, scenario, run_dir, record, display, log)
     except KeyboardInterrupt:
         record.add_error("interrupted (Ctrl-C): faults healed, target stopped")
-        record.finish("incomplete", ended_wall=time.time())
+        finish_record(record, "incomplete", log)
         return RunOutcome(run_dir, None, 130, "interrupted; partial record written", replay)
     except Exception as exc:
         code = getattr(exc, "exit_code", EXIT_HARNESS)
         record.add_error(f"{type(exc).__name__}: {exc}")
-        record.finish("incomplete", ended_wall=time.time())
+        finish_record(record, "incomplete", log)
         return RunOutcome(run_dir, None, code, f"{type(exc).__name__}: {exc}", replay)
-    record.finish("complete", ended_wall=time.time())
+    finish_record(record, "complete", log)
     return RunOutcome(run_dir, verdict, verdict.exit_code, f"verdict {verdict.value}", replay)
 
 
@@ -220,7 +231,7 @@ def _run_phases(settings: RunSettings, scenario: Scenario, run_dir: Path, record
         for pid in target.extra_pids:
             watchdog.add_pid(pid)
         steady_state(target, scenario)
-        before = scrape_tiers(target.base_url)
+        before = scrape_tiers(target.base_url, run_dir / "cluster" / "metrics-before.txt")
         ctx = InjectContext.from_manifest(
             target.manifest_path, extra=_extra_components(target), proxy_url=target.proxy_url,
             restart=target.restart, seed=scenario.seed, run_id=run_dir.name, journal=journal)
@@ -237,7 +248,8 @@ def _run_phases(settings: RunSettings, scenario: Scenario, run_dir: Path, record
                 record.add_error(f"heal failed: {err}")
             record.update(timeline=faults.timeline())
         time.sleep(min(scenario.settle_s, 2.0))
-        cross = cross_check(before, scrape_tiers(target.base_url), client_tiers(result.log),
+        after = scrape_tiers(target.base_url, run_dir / "cluster" / "metrics-after.txt")
+        cross = cross_check(before, after, client_tiers(result.log),
                             tolerance=max(5, len(result.log) // 100))
         verdict = judge(scenario, result, faults, record, cross)
         if heal_errors and verdict is Verdict.PASS:

@@ -10,19 +10,29 @@ import re
 import urllib.error
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 _LINE = re.compile(r'^recchaos_requests_total\{([^}]*)\}\s+([0-9.eE+]+)\s*$')
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
-def scrape_tiers(base_url: str, timeout_s: float = 2.0) -> Counter[str] | None:
-    """Requests served per tier according to the server; None when /metrics cannot be read."""
+def scrape(base_url: str, save_to: Path | None = None, timeout_s: float = 2.0) -> str | None:
+    """The gateway's /metrics text (saved to ``save_to`` for reports); None when unreadable."""
     try:
         with urllib.request.urlopen(f"{base_url}/metrics", timeout=timeout_s) as resp:
             text = resp.read().decode(errors="replace")
     except (urllib.error.URLError, OSError):
         return None
-    return parse_tiers(text)
+    if save_to is not None:
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        save_to.write_text(text)
+    return text
+
+
+def scrape_tiers(base_url: str, save_to: Path | None = None) -> Counter[str] | None:
+    """Requests served per tier according to the server; None when /metrics cannot be read."""
+    text = scrape(base_url, save_to)
+    return None if text is None else parse_tiers(text)
 
 
 def parse_tiers(text: str) -> Counter[str]:
@@ -32,7 +42,7 @@ def parse_tiers(text: str) -> Counter[str]:
         if not m:
             continue
         labels = dict(_LABEL.findall(m.group(1)))
-        if labels.get("outcome", "ok") in ("ok", "success"):
+        if labels.get("outcome", "ok") in ("ok", "cold_start"):
             counts[labels.get("tier", "unknown")] += int(float(m.group(2)))
     return counts
 

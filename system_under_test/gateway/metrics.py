@@ -182,6 +182,12 @@ class GatewayMetrics:
             ("tier",),
             REQUEST_BUCKETS,
         )
+        self.stage_seconds = r.histogram(
+            "recchaos_stage_seconds",
+            "Gateway time per stage of a recommend request (the timings_ms of each answer).",
+            ("stage",),
+            REQUEST_BUCKETS,
+        )
         self.http_errors = r.counter(
             "recchaos_http_errors_total",
             "Rejected or failed HTTP requests by status code.",

@@ -151,9 +151,11 @@ class RecommendService:
         self.metrics.requests.inc(
             result.tier, "cold_start" if result.payload.get("cold_start") else "ok"
         )
-        self.metrics.request_seconds.observe(
-            result.payload["timings_ms"]["total"] / 1000, result.tier
-        )
+        timings = result.payload["timings_ms"]
+        self.metrics.request_seconds.observe(timings["total"] / 1000, result.tier)
+        for stage, ms in timings.items():
+            if stage != "total":
+                self.metrics.stage_seconds.observe(ms / 1000, stage)
         return result
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
