@@ -27,8 +27,12 @@ from harness.sut.recommender import RecommenderCluster, RecommenderOptions  # no
 
 def ask(url: str, user: int) -> tuple[dict, float]:
     body = json.dumps({"user_id": user, "k": 10}).encode()
-    req = urllib.request.Request(f"{url}/v1/recommend", data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/v1/recommend",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=5) as resp:
         answer = json.loads(resp.read())

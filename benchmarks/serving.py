@@ -58,10 +58,21 @@ def cpu_by_role(cluster: RecommenderCluster) -> dict[str, float]:
     return dict(out)
 
 
-def one_step(cluster: RecommenderCluster, rate: float, step_s: float, users: int, seed: int,
-             workdir: Path, kill: str | None = None) -> dict:
-    job = LoadJob(target=cluster.gateway_url, seed=seed, output_dir=str(workdir),
-                  phases=(LoadPhase("step", rate, step_s, RequestMix(users=users)),))
+def one_step(
+    cluster: RecommenderCluster,
+    rate: float,
+    step_s: float,
+    users: int,
+    seed: int,
+    workdir: Path,
+    kill: str | None = None,
+) -> dict:
+    job = LoadJob(
+        target=cluster.gateway_url,
+        seed=seed,
+        output_dir=str(workdir),
+        phases=(LoadPhase("step", rate, step_s, RequestMix(users=users)),),
+    )
     cpu0 = cpu_by_role(cluster)
     killer = None
     if kill:
@@ -80,7 +91,8 @@ def one_step(cluster: RecommenderCluster, rate: float, step_s: float, users: int
     return {
         "rate": rate,
         "achieved": result.summary.get("achieved_rate", 0.0),
-        "p50": float(np.percentile(resp_ms, 50)), "p95": float(np.percentile(resp_ms, 95)),
+        "p50": float(np.percentile(resp_ms, 50)),
+        "p95": float(np.percentile(resp_ms, 95)),
         "p99": float(np.percentile(resp_ms, 99)),
         "errors": int(n - ok.sum()),
         "tiers": {t: c / max(ok.sum(), 1) for t, c in tiers.items()},
@@ -93,16 +105,19 @@ def one_step(cluster: RecommenderCluster, rate: float, step_s: float, users: int
 def fmt(step: dict) -> str:
     tiers = " ".join(f"{t} {100 * s:.1f}%" for t, s in sorted(step["tiers"].items()))
     cpu = " ".join(f"{r} {v:.2f}" for r, v in sorted(step["cpu_ms"].items()))
-    return (f"{step['rate']:6.0f}/s achieved {step['achieved']:6.1f}/s  p50 {step['p50']:6.2f}  "
-            f"p95 {step['p95']:6.2f}  p99 {step['p99']:7.2f} ms  errors {step['errors']}  "
-            f"lag p99 {step['lag_p99']:.2f} ms  tiers {tiers}\n"
-            f"        CPU ms/request: {cpu}  load generator {step['gen_cpu_ms']:.2f}")
+    return (
+        f"{step['rate']:6.0f}/s achieved {step['achieved']:6.1f}/s  p50 {step['p50']:6.2f}  "
+        f"p95 {step['p95']:6.2f}  p99 {step['p99']:7.2f} ms  errors {step['errors']}  "
+        f"lag p99 {step['lag_p99']:.2f} ms  tiers {tiers}\n"
+        f"        CPU ms/request: {cpu}  load generator {step['gen_cpu_ms']:.2f}"
+    )
 
 
 def summarise(rate: float, steps: list[dict]) -> str:
     def med(key: str) -> str:
         vals = [s[key] for s in steps]
         return f"{statistics.median(vals):.2f} [{min(vals):.2f} .. {max(vals):.2f}]"
+
     return f"{rate:6.0f}/s  p50 {med('p50')}  p95 {med('p95')}  p99 {med('p99')} ms"
 
 
@@ -123,26 +138,38 @@ def main() -> int:
         options = RecommenderOptions(shards=args.shards, preset=args.preset, proxy=False)
         with RecommenderCluster(options, work / "cluster", log=print) as cluster:
             up_s = time.monotonic() - t0
-            print(f"`up` took {up_s:.1f} s (preset {args.preset}, {args.shards} shards; "
-                  f"{cluster.manifest.get('startup_seconds')} s inside the launcher)")
+            print(
+                f"`up` took {up_s:.1f} s (preset {args.preset}, {args.shards} shards; "
+                f"{cluster.manifest.get('startup_seconds')} s inside the launcher)"
+            )
             users = args.users or int(cluster.manifest.get("n_users") or 100_000)
             one_step(cluster, rates[0], 5.0, users, 0, work / "warm")  # warm caches, JIT paths
             results: dict[float, list[dict]] = {r: [] for r in rates}
             for rnd in range(args.repeat):
                 for rate in rates:
-                    step = one_step(cluster, rate, args.step_s, users, rnd + 1,
-                                    work / f"r{rnd}-{rate:g}")
+                    step = one_step(
+                        cluster, rate, args.step_s, users, rnd + 1, work / f"r{rnd}-{rate:g}"
+                    )
                     print(fmt(step), flush=True)
                     results[rate].append(step)
             print("\nmedian [min .. max] over rounds:")
             for rate in rates:
                 print(summarise(rate, results[rate]))
             capable = [r for r in rates if statistics.median(s["p99"] for s in results[r]) <= 20]
-            print(f"capacity (highest rate with median p99 <= 20 ms): "
-                  f"{max(capable) if capable else 'below ' + str(min(rates))} requests/s")
+            print(
+                f"capacity (highest rate with median p99 <= 20 ms): "
+                f"{max(capable) if capable else 'below ' + str(min(rates))} requests/s"
+            )
             if args.kill_rate:
-                step = one_step(cluster, args.kill_rate, args.step_s, users, 99,
-                                work / "kill", kill="shard-1-primary")
+                step = one_step(
+                    cluster,
+                    args.kill_rate,
+                    args.step_s,
+                    users,
+                    99,
+                    work / "kill",
+                    kill="shard-1-primary",
+                )
                 print(f"\nwith shard-1-primary SIGKILLed halfway:\n{fmt(step)}")
     return 0
 

@@ -14,7 +14,11 @@ COMMANDS = {
     "up": ("system_under_test.launcher", "main_up", "start the whole cluster and write a manifest"),
     "down": ("system_under_test.launcher", "main_down", "stop every process of a manifest"),
     "serve-shard": ("system_under_test.shard_server", "main", "run one shard copy (internal)"),
-    "serve-region": ("system_under_test.region_server", "main", "run the degraded region (internal)"),
+    "serve-region": (
+        "system_under_test.region_server",
+        "main",
+        "run the degraded region (internal)",
+    ),
     "serve-gateway": ("system_under_test.gateway", "main", "run the HTTP gateway (internal)"),
 }
 
@@ -32,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"unknown command {name!r}; allowed: {', '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
+        print(
+            f"unknown command {name!r}; allowed: {', '.join(COMMANDS)}\n\n{usage()}",
+            file=sys.stderr,
+        )
         return 2
     module_name, func_name, _ = COMMANDS[name]
     func = getattr(importlib.import_module(module_name), func_name)

@@ -55,8 +55,16 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "tiny",
         DataConfig(n_users=4_000, n_items=2_000, n_categories=20, interactions_per_user=20),
-        ModelConfig(dim=16, bottom_mlp=(32, 16), top_mlp=(32, 16), distilled_dim=8,
-                    n_candidates=50, epochs=6, batch_size=512, distill_epochs=8),
+        ModelConfig(
+            dim=16,
+            bottom_mlp=(32, 16),
+            top_mlp=(32, 16),
+            distilled_dim=8,
+            n_candidates=50,
+            epochs=6,
+            batch_size=512,
+            distill_epochs=8,
+        ),
     ),
 }
 

@@ -89,28 +89,60 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
         for role in ("primary", "replica"):
             name = f"shard-{shard}-{role}"
             port = ports.get(name) or free_port(host)
-            cmd = py + ["serve-shard", "--shard", str(shard), "--shards", str(args.shards),
-                        "--role", role, "--host", host, "--port", str(port)] + common
-            comps.append(Component(name, role, shard, f"{host}:{port}", cmd, log_dir / f"{name}.log"))
+            cmd = (
+                py
+                + [
+                    "serve-shard",
+                    "--shard",
+                    str(shard),
+                    "--shards",
+                    str(args.shards),
+                    "--role",
+                    role,
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                ]
+                + common
+            )
+            comps.append(
+                Component(name, role, shard, f"{host}:{port}", cmd, log_dir / f"{name}.log")
+            )
     region_port = ports.get("region") or free_port(host)
-    comps.append(Component(
-        "region", "region", None, f"{host}:{region_port}",
-        py + ["serve-region", "--host", host, "--port", str(region_port)] + common,
-        log_dir / "region.log",
-    ))
+    comps.append(
+        Component(
+            "region",
+            "region",
+            None,
+            f"{host}:{region_port}",
+            py + ["serve-region", "--host", host, "--port", str(region_port)] + common,
+            log_dir / "region.log",
+        )
+    )
     gw_port = ports.get("gateway") or free_port(host)
     # --route lets a tool put something (a fault proxy) between the gateway and a component.
     routes: dict[str, str] = dict(args.routes or {})
-    gw_cmd = py + ["serve-gateway", "--host", host, "--port", str(gw_port), "--sla-ms",
-                   str(args.sla_ms), "--region", routes.get("region", f"{host}:{region_port}")]
+    gw_cmd = py + [
+        "serve-gateway",
+        "--host",
+        host,
+        "--port",
+        str(gw_port),
+        "--sla-ms",
+        str(args.sla_ms),
+        "--region",
+        routes.get("region", f"{host}:{region_port}"),
+    ]
     gw_cmd += common
     for comp in comps:
         if comp.role in ("primary", "replica"):
             gw_cmd += [f"--shard-{comp.role}", routes.get(comp.name, comp.address)]
     if args.redis:
         gw_cmd += ["--redis", args.redis]
-    comps.append(Component("gateway", "gateway", None, f"{host}:{gw_port}", gw_cmd,
-                           log_dir / "gateway.log"))
+    comps.append(
+        Component("gateway", "gateway", None, f"{host}:{gw_port}", gw_cmd, log_dir / "gateway.log")
+    )
     return comps
 
 
@@ -118,8 +150,12 @@ def spawn(comp: Component) -> None:
     comp.log.parent.mkdir(parents=True, exist_ok=True)
     with open(comp.log, "ab") as log:
         comp.proc = subprocess.Popen(
-            comp.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True,
+            comp.command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
         )
     comp.pid = comp.proc.pid
 
@@ -242,24 +278,51 @@ def _reap(comps: list[Component]) -> None:
 
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", type=int, default=4, help="number of shards (default 4)")
-    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST,
-                        help=f"where to write the manifest (default {DEFAULT_MANIFEST})")
-    parser.add_argument("--redis", default=None, help="redis://HOST:PORT for the L2 cache and "
-                        "feature store (default: none, everything in process)")
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=DEFAULT_MANIFEST,
+        help=f"where to write the manifest (default {DEFAULT_MANIFEST})",
+    )
+    parser.add_argument(
+        "--redis",
+        default=None,
+        help="redis://HOST:PORT for the L2 cache and "
+        "feature store (default: none, everything in process)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--preset", default="default", help="data/model preset (default, tiny)")
     parser.add_argument("--artifacts", type=Path, default=None, help="artifact cache directory")
-    parser.add_argument("--log-dir", type=Path, default=None,
-                        help="component logs (default: logs/ beside the manifest)")
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="component logs (default: logs/ beside the manifest)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     parser.add_argument("--sla-ms", type=float, default=20.0)
-    parser.add_argument("--timeout", type=float, default=180.0,
-                        help="seconds to wait for the cluster to be ready (default 180)")
-    parser.add_argument("--port", dest="port_plan", action="append", type=_name_port,
-                        metavar="NAME=PORT", help="listen port of a component (default: a free one)")
-    parser.add_argument("--route", dest="routes", action="append", type=_name_address,
-                        metavar="NAME=HOST:PORT",
-                        help="address the gateway uses for a component (e.g. a fault proxy)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds to wait for the cluster to be ready (default 180)",
+    )
+    parser.add_argument(
+        "--port",
+        dest="port_plan",
+        action="append",
+        type=_name_port,
+        metavar="NAME=PORT",
+        help="listen port of a component (default: a free one)",
+    )
+    parser.add_argument(
+        "--route",
+        dest="routes",
+        action="append",
+        type=_name_address,
+        metavar="NAME=HOST:PORT",
+        help="address the gateway uses for a component (e.g. a fault proxy)",
+    )
 
 
 def _name_port(text: str) -> tuple[str, int]:
@@ -291,8 +354,10 @@ def validate_up(args: argparse.Namespace) -> str | None:
     names = {f"shard-{i}-{r}" for i in range(args.shards) for r in ("primary", "replica")}
     for name, _ in list(args.port_plan or []) + list(args.routes or []):
         if name not in names | {"region", "gateway"}:
-            return (f"component {name!r} in --port/--route is unknown; allowed: shard-I-primary, "
-                    f"shard-I-replica (I < {args.shards}), region, gateway")
+            return (
+                f"component {name!r} in --port/--route is unknown; allowed: shard-I-primary, "
+                f"shard-I-replica (I < {args.shards}), region, gateway"
+            )
 
     if args.preset not in PRESETS:
         return f"--preset {args.preset!r} is unknown; allowed: {', '.join(sorted(PRESETS))}"
@@ -306,11 +371,16 @@ def start(args: argparse.Namespace, log=print) -> dict[str, Any]:
     t0 = time.monotonic()
     if args.manifest.exists():
         existing = json.loads(args.manifest.read_text() or "{}")
-        alive = [c["name"] for c in existing.get("components", [])
-                 if c.get("pid") and _still_ours(c["pid"], c.get("command", []))]
+        alive = [
+            c["name"]
+            for c in existing.get("components", [])
+            if c.get("pid") and _still_ours(c["pid"], c.get("command", []))
+        ]
         if alive:
-            raise LaunchError(f"manifest {args.manifest} names running components ({', '.join(alive)});"
-                              f" run `down --manifest {args.manifest}` first or pass another --manifest")
+            raise LaunchError(
+                f"manifest {args.manifest} names running components ({', '.join(alive)});"
+                f" run `down --manifest {args.manifest}` first or pass another --manifest"
+            )
     art_dir = ensure_artifacts(args.preset, args.artifacts, log=log)
     meta = load_metadata(art_dir)
     log_dir = args.log_dir or args.manifest.parent / "logs"
@@ -346,8 +416,11 @@ def start(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
 def stop(manifest_path: Path, timeout_s: float = 10.0, log=print) -> list[str]:
     data = read_manifest(manifest_path)
-    targets = [(c["name"], int(c["pid"]), list(c.get("command", [])))
-               for c in reversed(data["components"]) if c.get("pid")]
+    targets = [
+        (c["name"], int(c["pid"]), list(c.get("command", [])))
+        for c in reversed(data["components"])
+        if c.get("pid")
+    ]
     left = stop_pids(targets, timeout_s, log)
     if not left:
         manifest_path.unlink(missing_ok=True)
@@ -355,8 +428,9 @@ def stop(manifest_path: Path, timeout_s: float = 10.0, log=print) -> list[str]:
 
 
 def main_up(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m system_under_test up",
-                                     description="Start the recommender cluster.")
+    parser = argparse.ArgumentParser(
+        prog="python -m system_under_test up", description="Start the recommender cluster."
+    )
     add_up_arguments(parser)
     args = parser.parse_args(argv)
     problem = validate_up(args)
@@ -371,17 +445,24 @@ def main_up(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted: stopped every process started so far", file=sys.stderr)
         return 130
-    print(f"cluster up in {manifest['startup_seconds']:.1f} s: {manifest['gateway_url']} "
-          f"(manifest {args.manifest})")
+    print(
+        f"cluster up in {manifest['startup_seconds']:.1f} s: {manifest['gateway_url']} "
+        f"(manifest {args.manifest})"
+    )
     return 0
 
 
 def main_down(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m system_under_test down",
-                                     description="Stop every process a manifest names.")
+    parser = argparse.ArgumentParser(
+        prog="python -m system_under_test down", description="Stop every process a manifest names."
+    )
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait after SIGTERM before SIGKILL (default 10)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait after SIGTERM before SIGKILL (default 10)",
+    )
     args = parser.parse_args(argv)
     try:
         left = stop(args.manifest, args.timeout)

@@ -26,8 +26,13 @@ def log_tail(path: Path, lines: int = 20) -> str:
     return "\n".join(f"    | {line}" for line in text[-lines:]) or "    | (empty log)"
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.02,
-               log: Path | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.02,
+    log: Path | None = None,
+) -> None:
     """Poll ``check`` until it is true; raise StartError naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:

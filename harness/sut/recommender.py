@@ -58,16 +58,21 @@ class RecommenderCluster:
 
     # -- start -------------------------------------------------------------------------------
     def _names(self) -> list[str]:
-        copies = [f"shard-{i}-{r}" for i in range(self.options.shards) for r in ("primary", "replica")]
+        copies = [
+            f"shard-{i}-{r}" for i in range(self.options.shards) for r in ("primary", "replica")
+        ]
         return copies + ["region"]
 
     def _start_proxy(self, real_ports: dict[str, int]) -> dict[str, str]:
         from harness.inject.proxy_client import start_proxy
 
-        routes = {name: (f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}")
-                  for name, port in real_ports.items()}
+        routes = {
+            name: (f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}")
+            for name, port in real_ports.items()
+        }
         self.proxy = self._stack.enter_context(
-            start_proxy(routes, self.workdir / "logs" / "proxy.log", timeout_s=20.0))
+            start_proxy(routes, self.workdir / "logs" / "proxy.log", timeout_s=20.0)
+        )
         self.proxy_url = self.proxy.control_url
         return {name: listen for name, (listen, _) in routes.items()}
 
@@ -79,10 +84,23 @@ class RecommenderCluster:
                 self.redis = self._stack.enter_context(RedisServer(self.workdir / "redis"))
             real_ports = {name: free_port() for name in self._names()}
             routes = self._start_proxy(real_ports) if opts.proxy else {}
-            args = ["up", "--shards", str(opts.shards), "--preset", opts.preset,
-                    "--device", opts.device, "--sla-ms", str(opts.sla_ms),
-                    "--manifest", str(self.manifest_path), "--log-dir", str(self.workdir / "logs"),
-                    "--timeout", str(opts.startup_timeout_s)]
+            args = [
+                "up",
+                "--shards",
+                str(opts.shards),
+                "--preset",
+                opts.preset,
+                "--device",
+                opts.device,
+                "--sla-ms",
+                str(opts.sla_ms),
+                "--manifest",
+                str(self.manifest_path),
+                "--log-dir",
+                str(self.workdir / "logs"),
+                "--timeout",
+                str(opts.startup_timeout_s),
+            ]
             args += [f"--port={name}={port}" for name, port in real_ports.items()]
             args += [f"--route={name}={address}" for name, address in routes.items()]
             if opts.artifacts:
@@ -97,18 +115,27 @@ class RecommenderCluster:
 
     def _run_up(self, args: list[str]) -> None:
         out = self.workdir / "logs" / "sut-up.log"
-        self.log(f"starting the recommender ({self.options.shards} shards, preset "
-                 f"{self.options.preset}); log {out}")
+        self.log(
+            f"starting the recommender ({self.options.shards} shards, preset "
+            f"{self.options.preset}); log {out}"
+        )
         with open(out, "ab") as fh:
             try:
-                proc = subprocess.run(_sut_command(*args), stdout=fh, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL,
-                                      timeout=self.options.startup_timeout_s + 60)
+                proc = subprocess.run(
+                    _sut_command(*args),
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    timeout=self.options.startup_timeout_s + 60,
+                )
             except subprocess.TimeoutExpired:
-                raise StartError(f"`system_under_test up` did not return; log:\n{log_tail(out)}") from None
+                raise StartError(
+                    f"`system_under_test up` did not return; log:\n{log_tail(out)}"
+                ) from None
         if proc.returncode != 0:
-            raise StartError(f"`system_under_test up` failed with code {proc.returncode}:\n"
-                             f"{log_tail(out, 30)}")
+            raise StartError(
+                f"`system_under_test up` failed with code {proc.returncode}:\n{log_tail(out, 30)}"
+            )
         self.manifest = json.loads(self.manifest_path.read_text())
         self._up = True
 
@@ -122,8 +149,14 @@ class RecommenderCluster:
             if comp["name"] == name:
                 return dict(comp)
         if name == "redis" and self.redis is not None:
-            return {"name": "redis", "role": "redis", "shard": None, "pid": self.redis.pid,
-                    "address": f"127.0.0.1:{self.redis.port}", "command": self.redis.command}
+            return {
+                "name": "redis",
+                "role": "redis",
+                "shard": None,
+                "pid": self.redis.pid,
+                "address": f"127.0.0.1:{self.redis.port}",
+                "command": self.redis.command,
+            }
         known = [c["name"] for c in self.manifest.get("components", [])]
         raise KeyError(f"no component {name!r} in this cluster; known: {', '.join(known)}")
 
@@ -137,16 +170,26 @@ class RecommenderCluster:
         comp = self.component(name)
         log_path = Path(comp.get("log") or self.workdir / "logs" / f"{name}.log")
         with open(log_path, "ab") as fh:
-            proc = subprocess.Popen(comp["command"], stdout=fh, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                comp["command"],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self._restarted.append(proc)
         self._set_pid(name, proc.pid)
         host, port = comp["address"].rsplit(":", 1)
-        wait_until(lambda: proc.poll() is not None or tcp_open(host, int(port)), timeout_s,
-                   f"{name} listening again on {comp['address']}", log=log_path)
+        wait_until(
+            lambda: proc.poll() is not None or tcp_open(host, int(port)),
+            timeout_s,
+            f"{name} listening again on {comp['address']}",
+            log=log_path,
+        )
         if proc.poll() is not None:
-            raise StartError(f"{name} exited with code {proc.returncode} on restart:\n"
-                             f"{log_tail(log_path)}")
+            raise StartError(
+                f"{name} exited with code {proc.returncode} on restart:\n{log_tail(log_path)}"
+            )
         return proc.pid
 
     def _set_pid(self, name: str, pid: int) -> None:
@@ -162,14 +205,25 @@ class RecommenderCluster:
         if self._up:
             self._up = False
             # `down` removes the manifest once everything is stopped; keep what ran for the record.
-            (self.workdir / "components.json").write_text(json.dumps(
-                {"components": self.manifest.get("components", []),
-                 "proxy_pid": self.proxy.pid if self.proxy else None,
-                 "redis_pid": self.redis.pid if self.redis else None}, indent=2) + "\n")
+            (self.workdir / "components.json").write_text(
+                json.dumps(
+                    {
+                        "components": self.manifest.get("components", []),
+                        "proxy_pid": self.proxy.pid if self.proxy else None,
+                        "redis_pid": self.redis.pid if self.redis else None,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
             out = self.workdir / "logs" / "sut-down.log"
             with open(out, "ab") as fh:
-                code = subprocess.run(_sut_command("down", "--manifest", str(self.manifest_path)),
-                                      stdout=fh, stderr=subprocess.STDOUT, timeout=60).returncode
+                code = subprocess.run(
+                    _sut_command("down", "--manifest", str(self.manifest_path)),
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    timeout=60,
+                ).returncode
             if code != 0:
                 self.log(f"warning: `system_under_test down` exited {code}:\n{log_tail(out)}")
         for proc in self._restarted:

@@ -31,8 +31,19 @@ class RedisServer:
 
     @property
     def command(self) -> list[str]:
-        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir)]
+        return [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
 
     def ping(self) -> bool:
         try:
@@ -47,11 +58,20 @@ class RedisServer:
             raise StartError("redis-server is not installed (scripts/setup.sh installs it as root)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         try:
-            wait_until(self.ping, timeout_s, f"redis-server on port {self.port} answering PING",
-                       log=self.log)
+            wait_until(
+                self.ping,
+                timeout_s,
+                f"redis-server on port {self.port} answering PING",
+                log=self.log,
+            )
         except StartError:
             self.stop()
             raise

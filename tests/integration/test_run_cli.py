@@ -20,8 +20,13 @@ RUN_TIMEOUT_S = 240
 
 
 def _recchaos(*args: str, **kw) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", *args],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **kw,
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -65,7 +70,9 @@ def _wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen[str
     while not predicate():
         if proc.poll() is not None or time.monotonic() > deadline:
             out = proc.stdout.read() if proc.poll() is not None and proc.stdout else ""
-            pytest.fail(f"{what} did not happen within {timeout_s} s; harness output:\n{out[-3000:]}")
+            pytest.fail(
+                f"{what} did not happen within {timeout_s} s; harness output:\n{out[-3000:]}"
+            )
         time.sleep(0.1)
 
 
@@ -91,9 +98,11 @@ def test_whole_run_writes_a_complete_record_and_leaves_nothing(tmp_path):
 
 
 def test_sigkill_of_the_harness_leaves_the_watchdog_to_clean_up(tmp_path):
-    proc = _recchaos("run", str(SCENARIO), "--out", str(tmp_path), "--no-progress",
-                     start_new_session=True)
+    proc = _recchaos(
+        "run", str(SCENARIO), "--out", str(tmp_path), "--no-progress", start_new_session=True
+    )
     try:
+
         def killed_fault_applied() -> bool:
             dirs = [p for p in tmp_path.iterdir() if p.is_dir()]
             journal = dirs[0] / "faults.journal" if dirs else None
@@ -118,8 +127,12 @@ def test_sigkill_of_the_harness_leaves_the_watchdog_to_clean_up(tmp_path):
 def test_ctrl_c_heals_stops_and_writes_a_partial_record(tmp_path):
     proc = _recchaos("run", str(SCENARIO), "--out", str(tmp_path), "--no-progress")
     try:
-        _wait_for(lambda: any((p / "load").exists() for p in tmp_path.iterdir()), 180,
-                  "the load starting", proc)
+        _wait_for(
+            lambda: any((p / "load").exists() for p in tmp_path.iterdir()),
+            180,
+            "the load starting",
+            proc,
+        )
         time.sleep(1.0)
         run_dir = _only_run_dir(tmp_path)
         pids = _started_pids(run_dir)

@@ -56,9 +56,7 @@ def test_client_server_pipelined_calls_errors_and_dead_peer():
         server = await protocol.start_server(_echo, "127.0.0.1", port)
         client = protocol.Client("127.0.0.1", port, "echo")
         xs = [np.arange(n, dtype=np.float32) for n in range(1, 30)]
-        replies = await asyncio.gather(
-            *(client.call("x", 1.0, tensors={"x": x}) for x in xs)
-        )
+        replies = await asyncio.gather(*(client.call("x", 1.0, tensors={"x": x}) for x in xs))
         for x, reply in zip(xs, replies, strict=True):
             np.testing.assert_array_equal(reply.tensors["x"], x * 2)
         with pytest.raises(protocol.RemoteError) as info:
