@@ -33,7 +33,7 @@ import numpy as np
 
 MAX_FRAME = 64 * 1024 * 1024
 _LEN = struct.Struct(">II")
-_DTYPES = {"f32": np.dtype("<f4"), "i64": np.dtype("<i8")}
+_DTYPES: dict[str, np.dtype[Any]] = {"f32": np.dtype("<f4"), "i64": np.dtype("<i8")}
 _NAMES = {v: k for k, v in _DTYPES.items()}
 # Past this many unsent bytes the peer is not reading (frozen or wedged): fail fast instead of
 # queueing more work behind it.

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from system_under_test.models import DistilledModel
 from system_under_test.protocol import Message, RemoteError, Tensors
 from system_under_test.shard_server import (
     FaultPoints,
@@ -44,7 +45,7 @@ class RegionModel:
     from the popular list (scored below every model score) and counted in ``filled``.
     """
 
-    def __init__(self, model: torch.nn.Module, popular: np.ndarray, n_items: int, n_dense: int):
+    def __init__(self, model: DistilledModel, popular: np.ndarray, n_items: int, n_dense: int):
         self.model = model.eval()
         self.popular = np.asarray(popular, dtype=np.int64)
         self.n_items, self.n_dense = n_items, n_dense

@@ -467,7 +467,7 @@ class ShardService:
             allowed = ["ping", "control", *self._ops]
             raise RemoteError("bad_op", f"op {op!r} is not served by a shard; allowed: {allowed}")
         # Fault points: consulted before handling, per request (see FaultPoints).
-        return await self.faults.run(op, msg.header, lambda: compute(msg))
+        return await self.faults.run(str(op), msg.header, lambda: compute(msg))
 
     def ping(self) -> dict[str, Any]:
         t = self.tables

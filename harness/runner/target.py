@@ -91,7 +91,7 @@ def _start_generic(t: GenericTarget, run_dir: Path, log) -> RunningTarget:
     logs = run_dir / "cluster" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     target = RunningTarget(t.endpoint.rstrip("/"), run_dir / "cluster" / "manifest.json")
-    components = []
+    components: list[dict[str, Any]] = []
     try:
         for name, argv in t.components.items():
             log_path = logs / f"{name}.log"
@@ -105,7 +105,7 @@ def _start_generic(t: GenericTarget, run_dir: Path, log) -> RunningTarget:
         for proc, comp in zip(target.procs, components, strict=True):
             if proc.poll() is not None:
                 raise StartError(f"{comp['name']} exited with code {proc.returncode}:\n"
-                                 f"{log_tail(Path(comp['log']))}")
+                                 f"{log_tail(Path(str(comp['log'])))}")
         wait_until(lambda: _http_ok(url), 60.0, f"generic target answering {url}")
     except BaseException:
         target.stop()
