@@ -100,6 +100,7 @@ class Stub:
                 "0",
                 "--service-ms",
                 str(service_ms),
+                "--realtime",
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -308,8 +309,11 @@ def report(
             )
             lag99 = statistics.median(r["lag_p99_ms"] for r in runs)
             achieved = statistics.median(r["rate"] for r in runs)
-            if tool != "k6" and lag99 < 1.0 and achieved >= 0.98 * rate:
+            held = lag99 < 1.0 and achieved >= 0.98 * rate
+            if tool != "k6" and held and best.get(tool, 0) >= 0:
                 best[tool] = rate
+            elif tool != "k6":
+                best[tool] = -abs(best.get(tool, 0))  # failed here: higher rates do not count
         if "k6" in tools:
             for tool in tools:
                 if tool == "k6":
@@ -322,8 +326,30 @@ def report(
                 print(f"  cpu ratio {tool} / k6: {spread(ratios)}")
     for tool in tools:
         if tool != "k6":
-            print(f"\nhighest rate with {tool} lag p99 < 1 ms: {best.get(tool, 'none')}")
+            top = abs(best.get(tool, 0))
+            print(
+                f"\nhighest rate (every lower one too) with {tool} lag p99 < 1 ms: {top or 'none'}"
+            )
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# Measured 2026-11-28 on the 2-core dev VM, shared with other engineers' test runs (load average
+# 2.5-4 throughout), stub at 2 ms service (SCHED_FIFO), 5 s per run, 3 rounds interleaved,
+# median [min, max]; k6 1.1.0 at normal priority. Lag for k6 is Date.now()-based (1 ms steps).
+#
+#  rate/s  ours realtime: lag p99 ms     cpu ms/req           k6 cpu ms/req         ratio ours/k6
+#   200     0.309 [0.303, 0.389]    0.342 [0.314, 0.457]    0.600 [0.543, 0.700]    0.58 [0.49, 0.76]
+#   300     0.293 [0.270, 0.325]    0.399 [0.371, 0.400]    0.543 [0.543, 0.648]    0.68 [0.62, 0.74]
+#   500     0.290 [0.288, 0.311]    0.377 [0.245, 0.383]    0.440 [0.440, 0.463]    0.86 [0.53, 0.87]
+#   750     0.225 [0.182, 0.265]    0.312 [0.232, 0.408]    0.389 [0.366, 0.449]    0.80 [0.52, 1.12]
+#  1000     0.275 [0.203, 0.296]    0.254 [0.234, 0.357]    0.346 [0.340, 0.386]    0.68 [0.66, 1.05]
+#  1500     0.248 [0.245, 0.262]    0.242 [0.230, 0.350]    0.273 [0.230, 0.301]    1.00 [0.80, 1.28]
+#  (2 rounds) 2000: lag p99 0.686 [0.349, 1.023], ratio 0.96; 3000: lag p99 0.275, ratio 0.94.
+#
+# At normal priority (timer timerfd) our lag p99 was 0.48 ms at 200/s but 2.4-4.2 ms (medians)
+# at 300-750/s on this shared VM, and its CPU per request 0.23-0.36 ms (ratio to k6 0.51-0.89):
+# waking at once costs a little more CPU than waking late in a batch. k6's own send lag p99 was
+# 2-5 ms (1 ms resolution). Hence priority: realtime is the LoadJob default.

@@ -99,9 +99,7 @@ def run_master(
     return 0 if ok and not any(done.values()) else 1
 
 
-def attach_worker(
-    env: Any, job: LoadJob, master: str, state: dict[str, Any]
-) -> tuple[Any, LoadJob]:
+def attach_worker(env: Any, job: LoadJob, master: str, proc: Any) -> tuple[Any, LoadJob]:
     """Connect to the master; return the runner and the job with the assigned worker index."""
     host, _, port = master.rpartition(":")
     runner = env.create_worker_runner(host or "127.0.0.1", int(port))
@@ -112,8 +110,8 @@ def attach_worker(
             start = int(data["start_mono_ns"])
         else:
             start = int(data["start_wall_ns"]) - time.time_ns() + time.monotonic_ns()
-        state["start_ns"] = start
-        state["go"].set()
+        proc.start_ns = start
+        proc.go.set()
 
     runner.register_message("recchaos_go", on_go)
     deadline = time.monotonic() + ACK_TIMEOUT_S

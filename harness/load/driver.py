@@ -16,6 +16,7 @@ would share a load; here all processes are local. Nothing here imports locust.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -41,6 +42,7 @@ READY_TIMEOUT_S = 60.0  # importing locust and opening connections
 START_LEAD_NS = 100_000_000  # the common start is this far after the last worker is ready
 TERM_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
 
+log = logging.getLogger("recchaos.load")
 Progress = Callable[[dict[str, Any]], None]
 Lines = queue.Queue[tuple[str, "dict[str, Any] | None"]]
 
@@ -134,6 +136,9 @@ def run_load(
         raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for pattern in ("requests-*.npy", "histograms-*.json", "summary-*.json"):
+        for stale in out.glob(pattern):  # an earlier run's: never merge those
+            stale.unlink()
     deadline = time.monotonic() + timeout_s
     procs: list[_Proc] = []
     errors: list[str] = []
@@ -273,7 +278,7 @@ def _supervise(
         elif event == "go":
             start_ns = int(obj["start_mono_ns"])
         elif event == "progress" and on_progress is not None:
-            on_progress(obj)
+            _call_listener(on_progress, obj)
         elif event == "done":
             proc.done = obj
             if obj.get("error"):
@@ -283,6 +288,14 @@ def _supervise(
         elif event == "error":
             errors.append(f"{name}: {obj.get('error')}")
     return start_ns
+
+
+def _call_listener(on_progress: Progress, line: dict[str, Any]) -> None:
+    """A failing progress listener is logged and skipped: it must not stop the load."""
+    try:
+        on_progress(line)
+    except Exception:  # noqa: BLE001
+        log.exception("progress listener %r failed on %s; continuing", on_progress, line)
 
 
 def _go(procs: list[_Proc]) -> int:
