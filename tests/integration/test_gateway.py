@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cluster import Cluster, RedisProcess, start_cluster
+from cluster import Cluster, start_cluster
+
+from harness.sut.redis import RedisServer, redis_available
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -26,21 +28,17 @@ REFERENCE_USERS = range(0, 24)
 
 
 @pytest.fixture(scope="module")
-def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess | None]:
-    if not RedisProcess.available():
+def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | None]:
+    if not redis_available():
         yield None
         return
-    proc = RedisProcess(tmp_path_factory.mktemp("redis"))
-    proc.start()
-    try:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
 def cluster(
-    tmp_path_factory: pytest.TempPathFactory, tiny_artifacts: Path, redis_proc: RedisProcess | None
+    tmp_path_factory: pytest.TempPathFactory, tiny_artifacts: Path, redis_proc: RedisServer | None
 ) -> Iterator[Cluster]:
     log_dir = tmp_path_factory.mktemp("cluster-logs")
     with start_cluster(log_dir, shards=2, redis_url=redis_proc.url if redis_proc else None) as c:
