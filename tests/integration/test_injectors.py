@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from children import children
 
 from harness.inject import appfaults, cgroups, netfilter
 from harness.inject.base import (
@@ -56,21 +57,6 @@ def runs(pid: int, timeout_s: float = 2.0) -> bool:
             return False
         time.sleep(0.005)
     return True
-
-
-@contextlib.contextmanager
-def children() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; all continued, killed and reaped at the end."""
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGCONT)
-                    proc.kill()
-            proc.wait(timeout=10)
 
 
 def spawn(procs: list[subprocess.Popen[bytes]], argv: list[str]) -> subprocess.Popen[bytes]:

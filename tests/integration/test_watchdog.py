@@ -8,18 +8,17 @@ the parent's PID and start time.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from children import children
 
 from harness.inject import netfilter
 from harness.inject.base import Component, FaultStack, InjectContext, make_injector
@@ -68,20 +67,6 @@ def wait_for(check: Any, timeout_s: float, what: str, log: Path | None = None) -
             tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
             pytest.fail(f"{what} not within {timeout_s} s; watchdog log:\n{tail}")
         time.sleep(0.02)
-
-
-@contextlib.contextmanager
-def children() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGCONT)
-                    proc.kill()
-            proc.wait(timeout=10)
 
 
 def spawn(procs: list[subprocess.Popen[bytes]], argv: list[str]) -> subprocess.Popen[bytes]:
