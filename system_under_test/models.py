@@ -16,7 +16,11 @@ before ranking (the users in the data never re-consume an item).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from system_under_test.config import DataConfig, ModelConfig
@@ -33,6 +37,31 @@ def _mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
         if i < len(sizes) - 2 or final_activation:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+@dataclass
+class _NumpyRanker:
+    """``DLRMRanker``'s weights for ``score_numpy``: transposed for ``x @ w_t + b``."""
+
+    bottom: list[tuple[np.ndarray, np.ndarray]]
+    first_bias: np.ndarray
+    w_side_t: np.ndarray
+    w_user: np.ndarray
+    w_bottom: np.ndarray
+    top_rest: list[tuple[np.ndarray, np.ndarray]]
+    cat_table: np.ndarray
+
+
+def _mlp_apply(mlp: nn.Sequential, x: Tensor, skip_first: bool = False) -> Tensor:
+    """``mlp(x)`` for a Sequential of Linear and ReLU layers, without module-call overhead."""
+    for i, layer in enumerate(mlp):
+        if skip_first and i == 0:
+            continue
+        if isinstance(layer, nn.Linear):
+            x = F.linear(x, layer.weight, layer.bias)
+        else:
+            x = torch.relu(x)
+    return x
 
 
 class DLRMRanker(nn.Module):
@@ -88,18 +117,139 @@ class DLRMRanker(nn.Module):
         """Logits ``[N]`` of ``N`` candidates for one user, in one batched pass.
 
         ``user_vec``/``hist_pooled`` are ``[d]``, ``dense`` is ``[n_dense]``, ``cand_emb`` is
-        ``[N, d]`` and ``cand_cat`` ``[N]``. Same arithmetic as ``forward``; the user-side inputs
-        are computed once and broadcast.
+        ``[N, d]`` and ``cand_cat`` ``[N]``. The same function as ``forward``, arranged for one
+        user: the bottom MLP, the three user-side dot products and the bottom vector's share of
+        the top MLP's first layer are computed once; per candidate only its 7 dot products with
+        the other vectors go through that layer (``_pair_weights``). Equal to ``forward`` up to
+        float rounding (``test_ranker_score_equals_batched_forward``).
+
+        On the CPU without autograd (serving, ``full_pipeline``) this is :meth:`score_numpy`:
+        the same arithmetic in numpy, which costs about a third of the torch ops' dispatch.
         """
-        n = cand_emb.shape[0]
-        bottom = self.bottom(dense.unsqueeze(0)).expand(n, -1)
-        return self._head(
-            bottom,
-            user_vec.unsqueeze(0).expand(n, -1),
-            hist_pooled.unsqueeze(0).expand(n, -1),
-            cand_emb,
-            cand_cat,
-        )
+        if not torch.is_grad_enabled() and cand_emb.device.type == "cpu":
+            return torch.from_numpy(
+                self.score_numpy(
+                    user_vec.numpy(),
+                    hist_pooled.numpy(),
+                    dense.numpy(),
+                    cand_emb.numpy(),
+                    cand_cat.numpy(),
+                )
+            )
+        bottom = _mlp_apply(self.bottom, dense)  # [d]
+        w_side, w_user, w_bottom = self._pair_weights()
+        user_side = torch.stack([bottom, user_vec, hist_pooled])  # [3, d]
+        first = self.top[0]
+        assert isinstance(first, nn.Linear)
+        # First layer's bias for this user: its bias + the user-side pairs + the bottom vector.
+        bias = torch.addmv(first.bias, w_user, torch.mm(user_side, user_side.t()).reshape(-1))
+        bias = torch.addmv(bias, w_bottom, bottom)
+        cat = F.embedding(cand_cat, self.cat_emb.weight)  # [N, d]
+        per_cand = torch.cat(
+            [
+                torch.mm(cand_emb, user_side.t()),  # item . (bottom, user, hist)
+                torch.mm(cat, user_side.t()),  # category . (bottom, user, hist)
+                (cand_emb * cat).sum(1, keepdim=True),  # item . category
+            ],
+            dim=1,
+        )  # [N, 7]
+        x = torch.addmm(bias, per_cand, w_side.t())
+        return _mlp_apply(self.top, x, skip_first=True).squeeze(1)
+
+    def score_numpy(
+        self,
+        user_vec: np.ndarray,
+        hist_pooled: np.ndarray,
+        dense: np.ndarray,
+        cand_emb: np.ndarray,
+        cand_cat: np.ndarray,
+    ) -> np.ndarray:
+        """:meth:`score` on numpy arrays (float32 rows, int64 categories), CPU weights only."""
+        p = self._numpy_params()
+        x = np.asarray(dense, dtype=np.float32)
+        for i, (w_t, b) in enumerate(p.bottom):
+            x = x @ w_t + b
+            if i < len(p.bottom) - 1:
+                np.maximum(x, 0, out=x)
+        bottom = x
+        user_side = np.stack([bottom, user_vec, hist_pooled]).astype(np.float32, copy=False)
+        bias = p.first_bias + p.w_user @ (user_side @ user_side.T).reshape(-1)
+        bias += p.w_bottom @ bottom
+        cat = p.cat_table[cand_cat]
+        per_cand = np.empty((len(cand_emb), 7), dtype=np.float32)
+        np.matmul(cand_emb, user_side.T, out=per_cand[:, :3])
+        np.matmul(cat, user_side.T, out=per_cand[:, 3:6])
+        np.einsum("ij,ij->i", cand_emb, cat, out=per_cand[:, 6])
+        x = per_cand @ p.w_side_t + bias
+        for w_t, b in p.top_rest:
+            np.maximum(x, 0, out=x)
+            x = x @ w_t + b
+        return x[:, 0]
+
+    def _numpy_params(self) -> _NumpyRanker:
+        """The weights as float32 numpy arrays arranged for :meth:`score_numpy`; cached, and
+        rebuilt when any parameter is changed in place (training, ``load_state_dict``) or moved
+        (``to``: see ``_apply``)."""
+        cached = self.__dict__.get("_numpy_cache")
+        if cached is not None and cached[0] == [t._version for t in cached[2]]:
+            return cached[1]
+        tensors = list(self.parameters())
+
+        def arr(t: Tensor) -> np.ndarray:
+            return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+
+        with torch.inference_mode(False), torch.no_grad():
+            w_side, w_user, w_bottom = self._pair_weights()
+            bottom = [
+                (arr(m.weight.t()), arr(m.bias)) for m in self.bottom if isinstance(m, nn.Linear)
+            ]
+            top = [m for m in self.top if isinstance(m, nn.Linear)]
+            params = _NumpyRanker(
+                bottom=bottom,
+                first_bias=arr(top[0].bias),
+                w_side_t=arr(w_side.t()),
+                w_user=arr(w_user),
+                w_bottom=arr(w_bottom),
+                top_rest=[(arr(m.weight.t()), arr(m.bias)) for m in top[1:]],
+                cat_table=arr(self.cat_emb.weight),
+            )
+        self.__dict__["_numpy_cache"] = ([t._version for t in tensors], params, tensors)
+        return params
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # to(), cuda(), half(), ...: the cached weight arrangements are stale.
+        self.__dict__.pop("_numpy_cache", None)
+        self.__dict__.pop("_pair_cache", None)
+        return super()._apply(fn, recurse)
+
+    def _pair_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The top MLP's first-layer weight split for ``score``: columns of the 7 per-candidate
+        pairs (in ``score``'s order), a ``[h, 9]`` weight over the flattened 3x3 Gram matrix of
+        (bottom, user, hist) holding the 3 user-side pairs, and the bottom vector's columns.
+        Cached; rebuilt when the weight changes (training, ``load_state_dict``, ``to``)."""
+        first = self.top[0]
+        assert isinstance(first, nn.Linear)
+        weight = first.weight
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
+        cached = self.__dict__.get("_pair_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        # Plain tensors even when first called under inference_mode: score may run with autograd.
+        with torch.inference_mode(False), torch.no_grad():
+            pairs = [(int(a), int(b)) for a, b in self._pairs.t().tolist()]
+            col = {pair: i for i, pair in enumerate(pairs)}
+            # vectors: 0 bottom, 1 user, 2 hist, 3 item, 4 category
+            side = [col[(0, 3)], col[(1, 3)], col[(2, 3)], col[(0, 4)], col[(1, 4)], col[(2, 4)]]
+            side.append(col[(3, 4)])
+            w = weight.detach()
+            w_side = w[:, side].contiguous()
+            w_user = torch.zeros(w.shape[0], 9, dtype=w.dtype, device=w.device)
+            for a, b in ((0, 1), (0, 2), (1, 2)):
+                w_user[:, a * 3 + b] = w[:, col[(a, b)]]
+            w_bottom = w[:, len(pairs) :].contiguous()
+        out = (w_side, w_user, w_bottom)
+        self.__dict__["_pair_cache"] = (key, out)
+        return out
 
     def _head(
         self, bottom: Tensor, user: Tensor, hist: Tensor, item: Tensor, item_cat: Tensor

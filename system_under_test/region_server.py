@@ -15,6 +15,7 @@ serves it over the same framed protocol as the shards (``docs/protocol.md``):
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,11 @@ class RegionService:
         self.faults = FaultPoints()
 
     async def handle(self, msg: Message) -> Reply:
+        reply = self.respond(msg)
+        return reply if isinstance(reply, tuple) else await reply
+
+    def respond(self, msg: Message) -> Reply | Awaitable[Reply]:
+        """The server's handler: the reply at once, or an awaitable of it for a delay fault."""
         op = msg.header.get("op")
         if op == "ping":
             return self.ping(), {}
@@ -113,7 +119,7 @@ class RegionService:
                 "bad_op", f"op {op!r} is not served by the region; allowed: {allowed}"
             )
         # Fault points: consulted before handling, per request (see shard_server.FaultPoints).
-        return await self.faults.run(op, msg.header, lambda: self._recommend(msg))
+        return self.faults.respond(op, msg.header, lambda: self._recommend(msg))
 
     def ping(self) -> dict[str, Any]:
         return {
@@ -174,5 +180,5 @@ def main(argv: list[str]) -> int:
         )
 
     return run_until_signalled(
-        lambda stop: serve(service.handle, args.host, args.port, stop, log, ready), log
+        lambda stop: serve(service.respond, args.host, args.port, stop, log, ready), log
     )

@@ -134,9 +134,16 @@ class ShardTables:
             raise ValueError(
                 f"user rows are {user_rows.shape[1]}-d but item rows {item_rows.shape[1]}-d"
             )
-        self.user_rows, self.item_rows = user_rows, item_rows
+        self.user_rows, self.item_rows = user_rows.contiguous(), item_rows.contiguous()
         self.dim = int(item_rows.shape[1])
         self.device = item_rows.device
+        # On the CPU, numpy views of the same memory: gathers and top-n selection in numpy cost a
+        # few microseconds where the torch equivalents cost tens (per-op dispatch overhead).
+        self._user_np: np.ndarray | None = None
+        self._item_np: np.ndarray | None = None
+        if self.device.type == "cpu" and item_rows.dtype == torch.float32:
+            self._user_np = self.user_rows.detach().numpy()
+            self._item_np = self.item_rows.detach().numpy()
 
     @classmethod
     def from_full(
@@ -208,6 +215,9 @@ class ShardTables:
         rows = self.user_rows if table == "user" else self.item_rows
         if offsets is None:
             # One bag per id: a plain gather, cheaper than an embedding bag.
+            rows_np = self._user_np if table == "user" else self._item_np
+            if rows_np is not None:
+                return {"sums": rows_np[local], "counts": np.ones(len(local), np.int64)}
             index = self._tensor(local, np.int64)
             return {
                 "sums": to_numpy(rows.index_select(0, index)),
@@ -239,16 +249,35 @@ class ShardTables:
             raise RemoteError("bad_request", "tensor 'bag_offsets' given without 'bag_ids'")
         bag = self.lookup("item", bag_ids, bag_offsets) if bag_ids is not None else None
         n = min(top_n, self.item_end - self.item_start)
-        q = self._tensor(query, np.float32)
-        scores, local = torch.topk(torch.mv(self.item_rows, q), n, sorted=True)
-        out = {
-            "ids": to_numpy(local) + self.item_start,
-            "scores": to_numpy(scores),
-            "emb": to_numpy(self.item_rows.index_select(0, local)),
-        }
+        if self._item_np is not None:
+            out = self._top_n_cpu(query, n)
+        else:
+            q = self._tensor(query, np.float32)
+            scores, local = torch.topk(torch.mv(self.item_rows, q), n, sorted=True)
+            out = {
+                "ids": to_numpy(local) + self.item_start,
+                "scores": to_numpy(scores),
+                "emb": to_numpy(self.item_rows.index_select(0, local)),
+            }
         if bag is not None:
             out["bag_sums"], out["bag_counts"] = bag["sums"], bag["counts"]
         return out
+
+    def _top_n_cpu(self, query: np.ndarray, n: int) -> Tensors:
+        """``torch.mv`` for the scores (the reference's arithmetic, bit for bit: see
+        ``models.full_pipeline``), then the top ``n`` by ``np.argpartition`` and a sort of those."""
+        assert self._item_np is not None
+        if query.dtype != np.float32 or not query.flags.c_contiguous or not query.flags.writeable:
+            query = np.array(query, dtype=np.float32)
+        scores = torch.mv(self.item_rows, torch.from_numpy(query)).numpy()
+        size = len(scores)
+        top = np.argpartition(scores, size - n)[size - n :] if n < size else np.arange(size)
+        local = top[np.argsort(-scores[top], kind="stable")]
+        return {
+            "ids": local + self.item_start,
+            "scores": scores[local],
+            "emb": self._item_np[local],
+        }
 
 
 def bag_counts(offsets: np.ndarray, n_ids: int) -> np.ndarray:
@@ -429,16 +458,31 @@ class FaultPoints:
             "injected": dict(self.counts),
         }
 
-    async def run(self, op: str, header: Mapping[str, Any], compute: Callable[[], Reply]) -> Reply:
-        plan = self.plan(op, header)
-        if not plan.any:
+    def respond(
+        self, op: str, header: Mapping[str, Any], compute: Callable[[], Reply]
+    ) -> Reply | Awaitable[Reply]:
+        """The reply now, or (only for a delay fault) an awaitable of it."""
+        if self.spec is None:
             return compute()
+        plan = self.plan(op, header)
         if plan.delay_s:
-            await asyncio.sleep(plan.delay_s)
-        if plan.error:
-            raise RemoteError("injected", f"injected error in {op} (fault points are on)")
-        fields, tensors = compute()
-        return fields, corrupt(tensors, plan)
+            return self._delayed(op, plan, compute)
+        return _faulted(op, plan, compute)
+
+    async def _delayed(self, op: str, plan: FaultPlan, compute: Callable[[], Reply]) -> Reply:
+        await asyncio.sleep(plan.delay_s)
+        return _faulted(op, plan, compute)
+
+    async def run(self, op: str, header: Mapping[str, Any], compute: Callable[[], Reply]) -> Reply:
+        reply = self.respond(op, header, compute)
+        return reply if isinstance(reply, tuple) else await reply
+
+
+def _faulted(op: str, plan: FaultPlan, compute: Callable[[], Reply]) -> Reply:
+    if plan.error:
+        raise RemoteError("injected", f"injected error in {op} (fault points are on)")
+    fields, tensors = compute()
+    return (fields, corrupt(tensors, plan)) if plan.nan or plan.wrong_shape else (fields, tensors)
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,18 +500,23 @@ class ShardService:
             "retrieve": self._retrieve,
         }
 
-    async def handle(self, msg: Message) -> Reply:
+    def respond(self, msg: Message) -> Reply | Awaitable[Reply]:
+        """The server's handler: the reply at once, or an awaitable of it for a delay fault."""
         op = msg.header.get("op")
-        if op == "ping":
-            return self.ping(), {}
-        if op == "control":
-            return self.faults.control(msg.header), {}
         compute = self._ops.get(op) if isinstance(op, str) else None
         if compute is None:
+            if op == "ping":
+                return self.ping(), {}
+            if op == "control":
+                return self.faults.control(msg.header), {}
             allowed = ["ping", "control", *self._ops]
             raise RemoteError("bad_op", f"op {op!r} is not served by a shard; allowed: {allowed}")
         # Fault points: consulted before handling, per request (see FaultPoints).
-        return await self.faults.run(str(op), msg.header, lambda: compute(msg))
+        return self.faults.respond(str(op), msg.header, lambda: compute(msg))
+
+    async def handle(self, msg: Message) -> Reply:
+        reply = self.respond(msg)
+        return reply if isinstance(reply, tuple) else await reply
 
     def ping(self) -> dict[str, Any]:
         t = self.tables
@@ -561,7 +610,7 @@ def find_artifacts(preset_name: str, cli_value: Path | None) -> Path:
 
 
 async def serve(
-    handler: Callable[[Message], Awaitable[Reply]],
+    handler: protocol.Handler,
     host: str,
     port: int,
     stop: asyncio.Event,
@@ -637,7 +686,7 @@ def main(argv: list[str]) -> int:
         )
 
     return run_until_signalled(
-        lambda stop: serve(service.handle, args.host, args.port, stop, log, ready), log
+        lambda stop: serve(service.respond, args.host, args.port, stop, log, ready), log
     )
 
 

@@ -17,6 +17,8 @@ import numpy as np
 
 log = logging.getLogger("gateway.cache")
 
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce
+
 
 class RowCache:
     """A fixed number of embedding rows with vectorised get/put and approximate clock eviction.
@@ -54,24 +56,32 @@ class RowCache:
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(hit mask, slots)`` for a batch of ids; slots are -1 where missed. Counts hits."""
         ids = np.asarray(ids, dtype=np.int64)
-        slots = np.full(ids.shape, -1, dtype=np.int32)
-        ok = self._valid(ids)
-        if self.capacity:
-            slots[ok] = self.slot_of[ids[ok]]
+        if self.capacity and ids.size and _MIN(ids) >= 0 and _MAX(ids) < self.n_ids:
+            slots = self.slot_of[ids]  # every id valid: one gather (the common case)
+        else:
+            slots = np.full(ids.shape, -1, dtype=np.int32)
+            if self.capacity:
+                ok = self._valid(ids)
+                slots[ok] = self.slot_of[ids[ok]]
         hit = slots >= 0
-        n_hit = int(hit.sum())
+        n_hit = int(np.count_nonzero(hit))
         self.hits += n_hit
         self.misses += ids.size - n_hit
-        if n_hit:
+        if n_hit == ids.size:
+            if n_hit:
+                self.ref[slots] = True
+        elif n_hit:
             self.ref[slots[hit]] = True
         return hit, slots
 
     def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(hit mask, rows)``; rows of misses are zero."""
         hit, slots = self.lookup(ids)
-        out = np.zeros((len(hit), self.dim), dtype=np.float32)
-        if hit.any():
-            out[hit] = self.rows[slots[hit]]
+        if not self.capacity or not len(hit):
+            return hit, np.zeros((len(hit), self.dim), dtype=np.float32)
+        out = self.rows[slots]  # a miss (slot -1) gathers the last row: zeroed below
+        if not hit.all():
+            out[~hit] = 0.0
         return hit, out
 
     def get_one(self, row_id: int) -> np.ndarray | None:
@@ -91,11 +101,16 @@ class RowCache:
             return 0
         ids = np.asarray(ids, dtype=np.int64)
         rows = np.asarray(rows, dtype=np.float32).reshape(len(ids), self.dim)
-        keep = self._valid(ids)
-        ids, rows = ids[keep], rows[keep]
-        ids, first = np.unique(ids, return_index=True)
+        if not (ids.size and _MIN(ids) >= 0 and _MAX(ids) < self.n_ids):
+            keep = self._valid(ids)
+            ids, rows = ids[keep], rows[keep]
         fresh = self.slot_of[ids] < 0
-        ids, rows = ids[fresh], rows[first[fresh]]
+        if not fresh.any():
+            return 0  # all cached already (the common case for hot candidates)
+        if not fresh.all():
+            ids, rows = ids[fresh], rows[fresh]
+        ids, first = np.unique(ids, return_index=True)  # duplicates: the first occurrence
+        rows = rows[first]
         if len(ids) > self.capacity:
             ids, rows = ids[-self.capacity :], rows[-self.capacity :]
         if not len(ids):

@@ -18,6 +18,7 @@ before a hedge is sent). Measured before this: 85% of calls hedged against a 1.6
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -91,6 +92,10 @@ class ShardCopies:
         return est
 
 
+# ``on_done(result, None)`` or ``on_done(None, error)``, exactly once per call.
+Done = Callable[[CallResult | None, BaseException | None], None]
+
+
 class ShardCaller:
     """Runs shard calls for the whole gateway; one retry budget shared by every shard."""
 
@@ -115,6 +120,29 @@ class ShardCaller:
         for copies, label in zip(self.shards, self._labels, strict=True):
             self.metrics.breaker_open.set(label, value=1.0 if copies.breaker.is_open else 0.0)
 
+    def retry_allowed(self, label: str) -> bool:
+        """Take a token from the shared retry budget for one retry on shard ``label``."""
+        if self.budget.try_spend(self.clock()):
+            return True
+        self.metrics.retry_budget_exhausted.inc(label)
+        return False
+
+    def start(
+        self,
+        shard: int,
+        op: str,
+        deadline: float,
+        rid: str,
+        fields: Mapping[str, Any] | None,
+        tensors: Mapping[str, np.ndarray] | None,
+        validate: Validator | None,
+        on_done: Done,
+    ) -> None:
+        """Start one logical call to ``shard``; ``on_done`` gets its :class:`CallResult`, or a
+        :class:`ShardCallFailed` when no copy answered. Never calls ``on_done`` from inside
+        ``start``. Needs a running event loop."""
+        _Call(self, shard, op, deadline, rid, fields, tensors, validate, on_done).start()
+
     async def call(
         self,
         shard: int,
@@ -126,134 +154,261 @@ class ShardCaller:
         validate: Validator | None = None,
     ) -> CallResult:
         """One logical call to ``shard``; raises :class:`ShardCallFailed` when no copy answers."""
-        copies, label = self.shards[shard], self._labels[shard]
-        now = self.clock()
-        hedge = copies.hedge(op)
+        fut: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
 
-        def retry_allowed() -> bool:
-            if self.budget.try_spend(self.clock()):
-                return True
-            self.metrics.retry_budget_exhausted.inc(label)
-            return False
+        def done(result: CallResult | None, exc: BaseException | None) -> None:
+            if not fut.done():
+                if exc is None:
+                    fut.set_result(result)  # type: ignore[arg-type]
+                else:
+                    fut.set_exception(exc)
 
-        plan = ShardCallPlan(
-            deadline=deadline,
+        self.start(shard, op, deadline, rid, fields, tensors, validate, done)
+        return await fut
+
+
+# An attempt in flight: which copy, when it was sent, and how to drop it (a client and its call
+# id, or the task of a client that only has ``async call``).
+_Attempt = tuple[Copy, float, Any, Any]
+
+
+class _Call:
+    """One logical shard call: a :class:`ShardCallPlan` driven by answers and one timer.
+
+    No task and no future of its own: attempts go out through ``Client.send`` (answers come
+    back as callbacks from the connection's reader), and the plan's next wake (hedge, retry
+    backoff, or the deadline) is a single ``loop.call_later`` handle, re-armed only when it
+    changes. A client without ``send`` (a test double) gets a task per attempt instead.
+    """
+
+    __slots__ = (
+        "caller",
+        "copies",
+        "label",
+        "op",
+        "deadline",
+        "rid",
+        "fields",
+        "tensors",
+        "validate",
+        "on_done",
+        "plan",
+        "attempts",
+        "seq",
+        "answer",
+        "timer",
+        "timer_at",
+        "finished",
+        "loop",
+    )
+
+    def __init__(
+        self,
+        caller: ShardCaller,
+        shard: int,
+        op: str,
+        deadline: float,
+        rid: str,
+        fields: Mapping[str, Any] | None,
+        tensors: Mapping[str, np.ndarray] | None,
+        validate: Validator | None,
+        on_done: Done,
+    ) -> None:
+        self.caller = caller
+        self.copies = caller.shards[shard]
+        self.label = caller._labels[shard]
+        self.op, self.deadline, self.rid = op, deadline, rid
+        self.fields, self.tensors, self.validate = fields, tensors, validate
+        self.on_done = on_done
+        self.attempts: dict[int, _Attempt] = {}
+        self.seq = 0
+        self.answer: protocol.Message | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at: float | None = None
+        self.finished = False
+        self.loop = asyncio.get_running_loop()
+
+    # ---- events
+
+    def start(self) -> None:
+        caller, copies = self.caller, self.copies
+        now = caller.clock()
+        self.plan = ShardCallPlan(
+            deadline=self.deadline,
             primary_allowed=copies.breaker.allow(now),
             has_replica=copies.replica is not None,
-            hedge_delay_s=hedge.delay(deadline - now),
-            retry_allowed=retry_allowed,
-            jitter=self.rng.random(),
-            policy=self.policy,
+            hedge_delay_s=copies.hedge(self.op).delay(self.deadline - now),
+            # (a partial of the caller, not a bound method of this call: no reference cycle,
+            # so a finished call is freed at once instead of by the garbage collector)
+            retry_allowed=functools.partial(caller.retry_allowed, self.label),
+            jitter=caller.rng.random(),
+            policy=caller.policy,
         )
-        tasks: dict[asyncio.Task[protocol.Message], tuple[Copy, float]] = {}
-        loop = asyncio.get_running_loop()
+        self._launch(self.plan.start(now), now)
+        if self.plan.done:  # e.g. breaker open and no replica: answer on the next iteration
+            self.loop.call_soon(self._guarded, self._next)
+        else:
+            self._next()
 
-        def launch(sends: list[Copy], at: float) -> None:
-            for copy in sends:
-                if copy is Copy.PRIMARY:
-                    client, attempt_rid = copies.primary, rid
-                    if plan.attempts == 1:
-                        self.budget.deposit(at)
-                    else:
-                        attempt_rid = f"{rid}:retry"
-                        self.metrics.retries.inc(label)
-                else:
-                    client, attempt_rid = copies.replica, rid
-                    if plan.hedged:
-                        self.metrics.hedges.inc(label)
-                body = {**(fields or {}), "rid": attempt_rid}
-                task = loop.create_task(
-                    _attempt(client, op, deadline - at, body, tensors, validate)
-                )
-                tasks[task] = (copy, at)
-
-        launch(plan.start(now), now)
-        answer: protocol.Message | None = None
-        try:
-            while not plan.done:
-                now = self.clock()
-                timer = plan.wake_at is not None and plan.wake_at < deadline
-                wait_until = plan.wake_at if timer else deadline
-                timeout = max(wait_until - now, 0.0)  # type: ignore[operator]
-                if tasks:
-                    done, _ = await asyncio.wait(
-                        tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                    )
-                else:
-                    await asyncio.sleep(timeout)
-                    done = set()
-                now = self.clock()
-                if not done:
-                    if now < wait_until - _EARLY_S:  # type: ignore[operator]
-                        continue  # uvloop fired early (ms-granular, stale loop time): wait on
-                    launch(plan.on_timer(now) if timer else plan.on_deadline(now), now)
-                    continue
-                for task in done:
-                    copy, sent = tasks.pop(task)
-                    msg = self._settle(plan, copies, label, op, task, copy, sent, now, launch)
-                    if msg is not None and plan.winner is copy:
-                        answer = msg
-                    if plan.done:
-                        break
-        finally:
-            self._drop_losers(plan, copies, label, tasks)
-        if plan.winner is None or plan.tier is None or answer is None:
-            raise ShardCallFailed(shard, plan.reason, plan.errors)
-        if plan.hedged and plan.winner is Copy.REPLICA:
-            self.metrics.hedge_wins.inc(label)
-        return CallResult(answer, plan.tier, plan.winner, plan.hedged, plan.retried)
-
-    def _settle(
-        self,
-        plan: ShardCallPlan,
-        copies: ShardCopies,
-        label: str,
-        op: str,
-        task: asyncio.Task[protocol.Message],
-        copy: Copy,
-        sent: float,
-        now: float,
-        launch: Callable[[list[Copy], float], None],
-    ) -> protocol.Message | None:
-        """Feed one finished attempt to the plan; returns its message when it succeeded."""
-        exc = task.exception()
-        latency = now - sent
+    def _answer(self, token: int, msg: protocol.Message | None, exc: BaseException | None) -> None:
+        attempt = self.attempts.pop(token, None)
+        if attempt is None or self.finished:
+            return
+        copy, sent, client, _ = attempt
+        plan, copies, caller = self.plan, self.copies, self.caller
+        now = caller.clock()
+        if exc is None and self.validate is not None:
+            problem = self.validate(msg)  # type: ignore[arg-type]
+            if problem:
+                exc = BadReply(f"{getattr(client, 'name', '?')}: {problem}")
         if exc is None:
+            latency = now - sent
             if copy is Copy.PRIMARY:
                 copies.breaker.record_success(now)
-                copies.hedge(op).observe(latency)
-            self.metrics.shard_call.observe(latency, label, copy.value)
-            launch(plan.on_result(copy, now), now)
-            return task.result()
+                copies.hedge(self.op).observe(latency)
+            caller.metrics.shard_call.observe(latency, self.label, copy.value)
+            self._launch(plan.on_result(copy, now), now)
+            if plan.winner is copy:
+                self.answer = msg
+        else:
+            self._failed(copy, exc, now)
+        self._next()
+
+    def _on_timer(self) -> None:
+        self.timer = self.timer_at = None
+        plan = self.plan
+        if self.finished or plan.done:
+            return
+        now = self.caller.clock()
+        wake = plan.wake_at is not None and plan.wake_at < self.deadline
+        due = plan.wake_at if wake else self.deadline
+        if now < due - _EARLY_S:  # type: ignore[operator]
+            self._next()  # uvloop fired early (ms-granular, stale loop time): wait on
+            return
+        if wake:
+            self._launch(plan.on_timer(now), now)
+        else:
+            # The deadline: every attempt still out has timed out (a frozen copy).
+            for _token, (copy, _sent, _client, _handle) in sorted(self.attempts.items()):
+                if plan.done:
+                    break
+                self._failed(copy, protocol.Timeout(f"no answer by the deadline ({self.op})"), now)
+            plan.on_deadline(now)
+        self._next()
+
+    # ---- helpers
+
+    def _failed(self, copy: Copy, exc: BaseException, now: float) -> None:
         kind = error_kind(exc)
         if kind == "error":
-            log.error("shard %s %s call failed unexpectedly", label, copy.value, exc_info=exc)
+            log.error("shard %s %s call failed unexpectedly", self.label, copy.value, exc_info=exc)
         if copy is Copy.PRIMARY:
-            copies.breaker.record_failure(now)
-        self.metrics.shard_errors.inc(label, copy.value, kind)
-        launch(plan.on_result(copy, now, kind, getattr(exc, "code", None)), now)
-        return None
+            self.copies.breaker.record_failure(now)
+        self.caller.metrics.shard_errors.inc(self.label, copy.value, kind)
+        self._launch(self.plan.on_result(copy, now, kind, getattr(exc, "code", None)), now)
 
-    def _drop_losers(
-        self,
-        plan: ShardCallPlan,
-        copies: ShardCopies,
-        label: str,
-        tasks: dict[asyncio.Task[protocol.Message], tuple[Copy, float]],
-    ) -> None:
-        now = self.clock()
-        for task, (copy, _) in tasks.items():
-            if task.done():
-                _consume(task)
-                continue
-            task.cancel()
-            # Python 3.11's wait_for can swallow a cancel whose answer raced in: the task may
-            # still end with the call's error, which must not be reported as never retrieved.
-            task.add_done_callback(_consume)
+    def _launch(self, sends: list[Copy], at: float) -> None:
+        caller, copies, plan = self.caller, self.copies, self.plan
+        for copy in sends:
+            rid = self.rid
+            if copy is Copy.PRIMARY:
+                client = copies.primary
+                if plan.attempts == 1:
+                    caller.budget.deposit(at)
+                else:
+                    rid = f"{rid}:retry"
+                    caller.metrics.retries.inc(self.label)
+            else:
+                client = copies.replica
+                if plan.hedged:
+                    caller.metrics.hedges.inc(self.label)
+            body = {**self.fields, "rid": rid} if self.fields else {"rid": rid}
+            self.seq += 1
+            token = self.seq
+            send = getattr(client, "send", None)
+            if send is not None:
+
+                def answered(msg, exc, token=token):  # type: ignore[no-untyped-def]
+                    self._guarded(self._answer, token, msg, exc)
+
+                handle = send(self.op, self.deadline - at, body, self.tensors, answered)
+            else:
+                handle = self.loop.create_task(
+                    client.call(self.op, self.deadline - at, body, self.tensors)
+                )
+                handle.add_done_callback(functools.partial(self._task_done, token))
+            self.attempts[token] = (copy, at, client, handle)
+
+    def _task_done(self, token: int, task: asyncio.Task[protocol.Message]) -> None:
+        if task.cancelled():
+            return  # dropped by _finish
+        exc = task.exception()
+        self._guarded(self._answer, token, None if exc else task.result(), exc)
+
+    def _next(self) -> None:
+        """Finish if the plan is done; otherwise make sure the timer is set for its next wake."""
+        plan = self.plan
+        if plan.done:
+            self._finish()
+            return
+        wake = plan.wake_at is not None and plan.wake_at < self.deadline
+        due = plan.wake_at if wake else self.deadline
+        if due == self.timer_at:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        delay = max(due - self.caller.clock(), 0.0)  # type: ignore[operator]
+        self.timer = self.loop.call_later(delay, self._guarded, self._on_timer)
+        self.timer_at = due
+
+    def _finish(self) -> None:
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        plan, copies, caller = self.plan, self.copies, self.caller
+        now = caller.clock()
+        for copy, _sent, client, handle in self.attempts.values():
+            if isinstance(handle, asyncio.Task):
+                handle.cancel()
+                # Python 3.11's wait_for can swallow a cancel whose answer raced in: the task
+                # may still end with the call's error, which must not be reported as orphaned.
+                handle.add_done_callback(_consume)
+            else:
+                client.forget(handle)
             if copy is Copy.PRIMARY and plan.winner is Copy.REPLICA:
                 copies.breaker.record_failure(now)
-                self.metrics.shard_errors.inc(label, copy.value, "hedge_lost")
-        tasks.clear()
+                caller.metrics.shard_errors.inc(self.label, copy.value, "hedge_lost")
+        self.attempts.clear()
+        if plan.winner is None or plan.tier is None or self.answer is None:
+            shard = self.copies.shard
+            self.on_done(None, ShardCallFailed(shard, plan.reason, plan.errors))
+            return
+        if plan.hedged and plan.winner is Copy.REPLICA:
+            caller.metrics.hedge_wins.inc(self.label)
+        self.on_done(
+            CallResult(self.answer, plan.tier, plan.winner, plan.hedged, plan.retried), None
+        )
+
+    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run an event handler; an unexpected error ends the call with that error (never a
+        call that hangs until nobody waits)."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("shard %s call failed in the executor", self.label)
+            if not self.finished:
+                self.finished = True
+                if self.timer is not None:
+                    self.timer.cancel()
+                for _copy, _sent, client, handle in self.attempts.values():
+                    if isinstance(handle, asyncio.Task):
+                        handle.cancel()
+                        handle.add_done_callback(_consume)
+                    else:
+                        client.forget(handle)
+                self.attempts.clear()
+                self.on_done(None, exc)
 
 
 def _consume(task: asyncio.Task[protocol.Message]) -> None:
@@ -271,19 +426,3 @@ def error_kind(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return "unavailable"
     return "error"
-
-
-async def _attempt(
-    client: Caller,
-    op: str,
-    timeout_s: float,
-    fields: Mapping[str, Any],
-    tensors: Mapping[str, np.ndarray] | None,
-    validate: Validator | None,
-) -> protocol.Message:
-    msg = await client.call(op, timeout_s, fields, tensors)
-    if validate is not None:
-        problem = validate(msg)
-        if problem:
-            raise BadReply(f"{getattr(client, 'name', '?')}: {problem}")
-    return msg

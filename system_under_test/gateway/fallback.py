@@ -210,7 +210,7 @@ class HedgeDelay:
             self._n % self.every == 0 or self._n == self.min_samples
         ):
             filled = self._buf[: min(self._n, len(self._buf))]
-            self._estimate = float(np.quantile(filled, self.quantile))
+            self._estimate = _quantile(filled, self.quantile)
 
     @property
     def samples(self) -> int:
@@ -219,6 +219,19 @@ class HedgeDelay:
     def delay(self, remaining_s: float = math.inf) -> float:
         """The hedge delay, clamped to ``[floor_s, remaining_s]``."""
         return min(max(self._estimate, self.floor_s), max(remaining_s, 0.0))
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """``np.quantile(values, q)`` (its default, linear method) by a partial sort: a few
+    microseconds instead of tens, on the request path."""
+    index = q * (len(values) - 1)
+    lo = math.floor(index)
+    hi = min(lo + 1, len(values) - 1)
+    part = np.partition(values, (lo, hi))
+    a, b = float(part[lo]), float(part[hi])
+    t = index - lo
+    # numpy's _lerp: from the nearer end, so that t = 1 gives b exactly
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
 
 
 # --------------------------------------------------------------------------------------------

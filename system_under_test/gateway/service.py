@@ -25,7 +25,9 @@ popular list, ``"cold_start": true``, tier ``primary`` (it needed no fallback).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +38,13 @@ import torch
 
 from system_under_test import protocol, sharding
 from system_under_test.gateway.cache import RedisL2, RowCache, pack_row, unpack_row
-from system_under_test.gateway.calls import BadReply, ShardCaller, ShardCallFailed, error_kind
+from system_under_test.gateway.calls import (
+    BadReply,
+    CallResult,
+    ShardCaller,
+    ShardCallFailed,
+    error_kind,
+)
 from system_under_test.gateway.fallback import CircuitBreaker, Tier, worst
 from system_under_test.gateway.features import FeatureStore
 from system_under_test.gateway.metrics import GatewayMetrics
@@ -123,7 +131,7 @@ class RecommendService:
         self.region, self.l2, self.metrics, self.clock = region, l2, metrics, clock
         self.n_shards = settings.n_shards
         self.bounds = bundle.bounds(self.n_shards)
-        self.share = np.diff(self.bounds) / bundle.n_items
+        self.share = (np.diff(self.bounds) / bundle.n_items).tolist()
         self.users = RowCache(settings.l1_rows, bundle.dim, bundle.n_users)
         self.items = RowCache(settings.l1_rows, bundle.dim, bundle.n_items)
         self.features = FeatureStore(bundle.history, bundle.dense, bundle.version)
@@ -267,7 +275,7 @@ class RecommendService:
             sums, counts = msg.tensors.get("sums"), msg.tensors.get("counts")
             if sums is None or sums.shape != (1, dim) or counts is None or counts.shape != (1,):
                 return f"lookup reply has sums {_shape(sums)}, counts {_shape(counts)}"
-            if counts[0] != 1 or not np.isfinite(sums).all():
+            if counts[0] != 1 or not _all_finite(sums):
                 return "lookup reply has a missing or non-finite user row"
             return None
 
@@ -293,22 +301,35 @@ class RecommendService:
         self, user_vec: np.ndarray, hist: np.ndarray, deadline: float, rid: str
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Tier], float]:
         """Candidates (ids, rows), the history mean, the answering shards' tiers, coverage."""
+        n_shards = self.n_shards
         hit, hist_rows = self.items.get(hist)
-        n_hit = int(hit.sum())
+        n_hist = len(hist)
+        n_hit = int(np.count_nonzero(hit))
         if n_hit:
             self.metrics.cache_hits.inc("l1", amount=n_hit)
-        if n_hit < len(hist):
-            self.metrics.cache_misses.inc("l1", amount=len(hist) - n_hit)
-        missing = np.unique(hist[~hit])
-        owner = sharding.item_shard(missing, self.bounds)
-        bags = [missing[owner == s] for s in range(self.n_shards)]
-        results = await asyncio.gather(
-            *(
-                self._retrieve_one(s, user_vec, bags[s], deadline, rid)
-                for s in range(self.n_shards)
-            ),
-            return_exceptions=True,
-        )
+        if n_hit < n_hist:
+            self.metrics.cache_misses.inc("l1", amount=n_hist - n_hit)
+            missing = np.unique(hist[~hit])
+            # sorted, so each shard's bag is a slice: cut at the shards' item bounds
+            cuts = [0, *np.searchsorted(missing, self.bounds[1:-1]).tolist(), len(missing)]
+            bags = [missing[cuts[s] : cuts[s + 1]] for s in range(n_shards)]
+        else:
+            missing = _NO_IDS
+            bags = [_NO_IDS] * n_shards
+        # One call per shard, all in flight at once; one future for the lot (no task per call).
+        results: list[Any] = [None] * n_shards
+        left = [n_shards]
+        all_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(s: int, result: CallResult | None, exc: BaseException | None) -> None:
+            results[s] = result if exc is None else exc
+            left[0] -= 1
+            if not left[0] and not all_done.done():
+                all_done.set_result(None)
+
+        for s in range(n_shards):
+            self._retrieve_one(s, user_vec, bags[s], deadline, rid, functools.partial(done, s))
+        await all_done
         ids_l, scores_l, emb_l, fetched, tiers = [], [], [], [], []
         coverage = 0.0
         for s, res in enumerate(results):
@@ -331,7 +352,7 @@ class RecommendService:
             if len(bags[s]):
                 fetched.append(t["bag_sums"])
             tiers.append(res.tier)
-            coverage += float(self.share[s])
+            coverage += self.share[s]
         if not ids_l:
             raise NeedFallback("no_candidates", "no shard answered retrieve")
         if coverage < 1.0 - 1e-9:
@@ -339,24 +360,34 @@ class RecommendService:
         if len(missing):
             rows = np.concatenate(fetched)  # bags are sorted and shards ascending: = missing
             self.items.put(missing, rows)
-            hist_rows[~hit] = rows[np.searchsorted(missing, hist[~hit])]
+            miss = ~hit
+            hist_rows[miss] = rows[np.searchsorted(missing, hist[miss])]
         hist_mean = (
-            hist_rows.sum(axis=0) / len(hist)
-            if len(hist)
+            (hist_rows.sum(axis=0) / n_hist).astype(np.float32)
+            if n_hist
             else np.zeros(self.bundle.dim, np.float32)
-        ).astype(np.float32)
+        )
         ids, scores, emb = np.concatenate(ids_l), np.concatenate(scores_l), np.concatenate(emb_l)
         n = self.bundle.n_candidates
         if len(ids) > n:
             top = np.argpartition(-scores, n - 1)[:n]
             ids, emb = ids[top], emb[top]
         self.items.put(ids, emb)
-        keep = ~_isin(ids, hist)
-        return ids[keep], emb[keep], hist_mean, tiers, round(coverage, 6)
+        if n_hist:
+            keep = ~_isin(ids, hist)
+            if not keep.all():
+                ids, emb = ids[keep], emb[keep]
+        return ids, emb, hist_mean, tiers, round(coverage, 6)
 
-    async def _retrieve_one(
-        self, shard: int, user_vec: np.ndarray, bag: np.ndarray, deadline: float, rid: str
-    ):
+    def _retrieve_one(
+        self,
+        shard: int,
+        user_vec: np.ndarray,
+        bag: np.ndarray,
+        deadline: float,
+        rid: str,
+        on_done: Callable[[CallResult | None, BaseException | None], None],
+    ) -> None:
         lo, hi = int(self.bounds[shard]), int(self.bounds[shard + 1])
         top_n, dim, m = self.bundle.n_candidates, self.bundle.dim, len(bag)
 
@@ -371,21 +402,20 @@ class RecommendService:
                     f"retrieve reply shapes ids {_shape(ids)} scores {_shape(scores)} "
                     f"emb {_shape(emb)} do not fit top_n={top_n}, dim={dim}"
                 )
-            if n and (ids.min() < lo or ids.max() >= hi):
+            if n and (_MIN(ids) < lo or _MAX(ids) >= hi):
                 return f"retrieve reply has ids outside the shard's range [{lo}, {hi})"
-            if not (np.isfinite(scores).all() and np.isfinite(emb).all()):
+            if not (_all_finite(scores) and _all_finite(emb)):
                 return "retrieve reply has non-finite scores or rows"
             if m:
                 sums = t.get("bag_sums")
-                if sums is None or sums.shape != (m, dim) or not np.isfinite(sums).all():
+                if sums is None or sums.shape != (m, dim) or not _all_finite(sums):
                     return f"retrieve reply bag_sums {_shape(sums)} is not {m} finite rows"
             return None
 
-        tensors = {"query": user_vec}
-        if m:
-            tensors["bag_ids"] = bag  # no offsets: one row per id, so L1 can keep them
-        return await self.caller.call(
-            shard, "retrieve", deadline, rid, {"top_n": top_n}, tensors, check
+        tensors = {"query": user_vec, "bag_ids": bag} if m else {"query": user_vec}
+        # (bag without offsets: one row per id, so L1 can keep them)
+        self.caller.start(
+            shard, "retrieve", deadline, rid, {"top_n": top_n}, tensors, check, on_done
         )
 
     def _rank(
@@ -400,6 +430,14 @@ class RecommendService:
         b, dev = self.bundle, self.bundle.device
         if not len(ids):
             return ids, np.zeros(0, np.float32)
+        if dev.type == "cpu":
+            # What ranker.score runs on the CPU without autograd (as in models.full_pipeline),
+            # called on the numpy arrays directly: no torch op on the request path.
+            scores = b.ranker.score_numpy(user_vec, hist_mean, dense, emb, b.item_category[ids])
+            k = min(k, len(ids))
+            best = np.argpartition(-scores, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
+            best = best[np.argsort(-scores[best], kind="stable")]
+            return ids[best], scores[best]
         with torch.inference_mode():
             ids_t = torch.from_numpy(ids).to(dev)
             logits = b.ranker.score(
@@ -533,6 +571,17 @@ class RecommendService:
             np.zeros((n, b.dim), np.float32),
             10,
         )
+
+
+_NO_IDS = np.zeros(0, dtype=np.int64)
+_NO_IDS.flags.writeable = False
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """``np.isfinite(arr).all()`` for float32 arrays in one pass: their float64 sum cannot
+    overflow, so it is finite exactly when every element is (NaN and inf propagate)."""
+    return math.isfinite(np.add.reduce(arr, axis=None, dtype=np.float64))
 
 
 def _isin(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -158,6 +158,41 @@ def test_ranker_score_equals_batched_forward(n, seed):
     torch.testing.assert_close(single, batched, rtol=1e-5, atol=1e-5)
 
 
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 40), seed=st.integers(0, 10_000))
+def test_ranker_numpy_path_equals_torch_path(n, seed):
+    """Serving scores in numpy (no grad, CPU); training in torch: the same function."""
+    gen = torch.Generator().manual_seed(seed)
+    ranker = DLRMRanker(7, 3, 8, (16,), (16, 8)).eval()
+    user, hist = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+    dense = torch.randn(3, generator=gen)
+    cand = torch.randn(n, 8, generator=gen)
+    cat = torch.randint(7, (n,), generator=gen)
+    via_torch = ranker.score(user, hist, dense, cand, cat).detach()  # grad on: the torch ops
+    via_numpy = ranker.score_numpy(
+        user.numpy(), hist.numpy(), dense.numpy(), cand.numpy(), cat.numpy()
+    )
+    assert via_numpy.dtype == np.float32 and via_numpy.shape == (n,)
+    torch.testing.assert_close(torch.from_numpy(via_numpy), via_torch, rtol=1e-5, atol=1e-5)
+
+
+def test_ranker_numpy_weights_follow_in_place_updates():
+    """The numpy copy of the weights is rebuilt when training changes a parameter."""
+    ranker = DLRMRanker(7, 3, 8, (16,), (16, 8)).eval()
+    args = (
+        np.ones(8, np.float32),
+        np.ones(8, np.float32),
+        np.ones(3, np.float32),
+        np.ones((2, 8), np.float32),
+        np.array([1, 2]),
+    )
+    before = ranker.score_numpy(*args).copy()
+    with torch.no_grad():
+        ranker.top[-1].bias.add_(1.0)
+    after = ranker.score_numpy(*args)
+    np.testing.assert_allclose(after, before + 1.0, rtol=1e-5, atol=1e-5)
+
+
 def test_pooled_history_is_sum_of_rows_over_count(full):
     history = torch.tensor([[-1, -1, 3, 5], [-1, -1, -1, -1], [1, 2, 2, 7]])
     with torch.no_grad():

@@ -32,6 +32,7 @@ from system_under_test.gateway.fallback import (
     RetryBudget,
     ShardCallPlan,
     Tier,
+    _quantile,
     failed_fast,
     worst,
 )
@@ -391,3 +392,14 @@ def test_executor_dead_both_fails_and_frozen_breaker_opens():
     # After 5 lost hedges the breaker is open: later calls skip the frozen primary entirely.
     assert caller.shards[0].breaker.is_open and p.calls == 5 and r.calls == 8
     assert 'recchaos_breaker_open{shard="0"} 1' in caller.metrics.registry.render()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    values=st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=300),
+    q=st.floats(0, 1),
+)
+def test_hedge_quantile_equals_numpy_quantile(values, q):
+    """The hedge delay's partial-sort quantile is numpy's default (linear) quantile."""
+    arr = np.array(values)
+    assert _quantile(arr, q) == pytest.approx(float(np.quantile(arr, q)), rel=1e-12, abs=1e-15)
