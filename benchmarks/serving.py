@@ -39,11 +39,12 @@ from harness.sut.recommender import RecommenderCluster, RecommenderOptions  # no
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process; None when it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
+        return None
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -51,11 +52,24 @@ def role_of(name: str) -> str:
     return name.split("-")[-1] if name.startswith("shard-") else name
 
 
-def cpu_by_role(cluster: RecommenderCluster) -> dict[str, float]:
+def cpu_by_name(cluster: RecommenderCluster) -> dict[str, float | None]:
+    return {c["name"]: cpu_seconds(int(c["pid"])) for c in cluster.manifest["components"]}
+
+
+def cpu_ms_by_role(
+    before: dict[str, float | None], after: dict[str, float | None], n: int
+) -> tuple[dict[str, float], list[str]]:
+    """CPU ms per request by role over the components alive at both readings; the names of
+    those that died in between (their CPU cannot be read any more, so it is left out)."""
     out: Counter[str] = Counter()
-    for comp in cluster.manifest["components"]:
-        out[role_of(comp["name"])] += cpu_seconds(int(comp["pid"]))
-    return dict(out)
+    gone = []
+    for name, t0 in before.items():
+        t1 = after.get(name)
+        if t0 is None or t1 is None:
+            gone.append(name)
+            continue
+        out[role_of(name)] += 1000 * (t1 - t0) / max(n, 1)
+    return dict(out), gone
 
 
 def one_step(
@@ -73,7 +87,7 @@ def one_step(
         output_dir=str(workdir),
         phases=(LoadPhase("step", rate, step_s, RequestMix(users=users)),),
     )
-    cpu0 = cpu_by_role(cluster)
+    cpu0 = cpu_by_name(cluster)
     killer = None
     if kill:
         pid = int(cluster.component(kill)["pid"])
@@ -82,12 +96,13 @@ def one_step(
     result = run_load(job, timeout_s=step_s + 90)
     if killer is not None:
         killer.join()
-    cpu1 = cpu_by_role(cluster)
+    cpu1 = cpu_by_name(cluster)
     log = result.log
     ok = succeeded(log)
     resp_ms = np.where(ok, (log["done_ns"] - log["intended_ns"]) / 1e6, np.inf)
     tiers = Counter(TIERS[t] for t in log["tier"][ok] if 0 <= t < len(TIERS))
     n = len(log)
+    cpu_ms, gone = cpu_ms_by_role(cpu0, cpu1, n)
     return {
         "rate": rate,
         "achieved": result.summary.get("achieved_rate", 0.0),
@@ -97,7 +112,8 @@ def one_step(
         "errors": int(n - ok.sum()),
         "tiers": {t: c / max(ok.sum(), 1) for t, c in tiers.items()},
         "lag_p99": result.summary.get("lag_p99_ms", float("nan")),
-        "cpu_ms": {r: 1000 * (cpu1.get(r, 0) - cpu0.get(r, 0)) / max(n, 1) for r in cpu1},
+        "cpu_ms": cpu_ms,
+        "cpu_not_counted": gone,
         "gen_cpu_ms": result.summary.get("cpu_ms_per_request", float("nan")),
     }
 
@@ -110,6 +126,11 @@ def fmt(step: dict) -> str:
         f"p95 {step['p95']:6.2f}  p99 {step['p99']:7.2f} ms  errors {step['errors']}  "
         f"lag p99 {step['lag_p99']:.2f} ms  tiers {tiers}\n"
         f"        CPU ms/request: {cpu}  load generator {step['gen_cpu_ms']:.2f}"
+        + (
+            f"  (not counted, died: {', '.join(step['cpu_not_counted'])})"
+            if step["cpu_not_counted"]
+            else ""
+        )
     )
 
 

@@ -41,6 +41,10 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 # Past this many unsent bytes the peer is not reading (frozen or wedged): fail fast instead of
 # queueing more work behind it.
 WRITE_BUFFER_LIMIT = 1024 * 1024
+# A connection silent this long while calls were out is presumed dead when one of them is given
+# up (``Client.abandon``): far above any answer time of a live peer (the SLA is 20 ms), and
+# below the breaker's probe interval (0.5 s), so a healed partition is found by the next probe.
+STALE_AFTER_S = 0.2
 
 Tensors = dict[str, np.ndarray]
 
@@ -264,7 +268,10 @@ class _ClientProtocol(_FramedProtocol):
         except ProtocolError as exc:
             self._abort(f"protocol error: {exc}")
             return
-        callback = self.client._pending.pop(msg.header.get("id", -1), None)
+        client = self.client
+        callback = client._pending.pop(msg.header.get("id", -1), None)
+        # heard from the peer: it is alive; still waiting only if calls are still out
+        client._waiting_since = time.monotonic() if client._pending else None
         if callback is None:
             return  # an answer nobody waits for any more (timed out, hedged loser)
         header = msg.header
@@ -297,11 +304,18 @@ class Client:
     A dead peer fails a call at once (connection refused); a frozen one only by the caller's
     timeout, which is why every call takes one.
 
+    A connection that has heard nothing for ``STALE_AFTER_S`` while calls were out is presumed
+    dead when a call on it is given up (``abandon``), and dropped: the next call dials afresh.
+    A partition heals for a new connection at once, while TCP would go on retransmitting into
+    the old one with exponential backoff (measured: 2 s after a 4 s partition before the old
+    connection carried an answer again). A merely slow peer still answers something within
+    that time at any useful load, so it keeps its connection.
+
     Two interfaces: ``await call(...)`` (a timeout of its own), and ``send(...)`` with a callback
     and no timer at all, for a caller that keeps its own deadline (the gateway's shard calls):
     no task, no future; the callback runs when the answer is read, or with the error when the
-    connection fails (never from inside ``send``). ``forget(call_id)`` drops a call whose answer
-    is no longer wanted.
+    connection fails (never from inside ``send``). ``abandon(call_id)`` drops a call whose
+    answer is no longer wanted (timed out, or a hedge that lost).
     """
 
     def __init__(self, host: str, port: int, name: str = "") -> None:
@@ -312,6 +326,8 @@ class Client:
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # monotonic time since when calls have been out and nothing was heard; None: not waiting
+        self._waiting_since: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -357,6 +373,7 @@ class Client:
             return
         transport = self._transport
         self._proto = self._transport = None
+        self._waiting_since = None
         if transport is not None:
             transport.close()
         pending, self._pending = self._pending, {}
@@ -384,9 +401,25 @@ class Client:
             task.add_done_callback(self._tasks.discard)
         return call_id
 
-    def forget(self, call_id: int) -> None:
-        """Drop a call: its answer, if one comes, is discarded and its callback never runs."""
+    def abandon(self, call_id: int, stale_after_s: float | None = None) -> bool:
+        """Drop a call: its answer, if one comes, is discarded and its callback never runs.
+
+        If the connection has heard nothing for ``stale_after_s`` (default ``STALE_AFTER_S``)
+        while calls were out, it is presumed dead and closed too: its other calls fail with
+        :class:`Unavailable` and the next call connects again. Returns True when it closed.
+        """
         self._pending.pop(call_id, None)
+        since, proto = self._waiting_since, self._proto
+        if since is None or proto is None:
+            return False
+        silent = time.monotonic() - since
+        if silent <= (STALE_AFTER_S if stale_after_s is None else stale_after_s):
+            return False
+        log.warning(
+            "%s: nothing heard for %.0f ms: dropping the connection", self.name, silent * 1e3
+        )
+        self._drop(proto, f"nothing heard for {silent * 1e3:.0f} ms: connection presumed dead")
+        return True
 
     def _write(
         self,
@@ -412,6 +445,8 @@ class Client:
             self._fail_soon(call_id, CallError(f"{self.name}: cannot encode {op}: {exc!r}"))
             return
         transport.write(frame)
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
 
     def _fail_soon(self, call_id: int, exc: CallError) -> None:
         callback = self._pending.pop(call_id, None)
@@ -479,7 +514,7 @@ class Client:
             return await fut
         finally:
             timer.cancel()
-            self._pending.pop(call_id, None)
+            self.abandon(call_id)
 
     async def close(self) -> None:
         if self._proto is not None:

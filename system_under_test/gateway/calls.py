@@ -375,7 +375,7 @@ class _Call:
                 # may still end with the call's error, which must not be reported as orphaned.
                 handle.add_done_callback(_consume)
             else:
-                client.forget(handle)
+                client.abandon(handle)
             if copy is Copy.PRIMARY and plan.winner is Copy.REPLICA:
                 copies.breaker.record_failure(now)
                 caller.metrics.shard_errors.inc(self.label, copy.value, "hedge_lost")
@@ -406,7 +406,7 @@ class _Call:
                         handle.cancel()
                         handle.add_done_callback(_consume)
                     else:
-                        client.forget(handle)
+                        client.abandon(handle)
                 self.attempts.clear()
                 self.on_done(None, exc)
 
