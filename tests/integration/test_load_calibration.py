@@ -5,7 +5,8 @@
   theory predicts for that freeze window (a closed-loop tool such as Locust alone reports a few
   milliseconds at p99 for the same freeze: its users stop sending while they wait);
 * k6's constant-arrival-rate executor, on the same stub, agrees on p50 and p95 within 10%;
-* Locust's distributed mode (a master and two workers) splits the schedule exactly;
+* Locust's distributed mode (a master and two workers) splits the schedule exactly, and the
+  merged histograms give exactly the percentiles of the union of the workers' raw request logs;
 * a worker stopped by SIGTERM leaves a partial but valid log (in-flight requests ``aborted``,
   requests due while the in-flight bound was reached ``not_sent``).
 
@@ -36,6 +37,7 @@ import pytest
 from harness.load import LoadJob, LoadResult, run_load
 from harness.load.results import histograms
 from harness.load.spec import worker_share
+from harness.metrics.histogram import LatencyHistogram
 from harness.model.load import LoadPhase, RequestMix
 from harness.model.requestlog import ERROR_KINDS, TIERS, read_log
 from harness.model.target import RequestTemplate
@@ -328,6 +330,35 @@ def test_locust_distributed_mode_splits_the_schedule_exactly(configured: Stub, t
     assert res.summary["answered"] == 300 and res.summary["workers"] == 2
     for w in (0, 1):  # each worker sent every second request
         assert np.all(res.log["id"][res.log["worker"] == w] % 2 == w)
+    check_merged_percentiles_equal_the_raw_logs(res)
+
+
+def check_merged_percentiles_equal_the_raw_logs(res: LoadResult) -> None:
+    """The master's merged histograms hold exactly what the union of the workers' raw request
+    logs holds: each latency recorded one by one into a fresh histogram gives the same counts
+    and the same percentiles (not approximately: counts add, so nothing may differ)."""
+    union = np.concatenate([read_log(res.output_dir / f"requests-{w}.npy") for w in (0, 1)])
+    assert union.shape[0] == res.log.shape[0] == res.summary["intended"]
+    ok = (union["error_kind"] == ERROR_KINDS.index("")) & (union["done_ns"] >= 0)
+    sent = union["send_ns"] >= 0
+    starts = {"response": union["intended_ns"], "service": union["send_ns"]}
+    failures = {"response": int((~ok).sum()), "service": int((~ok & sent).sum())}
+    for name, start in starts.items():
+        fresh = LatencyHistogram()
+        for done, began in zip(union["done_ns"][ok].tolist(), start[ok].tolist(), strict=True):
+            fresh.record_us((done - began) // 1000)
+        fresh.record_failure(failures[name])
+        merged = res.histograms[name]
+        assert (merged.count, merged.failures, merged.overflow) == (
+            fresh.count,
+            fresh.failures,
+            fresh.overflow,
+        ), name
+        assert merged.count == int(ok.sum()) > 0
+        for q in (1, 10, 25, 50, 75, 90, 95, 99, 99.9, 99.99, 100):
+            assert merged.percentile(q) == fresh.percentile(q), (name, q)
+            assert merged.percentile_with_errors(q) == fresh.percentile_with_errors(q), (name, q)
+        assert merged == fresh, name
 
 
 def test_sigterm_leaves_a_partial_but_valid_log(configured: Stub, tmp_path: Path):
