@@ -13,6 +13,7 @@ import gc
 import logging
 import signal
 import sys
+import time
 
 
 def configure_process(component: str, level: str = "INFO") -> logging.Logger:
@@ -33,9 +34,33 @@ def configure_process(component: str, level: str = "INFO") -> logging.Logger:
 
 
 def freeze_heap() -> None:
-    """After start-up: collect once, then move everything to the permanent generation."""
+    """After start-up: collect once, then move everything to the permanent generation.
+
+    From then on, a collection that pauses the process for ``GC_PAUSE_LOG_S`` or more is
+    logged (generation, milliseconds, objects collected): a pause is a latency spike for every
+    request in flight.
+    """
     gc.collect()
     gc.freeze()
+    gc.callbacks.append(_time_collections)
+
+
+GC_PAUSE_LOG_S = 0.005
+_gc_started = [0.0]
+
+
+def _time_collections(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+        return
+    pause = time.perf_counter() - _gc_started[0]
+    if pause >= GC_PAUSE_LOG_S:
+        logging.getLogger("gc").warning(
+            "garbage collection of generation %s paused the process %.1f ms (%s collected)",
+            info.get("generation"),
+            pause * 1e3,
+            info.get("collected"),
+        )
 
 
 def run_until_signalled(main_coro_factory, log: logging.Logger) -> int:

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ class RecommenderCluster:
         self._stack = ExitStack()
         self._restarted: list[subprocess.Popen[bytes]] = []
         self._up = False
+        self._manifest_lock = threading.Lock()  # restarts run in parallel (a cold start)
 
     # -- start -------------------------------------------------------------------------------
     def _names(self) -> list[str]:
@@ -162,7 +164,15 @@ class RecommenderCluster:
 
     # -- supervision -------------------------------------------------------------------------
     def restart(self, name: str, timeout_s: float = 60.0) -> int:
-        """Start ``name`` again with its recorded command; return the new PID once it listens."""
+        """Start ``name`` again with its recorded command; return the new PID once it listens.
+
+        As root, the new process starts at nice ``STARTUP_NICE`` and is put back to nice 0 (every
+        thread) once it listens. Everything here shares two cores: a start-up (importing torch,
+        loading tables: about a core for 1.5 s) at normal priority starved the serving processes
+        (p99 24-39 ms in the second after a shard restart, 9-15 ms otherwise), which a deploy
+        on its own machine would not do. Without root the priority could not be raised back,
+        so the process starts at normal priority.
+        """
         if name == "redis" and self.redis is not None:
             self.redis.stop()
             self.redis.start()
@@ -178,6 +188,7 @@ class RecommenderCluster:
                 start_new_session=True,
             )
         self._restarted.append(proc)
+        niced = _set_nice(proc.pid, STARTUP_NICE) if os.geteuid() == 0 else False
         self._set_pid(name, proc.pid)
         host, port = comp["address"].rsplit(":", 1)
         wait_until(
@@ -190,15 +201,18 @@ class RecommenderCluster:
             raise StartError(
                 f"{name} exited with code {proc.returncode} on restart:\n{log_tail(log_path)}"
             )
+        if niced:
+            _set_nice(proc.pid, 0)
         return proc.pid
 
     def _set_pid(self, name: str, pid: int) -> None:
-        for comp in self.manifest["components"]:
-            if comp["name"] == name:
-                comp["pid"] = pid
-        tmp = self.manifest_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
-        os.replace(tmp, self.manifest_path)
+        with self._manifest_lock:
+            for comp in self.manifest["components"]:
+                if comp["name"] == name:
+                    comp["pid"] = pid
+            tmp = self.manifest_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
+            os.replace(tmp, self.manifest_path)
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -253,3 +267,23 @@ def wait_gateway_ready(url: str, timeout_s: float) -> None:
             return False
 
     wait_until(ready, timeout_s, f"gateway {url}/readyz returning 200", interval_s=0.05)
+
+
+STARTUP_NICE = 10  # a restarted component's priority until it listens (as root; see restart)
+
+
+def _set_nice(pid: int, nice: int) -> bool:
+    """Set the nice value of every thread of ``pid`` (Linux's is per thread); False if it is
+    gone or the change is not permitted."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return False
+    done = False
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+            done = True
+        except (ProcessLookupError, PermissionError):
+            pass
+    return done

@@ -477,3 +477,33 @@ def test_app_faults_switch_the_shards_fault_points_and_heal_clears_them(shard):
     assert appfaults.control(shard.address, {})["faults"] is None
     assert lookup_code(shard.address) == "bad_request"  # computed again (no ids given)
     assert all(e.healed for e in stack.events)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority back needs root")
+def test_restart_priority_is_set_on_every_thread_and_back():
+    """A restarted component starts niced and is put back once it listens: Linux keeps the nice
+    value per thread, so every thread must change, not only the main one."""
+    from harness.sut.recommender import STARTUP_NICE, _set_nice
+
+    code = (
+        "import threading, time\n"
+        "for _ in range(3): threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "print('ready', flush=True); time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+
+        def nices() -> list[int]:
+            tids = os.listdir(f"/proc/{proc.pid}/task")
+            return [os.getpriority(os.PRIO_PROCESS, int(t)) for t in tids]
+
+        assert len(nices()) == 4 and set(nices()) == {0}
+        assert _set_nice(proc.pid, STARTUP_NICE)
+        assert set(nices()) == {STARTUP_NICE}
+        assert _set_nice(proc.pid, 0)
+        assert set(nices()) == {0}
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert not _set_nice(proc.pid, 0)  # gone: nothing to change
