@@ -113,13 +113,17 @@ PASSTHROUGH["sut"] = run_sut
 def _run(sub: Any) -> None:
     from harness.runner.settings import RUN_OPTIONS
 
-    p = sub.add_parser("run", help="run a chaos scenario and judge it (exit 0 PASS, 1 FAIL, "
-                       "3 INCONCLUSIVE, 2 usage error, 4 harness error)")
+    p = sub.add_parser(
+        "run",
+        help="run a chaos scenario and judge it (exit 0 PASS, 1 FAIL, "
+        "3 INCONCLUSIVE, 2 usage error, 4 harness error)",
+    )
     p.add_argument("scenario", metavar="SCENARIO", help="scenario YAML file")
     for opt in RUN_OPTIONS:
         p.add_argument(opt.cli, dest=opt.name, type=opt.type, default=opt.default, help=opt.help)
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no per-second progress lines")
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no per-second progress lines"
+    )
     p.add_argument("--load-workers", type=int, default=1, help="load worker processes (default 1)")
     p.set_defaults(func=run_scenario)
 
@@ -128,9 +132,12 @@ def run_scenario(args: argparse.Namespace) -> int:
     from harness.runner.run import run
     from harness.runner.settings import RUN_OPTIONS, RunSettings
 
-    settings = RunSettings(scenario_path=args.scenario, progress=args.progress,
-                           load_workers=args.load_workers,
-                           **{opt.name: getattr(args, opt.name) for opt in RUN_OPTIONS})
+    settings = RunSettings(
+        scenario_path=args.scenario,
+        progress=args.progress,
+        load_workers=args.load_workers,
+        **{opt.name: getattr(args, opt.name) for opt in RUN_OPTIONS},
+    )
     outcome = run(settings)
     print(f"run record: {outcome.run_dir / 'run.json'}")
     if outcome.exit_code != 0:

@@ -62,7 +62,7 @@ def judge(
         return CheckResult(
             Verdict.INCONCLUSIVE, message, value, slo.limit, stats.window.name, where, slo.metric
         )
-    if math.isnan(value):  # success-only latency with no success at all
+    if math.isnan(value) and not slo.expects_violation:  # success-only, no success at all
         message = (
             f"{name} {window} has no successful request to measure: all"
             f" {text.count(stats.count)} failed ({where}); {text.requirement(slo)}"
@@ -70,15 +70,37 @@ def judge(
         return CheckResult(
             Verdict.FAIL, message, value, slo.limit, stats.window.name, where, slo.metric
         )
-    holds = slo.holds(value)
+    holds = not math.isnan(value) and slo.holds(value)
     message = (
         f"{name} {shown} {window} {text.comparison(slo, holds)} ({where});"
         f" {text.count(stats.count)} requests in the window"
     )
     if math.isinf(value) and stats.errors:
         message += f", {text.count(stats.errors)} failed (a failure counts as infinitely slow)"
-    verdict = Verdict.PASS if holds else Verdict.FAIL
-    return CheckResult(verdict, message, value, slo.limit, stats.window.name, where, slo.metric)
+    verdict, message = expectation(slo, holds, message)
+    return CheckResult(
+        verdict,
+        message,
+        value,
+        slo.limit,
+        stats.window.name,
+        where,
+        slo.metric,
+        expected_violation=slo.expects_violation and verdict is Verdict.PASS,
+    )
+
+
+def expectation(slo: SLOSpec, holds: bool, message: str) -> tuple[Verdict, str]:
+    """The verdict of a judged SLO. One the scenario expects to be violated (``expect:
+    violated``) passes when violated and fails when it held: the expectation is then stale."""
+    if not slo.expects_violation:
+        return (Verdict.PASS if holds else Verdict.FAIL), message
+    if holds:
+        return Verdict.FAIL, (
+            f"{message}; but the scenario expects this SLO to be violated ({slo.reason}):"
+            " update the scenario's expectation"
+        )
+    return Verdict.PASS, f"{message}; violated as the scenario expects: {slo.reason}"
 
 
 def fault_value(slo: SLOSpec, times: Failover | Recovery) -> float | None:
@@ -133,5 +155,14 @@ def judge_fault(
             f"{name} {text.number(value, 'ms')} after {at} {text.comparison(slo, holds)}"
             f" ({where}); {tally}"
         )
-    verdict = Verdict.PASS if holds else Verdict.FAIL
-    return CheckResult(verdict, message, value, slo.limit, label, where, slo.metric)
+    verdict, message = expectation(slo, holds, message)
+    return CheckResult(
+        verdict,
+        message,
+        value,
+        slo.limit,
+        label,
+        where,
+        slo.metric,
+        expected_violation=slo.expects_violation and verdict is Verdict.PASS,
+    )

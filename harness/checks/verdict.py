@@ -35,6 +35,7 @@ class CheckResult:
     window: str | None
     where: str
     metric: str = ""
+    expected_violation: bool = False  # PASS because the SLO was violated, as the scenario expects
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,7 +1,8 @@
 """Named profiles (``pr``, ``nightly``, ...) that override a scenario's durations and rates.
 
 A profile is a partial scenario: top-level numbers (seed, warmup_s, settle_s, sla_ms), phases by
-name, faults by index, and keys of evidence and fault_schedule. :func:`apply_profile` merges one
+name, faults by index, and keys of evidence and fault_schedule. ``skip: REASON`` marks a profile
+the scenario is not meant to run in (the pytest plugin skips it with that reason). :func:`apply_profile` merges one
 into the parsed YAML and returns, beside the merged dict, where each overridden field came from,
 so a problem in an overridden value is reported at the profile's field path.
 """
@@ -13,7 +14,7 @@ import re
 from typing import Any
 
 from harness.model.errors import Problem
-from harness.model.validate import Fields, did_you_mean, join_path
+from harness.model.validate import Fields, did_you_mean, join_path, string
 
 PROFILE_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
 SCALARS = ("seed", "warmup_s", "settle_s", "sla_ms")
@@ -36,6 +37,7 @@ def read_profiles(raw: Any, problems: list[Problem]) -> dict[str, dict[str, Any]
         g = Fields(body, f.at(name), problems)
         for key in SCALARS + ("phases", "faults", "evidence", "fault_schedule"):
             g.raw(key)
+        g.get("skip", string(what="the reason this profile is skipped (a non-empty string)"), None)
         g.finish()
         if g.ok:
             out[name] = _normalised(body)

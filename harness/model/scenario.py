@@ -61,6 +61,12 @@ class Scenario:
     def load_duration_s(self) -> float:
         return total_duration_s(self.load)
 
+    @property
+    def skip_reason(self) -> str | None:
+        """Why the applied profile is not meant to run (its ``skip:``), or None."""
+        reason = self.profiles.get(self.profile or "", {}).get("skip")
+        return reason if isinstance(reason, str) else None
+
     def where(self, origin: str) -> str:
         """``scenarios/primary_kill.yaml, slos[0]``: where a part of this scenario is written."""
         return f"{self.source}, {origin}" if origin else self.source

@@ -27,6 +27,7 @@ from harness.model.validate import (
     choice,
     integer,
     number,
+    string,
 )
 
 LATENCY_METRICS = ("p50", "p95", "p99", "p99.9", "max")
@@ -34,6 +35,7 @@ RATIO_METRICS = ("error_ratio", "within_sla", "tier_share")
 FAULT_METRICS = ("time_to_failover", "time_to_last_miss", "time_to_recover")
 METRICS = LATENCY_METRICS + RATIO_METRICS + FAULT_METRICS
 WINDOW_KINDS = ("steady", "before", "during", "after")
+EXPECTATIONS = ("hold", "violated")
 CONDITIONS = ("both_copies_dead", "region_down")
 
 BOUNDS: dict[str, tuple[Callable[[float, float], bool], str]] = {
@@ -91,7 +93,14 @@ class SLOSpec:
     include_errors: bool = True
     unless: str | None = None
     min_samples: int | None = None
+    expect: str = "hold"
+    reason: str = ""
     origin: str = field(default="", compare=False)
+
+    @property
+    def expects_violation(self) -> bool:
+        """The scenario states that the SUT cannot hold this SLO (``expect: violated``)."""
+        return self.expect == "violated"
 
     @property
     def per_fault(self) -> bool:
@@ -121,6 +130,9 @@ class SLOSpec:
             d["unless"] = self.unless
         if self.min_samples is not None:
             d["min_samples"] = self.min_samples
+        if self.expects_violation:
+            d["expect"] = self.expect
+            d["reason"] = self.reason
         return d
 
 
@@ -171,13 +183,53 @@ def read_slo(data: Any, path: str, problems: list[Problem], origin: str) -> SLOS
     errors = f.get("include_errors", boolean(), True)
     unless = f.get("unless", choice(CONDITIONS), None)
     min_samples = f.get("min_samples", integer(1, 10_000_000), None)
+    expect, reason = _read_expectation(f)
     f.finish()
-    values = (metric, bound, limit, windows, fault, tier, errors, unless, min_samples)
+    values = (
+        metric,
+        bound,
+        limit,
+        windows,
+        fault,
+        tier,
+        errors,
+        unless,
+        min_samples,
+        expect,
+        reason,
+    )
     if not f.ok or any_invalid(*values):
         return None
     return SLOSpec(
-        metric, bound, limit, windows, fault, tier, errors, unless, min_samples, origin=origin
+        metric,
+        bound,
+        limit,
+        windows,
+        fault,
+        tier,
+        errors,
+        unless,
+        min_samples,
+        expect,
+        reason,
+        origin=origin,
     )
+
+
+def _read_expectation(f: Fields) -> tuple[Any, Any]:
+    """``expect: violated`` with a ``reason``: the SUT is known not to hold this SLO."""
+    expect = f.get("expect", choice(EXPECTATIONS), "hold")
+    reason = f.get("reason", string(what="why the SLO cannot hold (a non-empty string)"), "")
+    if expect == "violated" and not reason:
+        reason = f.add(
+            "reason",
+            MISSING,
+            "why the SLO cannot hold (a non-empty string)",
+            "expect: violated needs a reason",
+        )
+    elif expect == "hold" and reason:
+        reason = f.add("reason", reason, "no reason unless expect: violated")
+    return expect, reason
 
 
 def _read_bound(f: Fields, metric: Any) -> tuple[Any, Any]:
@@ -240,6 +292,7 @@ def _read_selector(f: Fields) -> Any:
 __all__ = [
     "BOUNDS",
     "CONDITIONS",
+    "EXPECTATIONS",
     "Evidence",
     "FAULT_METRICS",
     "FaultSelector",

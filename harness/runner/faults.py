@@ -82,8 +82,10 @@ class FaultPlanRun:
             self.log(f"could not apply {spec.label}: {exc}")
             return
         state = "verified" if event.verified else f"not yet verified ({event.verify_note})"
-        self.log(f"applied {event.label} at {((event.inject_mono_ns or 0) - self.origin_ns) / 1e9:.1f} s"
-                 f" [{state}]")
+        self.log(
+            f"applied {event.label} at {((event.inject_mono_ns or 0) - self.origin_ns) / 1e9:.1f} s"
+            f" [{state}]"
+        )
 
     def timeline(self) -> tuple:
         return tuple(e.to_record(self.origin_ns) for e in self.applied_events())

@@ -41,6 +41,8 @@ def format_progress(line: dict[str, Any], active: list[str]) -> str:
     p99 = line.get("p99_ms")
     p99_text = f"{p99:7.1f} ms" if isinstance(p99, int | float) else "      - ms"
     faults = ", ".join(active) or "none"
-    return (f"[{line.get('elapsed_s', 0):6.1f} s] rate {line.get('rate', 0):6.1f}/s  "
-            f"p99 {p99_text}  tiers {shares or '-'}  errors {errors}  missed "
-            f"{line.get('missed', 0)}  faults: {faults}")
+    return (
+        f"[{line.get('elapsed_s', 0):6.1f} s] rate {line.get('rate', 0):6.1f}/s  "
+        f"p99 {p99_text}  tiers {shares or '-'}  errors {errors}  missed "
+        f"{line.get('missed', 0)}  faults: {faults}"
+    )

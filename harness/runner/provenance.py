@@ -17,15 +17,24 @@ _PACKAGES = ("recchaos", "locust", "hdrhistogram", "numpy", "torch", "msgpack", 
 
 def git_commit(cwd: Path | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=cwd or Path(__file__).resolve().parents[2])
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=cwd or Path(__file__).resolve().parents[2],
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=5,
-                           cwd=cwd or Path(__file__).resolve().parents[2])
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        cwd=cwd or Path(__file__).resolve().parents[2],
+    )
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
@@ -40,13 +49,22 @@ def versions() -> dict[str, str]:
 
 
 def host() -> dict[str, Any]:
-    return {"hostname": socket.gethostname(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "machine": platform.machine()}
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+    }
 
 
-def replay_command(scenario_path: str, seed: int, profile: str | None = None,
-                   rate: float | None = None, duration: float | None = None,
-                   sla_ms: float | None = None) -> str:
+def replay_command(
+    scenario_path: str,
+    seed: int,
+    profile: str | None = None,
+    rate: float | None = None,
+    duration: float | None = None,
+    sla_ms: float | None = None,
+) -> str:
     """The command line that runs the same scenario with the same seed again."""
     parts = ["recchaos", "run", scenario_path, "--seed", str(seed)]
     if profile:
@@ -60,8 +78,9 @@ def replay_command(scenario_path: str, seed: int, profile: str | None = None,
     return shlex.join(parts)
 
 
-def pytest_replay(node: str, seed: int, profile: str | None = None,
-                  overrides: dict[str, str] | None = None) -> str:
+def pytest_replay(
+    node: str, seed: int, profile: str | None = None, overrides: dict[str, str] | None = None
+) -> str:
     """The pytest command line that reruns one test or scenario item with the same seed;
     ``overrides`` maps further pytest flags (``--sla-ms``) to their values."""
     parts = ["pytest", node, "--chaos-seed", str(seed)]

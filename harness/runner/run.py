@@ -1,6 +1,10 @@
 """The run lifecycle, the one place that knows it: target up, steady state, load plus faults,
 heal, settle, judge, write the record, tear down. Small phase functions, one per step.
 
+:func:`run` starts the scenario's own target and stops it again (``recchaos run``, a pytest
+scenario item); :func:`run_against` runs the same phases against a target that is already up
+and stays up (the pytest plugin's session ``recommender``). Both go through :func:`execute`.
+
 Whatever happens (a failed start, a crash, Ctrl-C), every fault is healed, the target is stopped
 and ``run.json`` is left behind: ``complete`` with a verdict, or ``incomplete`` with the reason.
 A watchdog process heals and tears down if this process dies without getting to do that.
@@ -14,7 +18,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,24 +27,24 @@ from typing import Any
 
 import numpy as np
 
-from harness.checks.run import evaluate
+from harness.checks.run import Evaluation, evaluate
 from harness.checks.verdict import Verdict
 from harness.inject.base import FaultStack, InjectContext
 from harness.inject.journal import Journal
 from harness.load.driver import LoadResult, run_load
 from harness.load.spec import RECOMMENDER_REQUEST, LoadJob
-from harness.model.errors import EXIT_HARNESS, HarnessError, SutFailure
+from harness.model.errors import EXIT_HARNESS, HarnessError, SutFailure, UsageError
 from harness.model.record import RecordFile, RunRecord
 from harness.model.requestlog import TIERS, succeeded
 from harness.model.scenario import Scenario
-from harness.model.target import GenericTarget
+from harness.model.target import GenericTarget, RecommenderTarget
 from harness.runner import provenance
 from harness.runner.faults import FaultPlanRun
 from harness.runner.progress import ProgressDisplay
 from harness.runner.scrape import cross_check, scrape_tiers
 from harness.runner.settings import RunSettings, resolve_scenario
 from harness.runner.target import RunningTarget, start_target
-from harness.watchdog import start_watchdog
+from harness.watchdog import WatchdogHandle, start_watchdog
 
 START_LEAD_S = 3.0  # load workers import locust and open connections before the common start
 STEADY_REQUESTS = 20
@@ -47,11 +52,24 @@ STEADY_REQUESTS = 20
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """How a run ended: its directory, verdict (None when it did not complete), exit code,
+    message and replay command; for a complete run also the scenario as run, the judged
+    windows and checks, and the final record."""
+
     run_dir: Path
     verdict: Verdict | None
     exit_code: int
     message: str
     replay: str
+    scenario: Scenario | None = None
+    evaluation: Evaluation | None = None
+    record: RunRecord | None = None
+
+
+@dataclass(frozen=True)
+class Judged:
+    verdict: Verdict
+    evaluation: Evaluation
 
 
 def new_run_dir(root: Path, scenario: Scenario) -> Path:
@@ -66,13 +84,25 @@ def new_run_dir(root: Path, scenario: Scenario) -> Path:
 
 
 def open_record(settings: RunSettings, scenario: Scenario, run_dir: Path) -> RecordFile:
-    replay = provenance.replay_command(settings.scenario_path, scenario.seed, settings.profile,
-                                       settings.rate, settings.duration)
-    record = RunRecord(scenario=scenario.to_dict(), seed=scenario.seed,
-                       scenario_path=settings.scenario_path, profile=settings.profile,
-                       replay=replay, git_commit=provenance.git_commit(),
-                       versions=provenance.versions(), host=provenance.host(),
-                       started_wall=time.time())
+    replay = settings.replay or provenance.replay_command(
+        settings.scenario_path,
+        scenario.seed,
+        settings.profile,
+        settings.rate,
+        settings.duration,
+        settings.sla_ms,
+    )
+    record = RunRecord(
+        scenario=scenario.to_dict(),
+        seed=scenario.seed,
+        scenario_path=settings.scenario_path,
+        profile=settings.profile,
+        replay=replay,
+        git_commit=provenance.git_commit(),
+        versions=provenance.versions(),
+        host=provenance.host(),
+        started_wall=time.time(),
+    )
     return RecordFile(run_dir / "run.json", record)
 
 
@@ -83,25 +113,35 @@ def steady_state(target: RunningTarget, scenario: Scenario, timeout_s: float = 3
     streak, seen, user = 0, Counter[str](), 0
     while streak < STEADY_REQUESTS:
         if time.monotonic() > deadline:
-            raise SutFailure(f"steady state not reached within {timeout_s:.0f} s before any "
-                             f"fault: {STEADY_REQUESTS} answers in a row at tier primary were "
-                             f"expected from {target.base_url}; saw {dict(seen)}")
+            raise SutFailure(
+                f"steady state not reached within {timeout_s:.0f} s before any "
+                f"fault: {STEADY_REQUESTS} answers in a row at tier primary were "
+                f"expected from {target.base_url}; saw {dict(seen)}"
+            )
         status, tier = _probe(target.base_url, scenario, user)
         user += 1
-        good = 200 <= status < 300 and (isinstance(scenario.target, GenericTarget)
-                                         or tier == "primary")
+        good = 200 <= status < 300 and (
+            isinstance(scenario.target, GenericTarget) or tier == "primary"
+        )
         seen[f"{status} {tier}".strip()] += 1
         streak = streak + 1 if good else 0
 
 
 def _probe(base_url: str, scenario: Scenario, user: int) -> tuple[int, str]:
-    template = (scenario.target.request if isinstance(scenario.target, GenericTarget)
-                else RECOMMENDER_REQUEST)
-    path, body = template.render(user_id=user, k=10, request_id=f"steady-{user}",
-                                 seed=scenario.seed)
-    req = urllib.request.Request(base_url + path, method=template.method,
-                                 data=body.encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
+    template = (
+        scenario.target.request
+        if isinstance(scenario.target, GenericTarget)
+        else RECOMMENDER_REQUEST
+    )
+    path, body = template.render(
+        user_id=user, k=10, request_id=f"steady-{user}", seed=scenario.seed
+    )
+    req = urllib.request.Request(
+        base_url + path,
+        method=template.method,
+        data=body.encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=2.0) as resp:
             return resp.status, resp.headers.get("X-Recchaos-Tier", "")
@@ -111,25 +151,36 @@ def _probe(base_url: str, scenario: Scenario, user: int) -> tuple[int, str]:
         raise SutFailure(f"steady state not reached: {base_url}{path} unreachable: {exc}") from None
 
 
-def build_job(settings: RunSettings, scenario: Scenario, target: RunningTarget,
-              run_dir: Path) -> LoadJob:
-    request = (scenario.target.request if isinstance(scenario.target, GenericTarget)
-               else RECOMMENDER_REQUEST)
-    return LoadJob(target=target.base_url, phases=scenario.load, seed=scenario.seed,
-                   output_dir=str(run_dir / "load"), request=request,
-                   start_mono_ns=time.monotonic_ns() + int(START_LEAD_S * 1e9))
+def build_job(
+    settings: RunSettings, scenario: Scenario, target: RunningTarget, run_dir: Path
+) -> LoadJob:
+    request = (
+        scenario.target.request
+        if isinstance(scenario.target, GenericTarget)
+        else RECOMMENDER_REQUEST
+    )
+    return LoadJob(
+        target=target.base_url,
+        phases=scenario.load,
+        seed=scenario.seed,
+        output_dir=str(run_dir / "load"),
+        request=request,
+        start_mono_ns=time.monotonic_ns() + int(START_LEAD_S * 1e9),
+    )
 
 
-def load_with_faults(job: LoadJob, faults: FaultPlanRun, settings: RunSettings,
-                     display: ProgressDisplay) -> LoadResult:
+def load_with_faults(
+    job: LoadJob, faults: FaultPlanRun, settings: RunSettings, display: ProgressDisplay
+) -> LoadResult:
     """Load in a background thread, faults on this one; both bounded by the load's length."""
     result: dict[str, Any] = {}
     timeout = START_LEAD_S + job.duration_s + 60.0
 
     def load() -> None:
         try:
-            result["load"] = run_load(job, timeout, display.on_progress,
-                                      workers=settings.load_workers)
+            result["load"] = run_load(
+                job, timeout, display.on_progress, workers=settings.load_workers
+            )
         except BaseException as exc:  # re-raised on the main thread
             result["error"] = exc
 
@@ -151,12 +202,21 @@ def load_with_faults(job: LoadJob, faults: FaultPlanRun, settings: RunSettings,
 def client_tiers(log: np.ndarray) -> Counter[str]:
     ok = log[succeeded(log)]
     codes, counts = np.unique(ok["tier"], return_counts=True)
-    return Counter({TIERS[c] if 0 <= c < len(TIERS) else "unknown": int(n)
-                    for c, n in zip(codes, counts, strict=True)})
+    return Counter(
+        {
+            TIERS[c] if 0 <= c < len(TIERS) else "unknown": int(n)
+            for c, n in zip(codes, counts, strict=True)
+        }
+    )
 
 
-def judge(scenario: Scenario, result: LoadResult, faults: FaultPlanRun, record: RecordFile,
-          cross: dict[str, Any]) -> Verdict:
+def judge(
+    scenario: Scenario,
+    result: LoadResult,
+    faults: FaultPlanRun,
+    record: RecordFile,
+    cross: dict[str, Any],
+) -> Judged:
     timeline = faults.timeline()
     end_s = job_end_s(result)
     ev = evaluate(scenario, result.log, timeline, end_s)
@@ -165,11 +225,16 @@ def judge(scenario: Scenario, result: LoadResult, faults: FaultPlanRun, record: 
         verdict = Verdict.INCONCLUSIVE  # a planned fault that never took effect proves nothing
     if verdict is Verdict.PASS and result.unaccounted():
         verdict = Verdict.INCONCLUSIVE
-    record.update(timeline=timeline, windows=tuple(w.to_dict() for w in ev.windows),
-                  checks=tuple(c.to_dict() for c in ev.checks), verdict=verdict.value,
-                  load_end_s=end_s, origin_mono_ns=result.start_mono_ns)
+    record.update(
+        timeline=timeline,
+        windows=tuple(w.to_dict() for w in ev.windows),
+        checks=tuple(c.to_dict() for c in ev.checks),
+        verdict=verdict.value,
+        load_end_s=end_s,
+        origin_mono_ns=result.start_mono_ns,
+    )
     _write_extra(record.path.parent, result, cross, faults)
-    return verdict
+    return Judged(verdict, ev)
 
 
 def job_end_s(result: LoadResult) -> float:
@@ -177,11 +242,16 @@ def job_end_s(result: LoadResult) -> float:
     return float(intended.max()) / 1e9 if intended.size else 0.0
 
 
-def _write_extra(run_dir: Path, result: LoadResult, cross: dict[str, Any],
-                 faults: FaultPlanRun) -> None:
-    extra = {"generator": result.summary, "tier_cross_check": cross,
-             "fault_problems": faults.problems, "unaccounted": result.unaccounted(),
-             "load_errors": list(result.errors)}
+def _write_extra(
+    run_dir: Path, result: LoadResult, cross: dict[str, Any], faults: FaultPlanRun
+) -> None:
+    extra = {
+        "generator": result.summary,
+        "tier_cross_check": cross,
+        "fault_problems": faults.problems,
+        "unaccounted": result.unaccounted(),
+        "load_errors": list(result.errors),
+    }
     (run_dir / "details.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
 
 
@@ -196,67 +266,228 @@ def finish_record(record: RecordFile, status: str, log=print) -> None:
         log(f"history: run not appended: {type(exc).__name__}: {exc}")
 
 
+# -- where the target comes from -------------------------------------------------------------
+
+
+class OwnTarget:
+    """The run starts the scenario's target and stops it at its end (``recchaos run``)."""
+
+    def manifest(self, run_dir: Path) -> Path | None:
+        return run_dir / "cluster" / "manifest.json"
+
+    @contextmanager
+    def up(
+        self, scenario: Scenario, run_dir: Path, watchdog: WatchdogHandle, log
+    ) -> Iterator[RunningTarget]:
+        target = start_target(scenario, run_dir, log)
+        try:
+            for pid in target.extra_pids:
+                watchdog.add_pid(pid)
+            yield target
+        finally:
+            target.stop()
+
+
+@dataclass
+class SharedTarget:
+    """A target started before the run and left running after it (the pytest session's
+    recommender). Its own watchdog stops it; the run's watchdog only heals the run's faults."""
+
+    target: RunningTarget
+
+    def manifest(self, run_dir: Path) -> Path | None:
+        return None
+
+    @contextmanager
+    def up(
+        self, scenario: Scenario, run_dir: Path, watchdog: WatchdogHandle, log
+    ) -> Iterator[RunningTarget]:
+        check_shared(self.target, scenario)
+        yield self.target
+
+
+def check_shared(target: RunningTarget, scenario: Scenario) -> None:
+    """A scenario run against a running recommender must describe that recommender."""
+    cluster = target.cluster
+    t = scenario.target
+    if cluster is None or not isinstance(t, RecommenderTarget):
+        raise UsageError(
+            f"{scenario.source}: a run against a running target needs the bundled "
+            "recommender target (kind: recommender)"
+        )
+    have = (cluster.options.shards, cluster.options.preset, cluster.options.redis)
+    if (t.shards, t.preset, t.redis) != have:
+        raise UsageError(
+            f"{scenario.source}: target shards={t.shards} preset={t.preset} "
+            f"redis={t.redis} does not match the running recommender (shards="
+            f"{have[0]} preset={have[1]} redis={have[2]})"
+        )
+
+
+# -- the whole run ----------------------------------------------------------------------------
+
+
 def run(settings: RunSettings, log=print) -> RunOutcome:
     """One whole run. Usage errors (bad scenario, bad options) raise before anything starts."""
-    scenario = resolve_scenario(settings)
+    return execute(settings, resolve_scenario(settings), OwnTarget(), log)
+
+
+def run_against(
+    target: RunningTarget, scenario: Scenario, settings: RunSettings, log=print
+) -> RunOutcome:
+    """The run's phases against ``target``, which is already up and is left up."""
+    return execute(settings, scenario, SharedTarget(target), log)
+
+
+def execute(
+    settings: RunSettings, scenario: Scenario, where: OwnTarget | SharedTarget, log=print
+) -> RunOutcome:
+    """Record, target, phases; every ending (verdict, error, Ctrl-C) leaves ``run.json``."""
     run_dir = new_run_dir(settings.out_dir, scenario)
     record = open_record(settings, scenario, run_dir)
     replay = record.record.replay
     log(f"run {run_dir} (seed {scenario.seed}); replay with: {replay}")
     display = ProgressDisplay(enabled=settings.progress, log=log)
     try:
-        verdict = _run_phases(settings, scenario, run_dir, record, display, log)
+        judged = _lifecycle(settings, scenario, where, run_dir, record, display)
     except KeyboardInterrupt:
         record.add_error("interrupted (Ctrl-C): faults healed, target stopped")
-        finish_record(record, "incomplete", log)
-        return RunOutcome(run_dir, None, 130, "interrupted; partial record written", replay)
+        record.finish("incomplete", ended_wall=time.time())
+        return RunOutcome(
+            run_dir,
+            None,
+            130,
+            "interrupted; partial record written",
+            replay,
+            scenario,
+            record=record.record,
+        )
     except Exception as exc:
         code = getattr(exc, "exit_code", EXIT_HARNESS)
         record.add_error(f"{type(exc).__name__}: {exc}")
-        finish_record(record, "incomplete", log)
-        return RunOutcome(run_dir, None, code, f"{type(exc).__name__}: {exc}", replay)
-    finish_record(record, "complete", log)
-    return RunOutcome(run_dir, verdict, verdict.exit_code, f"verdict {verdict.value}", replay)
+        record.finish("incomplete", ended_wall=time.time())
+        return RunOutcome(
+            run_dir,
+            None,
+            code,
+            f"{type(exc).__name__}: {exc}",
+            replay,
+            scenario,
+            record=record.record,
+        )
+    verdict = judged.verdict
+    record.finish("complete", ended_wall=time.time())
+    return RunOutcome(
+        run_dir,
+        verdict,
+        verdict.exit_code,
+        f"verdict {verdict.value}",
+        replay,
+        scenario,
+        judged.evaluation,
+        record.record,
+    )
 
 
-def _run_phases(settings: RunSettings, scenario: Scenario, run_dir: Path, record: RecordFile,
-                display: ProgressDisplay, log) -> Verdict:
+def _lifecycle(
+    settings: RunSettings,
+    scenario: Scenario,
+    where: OwnTarget | SharedTarget,
+    run_dir: Path,
+    record: RecordFile,
+    display: ProgressDisplay,
+) -> Judged:
+    """Watchdog first (it covers a death during start-up), then the target, then the phases;
+    on the way out an own target is stopped before the watchdog hears the run ended normally."""
     journal = Journal(run_dir / "faults.journal", run_id=run_dir.name)
     with ExitStack() as stack:
-        watchdog = stack.enter_context(start_watchdog(
-            run_dir / "faults.journal", run_dir / "cluster" / "manifest.json",
-            log_path=run_dir / "watchdog.log"))
-        target = start_target(scenario, run_dir, log)
-        stack.callback(target.stop)
-        for pid in target.extra_pids:
-            watchdog.add_pid(pid)
-        steady_state(target, scenario)
-        before = scrape_tiers(target.base_url, run_dir / "cluster" / "metrics-before.txt")
-        ctx = InjectContext.from_manifest(
-            target.manifest_path, extra=_extra_components(target), proxy_url=target.proxy_url,
-            restart=target.restart, seed=scenario.seed, run_id=run_dir.name, journal=journal)
-        job = build_job(settings, scenario, target, run_dir)
-        faults = FaultPlanRun(scenario.fault_plan(), ctx, FaultStack(journal), job.start_mono_ns or 0,
-                              scenario.load_duration_s, log=display.note)
-        display.faults = faults
-        record.update(origin_mono_ns=job.start_mono_ns or 0)
-        try:
-            result = load_with_faults(job, faults, settings, display)
-        finally:
-            heal_errors = faults.stack.heal_all()
-            for err in heal_errors:
-                record.add_error(f"heal failed: {err}")
-            record.update(timeline=faults.timeline())
-        time.sleep(min(scenario.settle_s, 2.0))
-        after = scrape_tiers(target.base_url, run_dir / "cluster" / "metrics-after.txt")
-        cross = cross_check(before, after, client_tiers(result.log),
-                            tolerance=max(5, len(result.log) // 100))
-        verdict = judge(scenario, result, faults, record, cross)
-        if heal_errors and verdict is Verdict.PASS:
-            verdict = Verdict.INCONCLUSIVE
-        display.final(verdict, record)
-        watchdog.done()
-    return verdict
+        stack.callback(journal.close)
+        watchdog = stack.enter_context(
+            start_watchdog(journal.path, where.manifest(run_dir), log_path=run_dir / "watchdog.log")
+        )
+        target = stack.enter_context(where.up(scenario, run_dir, watchdog, display.log))
+        return run_phases(settings, scenario, target, run_dir, record, display, journal)
+
+
+def run_phases(
+    settings: RunSettings,
+    scenario: Scenario,
+    target: RunningTarget,
+    run_dir: Path,
+    record: RecordFile,
+    display: ProgressDisplay,
+    journal: Journal,
+) -> Judged:
+    """Steady state, load plus faults, heal, settle, judge: against a target that is up."""
+    steady_state(target, scenario)
+    before = scrape_tiers(target.base_url)
+    job = build_job(settings, scenario, target, run_dir)
+    faults = plan_faults(scenario, target, run_dir, journal, job, display)
+    record.update(
+        origin_mono_ns=job.start_mono_ns or 0, files={"cluster": str(target.manifest_path.parent)}
+    )
+    result, heal_errors = load_and_heal(job, faults, settings, display, record)
+    time.sleep(min(scenario.settle_s, 2.0))
+    cross = cross_check(
+        before,
+        scrape_tiers(target.base_url),
+        client_tiers(result.log),
+        tolerance=max(5, len(result.log) // 100),
+    )
+    judged = judge(scenario, result, faults, record, cross)
+    if heal_errors and judged.verdict is Verdict.PASS:
+        judged = Judged(Verdict.INCONCLUSIVE, judged.evaluation)
+        record.update(verdict=judged.verdict.value)
+    display.final(judged.verdict, record)
+    return judged
+
+
+def plan_faults(
+    scenario: Scenario,
+    target: RunningTarget,
+    run_dir: Path,
+    journal: Journal,
+    job: LoadJob,
+    display: ProgressDisplay,
+) -> FaultPlanRun:
+    ctx = InjectContext.from_manifest(
+        target.manifest_path,
+        extra=_extra_components(target),
+        proxy_url=target.proxy_url,
+        restart=target.restart,
+        seed=scenario.seed,
+        run_id=run_dir.name,
+        journal=journal,
+    )
+    faults = FaultPlanRun(
+        scenario.fault_plan(),
+        ctx,
+        FaultStack(journal),
+        job.start_mono_ns or 0,
+        scenario.load_duration_s,
+        log=display.note,
+    )
+    display.faults = faults
+    return faults
+
+
+def load_and_heal(
+    job: LoadJob,
+    faults: FaultPlanRun,
+    settings: RunSettings,
+    display: ProgressDisplay,
+    record: RecordFile,
+) -> tuple[LoadResult, list[Any]]:
+    """The load with its faults; then every fault healed, whatever happened."""
+    heal_errors: list[Any] = []
+    try:
+        result = load_with_faults(job, faults, settings, display)
+    finally:
+        heal_errors = faults.stack.heal_all()
+        for err in heal_errors:
+            record.add_error(f"heal failed: {err}")
+        record.update(timeline=faults.timeline())
+    return result, heal_errors
 
 
 def _extra_components(target: RunningTarget) -> list[Any]:

@@ -12,7 +12,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-_LINE = re.compile(r'^recchaos_requests_total\{([^}]*)\}\s+([0-9.eE+]+)\s*$')
+_LINE = re.compile(r"^recchaos_requests_total\{([^}]*)\}\s+([0-9.eE+]+)\s*$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -47,8 +47,12 @@ def parse_tiers(text: str) -> Counter[str]:
     return counts
 
 
-def cross_check(before: Counter[str] | None, after: Counter[str] | None,
-                client: Counter[str], tolerance: int = 0) -> dict[str, object]:
+def cross_check(
+    before: Counter[str] | None,
+    after: Counter[str] | None,
+    client: Counter[str],
+    tolerance: int = 0,
+) -> dict[str, object]:
     """Server-side tier deltas next to the client's counts; ``agree`` when within tolerance.
 
     The server may count a few more (requests the client gave up on still finish there), never
@@ -59,5 +63,4 @@ def cross_check(before: Counter[str] | None, after: Counter[str] | None,
     server = Counter({t: after[t] - before.get(t, 0) for t in after})
     diffs = {t: server.get(t, 0) - client.get(t, 0) for t in set(server) | set(client)}
     bad = {t: d for t, d in diffs.items() if d < 0 or d > max(tolerance, 0)}
-    return {"agree": not bad, "server": dict(server), "client": dict(client),
-            "differences": bad}
+    return {"agree": not bad, "server": dict(server), "client": dict(client), "differences": bad}

@@ -60,32 +60,80 @@ class Option:
         ok = value is not None and self.valid(value) and (not choices or value in choices)
         if not ok:
             allowed = "one of " + ", ".join(choices) if choices else self.allowed
-            raise UsageError(f"invalid value {raw!r} for {self.pytest} from {where}; "
-                             f"allowed: {allowed}")
+            raise UsageError(
+                f"invalid value {raw!r} for {self.pytest} from {where}; allowed: {allowed}"
+            )
         return value
 
 
 RUN_OPTIONS: tuple[Option, ...] = (
-    Option("seed", "--seed", "--chaos-seed", int, None,
-           "seed for the request mix and generated faults (default: the scenario's)",
-           env="RECCHAOS_SEED", allowed=f"an integer from 0 to {MAX_SEED}",
-           valid=lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SEED),
-    Option("out_dir", "--out", "--chaos-out", Path, DEFAULT_RUNS_DIR,
-           "directory that receives one run directory per run (default: ./runs)",
-           env="RECCHAOS_OUT", allowed="a directory path", valid=lambda v: str(v) != ""),
-    Option("rate", "--rate", "--chaos-rate", float, None,
-           "requests/s for every non-pause load phase (default: the scenario's)",
-           env="RECCHAOS_RATE", allowed="a number of requests/s above 0", valid=_positive),
-    Option("duration", "--duration", "--chaos-duration", float, None,
-           "total load duration in seconds, phases scaled to fit (default: the scenario's)",
-           env="RECCHAOS_DURATION", allowed="a number of seconds above 0", valid=_positive),
-    Option("profile", "--profile", "--chaos-profile", str, None,
-           "scenario profile to apply: pr or nightly (default: none; in pytest: pr)",
-           env="RECCHAOS_PROFILE", allowed="a profile name", valid=lambda v: bool(v),
-           pytest_choices=PYTEST_PROFILES),
-    Option("sla_ms", "--sla-ms", "--sla-ms", float, None,
-           f"latency SLA in milliseconds (default: the scenario's, {DEFAULT_SLA_MS:g})",
-           env="RECCHAOS_SLA_MS", allowed="a number of milliseconds above 0", valid=_positive),
+    Option(
+        "seed",
+        "--seed",
+        "--chaos-seed",
+        int,
+        None,
+        "seed for the request mix and generated faults (default: the scenario's)",
+        env="RECCHAOS_SEED",
+        allowed=f"an integer from 0 to {MAX_SEED}",
+        valid=lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SEED,
+    ),
+    Option(
+        "out_dir",
+        "--out",
+        "--chaos-out",
+        Path,
+        DEFAULT_RUNS_DIR,
+        "directory that receives one run directory per run (default: ./runs)",
+        env="RECCHAOS_OUT",
+        allowed="a directory path",
+        valid=lambda v: str(v) != "",
+    ),
+    Option(
+        "rate",
+        "--rate",
+        "--chaos-rate",
+        float,
+        None,
+        "requests/s for every non-pause load phase (default: the scenario's)",
+        env="RECCHAOS_RATE",
+        allowed="a number of requests/s above 0",
+        valid=_positive,
+    ),
+    Option(
+        "duration",
+        "--duration",
+        "--chaos-duration",
+        float,
+        None,
+        "total load duration in seconds, phases scaled to fit (default: the scenario's)",
+        env="RECCHAOS_DURATION",
+        allowed="a number of seconds above 0",
+        valid=_positive,
+    ),
+    Option(
+        "profile",
+        "--profile",
+        "--chaos-profile",
+        str,
+        None,
+        "scenario profile to apply: pr or nightly (default: none; in pytest: pr)",
+        env="RECCHAOS_PROFILE",
+        allowed="a profile name",
+        valid=lambda v: bool(v),
+        pytest_choices=PYTEST_PROFILES,
+    ),
+    Option(
+        "sla_ms",
+        "--sla-ms",
+        "--sla-ms",
+        float,
+        None,
+        f"latency SLA in milliseconds (default: the scenario's, {DEFAULT_SLA_MS:g})",
+        env="RECCHAOS_SLA_MS",
+        allowed="a number of milliseconds above 0",
+        valid=_positive,
+    ),
 )
 OPTIONS_BY_NAME: dict[str, Option] = {opt.name: opt for opt in RUN_OPTIONS}
 

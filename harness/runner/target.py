@@ -70,11 +70,18 @@ def _start_recommender(t: RecommenderTarget, s: Scenario, run_dir: Path, log) ->
 def start_recommender(options: RecommenderOptions, workdir: Path, log=print) -> RunningTarget:
     """The bundled recommender started in ``workdir`` (its manifest and logs go there)."""
     cluster = RecommenderCluster(options, workdir, log=log).start()
-    extra = [p for p in (cluster.proxy.pid if cluster.proxy else None,
-                         cluster.redis.pid if cluster.redis else None) if p]
+    extra = [
+        p
+        for p in (
+            cluster.proxy.pid if cluster.proxy else None,
+            cluster.redis.pid if cluster.redis else None,
+        )
+        if p
+    ]
     redis = cluster.component("redis") if cluster.redis else None
-    return RunningTarget(cluster.gateway_url, cluster.manifest_path, extra, cluster.proxy_url,
-                         cluster, redis=redis)
+    return RunningTarget(
+        cluster.gateway_url, cluster.manifest_path, extra, cluster.proxy_url, cluster, redis=redis
+    )
 
 
 def _http_ok(url: str) -> bool:
@@ -96,21 +103,38 @@ def _start_generic(t: GenericTarget, run_dir: Path, log) -> RunningTarget:
         for name, argv in t.components.items():
             log_path = logs / f"{name}.log"
             with open(log_path, "ab") as fh:
-                proc = subprocess.Popen(list(argv), stdout=fh, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                proc = subprocess.Popen(
+                    list(argv),
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             target.procs.append(proc)
-            components.append({"name": name, "role": name, "shard": None, "pid": proc.pid,
-                               "address": "", "log": str(log_path), "command": list(argv)})
+            components.append(
+                {
+                    "name": name,
+                    "role": name,
+                    "shard": None,
+                    "pid": proc.pid,
+                    "address": "",
+                    "log": str(log_path),
+                    "command": list(argv),
+                }
+            )
         url = target.base_url + (t.ready_path or "/")
         for proc, comp in zip(target.procs, components, strict=True):
             if proc.poll() is not None:
-                raise StartError(f"{comp['name']} exited with code {proc.returncode}:\n"
-                                 f"{log_tail(Path(str(comp['log'])))}")
+                raise StartError(
+                    f"{comp['name']} exited with code {proc.returncode}:\n"
+                    f"{log_tail(Path(str(comp['log'])))}"
+                )
         wait_until(lambda: _http_ok(url), 60.0, f"generic target answering {url}")
     except BaseException:
         target.stop()
         raise
-    target.manifest_path.write_text(json.dumps(
-        {"gateway_url": target.base_url, "components": components}, indent=2) + "\n")
+    target.manifest_path.write_text(
+        json.dumps({"gateway_url": target.base_url, "components": components}, indent=2) + "\n"
+    )
     log(f"generic target up: {target.base_url} ({len(components)} components)")
     return target

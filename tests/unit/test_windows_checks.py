@@ -272,7 +272,7 @@ def test_verdict_exit_codes_and_result_round_trip():
 
 # whole runs -------------------------------------------------------------------------------
 def test_evaluate_primary_kill_pass_and_fail():
-    s = load_scenario("scenarios/primary_kill.yaml")
+    s = load_scenario("scenarios/primary_restart.yaml")  # a kill, then the restart
     good = evaluate(s, failover_run(), [KILL], 40.0)
     assert good.verdict is Verdict.PASS, [c.message for c in good.checks if c.verdict != "PASS"]
     metrics = {c.metric for c in good.checks}
@@ -282,7 +282,7 @@ def test_evaluate_primary_kill_pass_and_fail():
     failed = [c.message for c in bad.checks if c.verdict is Verdict.FAIL]
     assert any(
         m.startswith("p99 143.4 ms during kill(shard-1-primary) window [12.0 s, 22.0 s]")
-        and "(scenarios/primary_kill.yaml, slos[0])" in m
+        and "(scenarios/primary_restart.yaml, slos[0])" in m
         for m in failed
     )
     assert any("time to failover" in m and "exceeds the SLO of 20.0 ms" in m for m in failed)
