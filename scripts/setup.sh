@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(redis-server iptables chromium)  # chromium: the report browser test
+APT_PACKAGES=(redis-server iptables chromium docker.io)  # chromium: the report browser test;
+# docker.io: the docker backend's tests start a private dockerd (tests/integration/dockerd.py)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -70,6 +70,8 @@ class Component:
     command: tuple[str, ...] = ()
     shard: int | None = None
     log: str | None = None
+    container: str | None = None  # the docker backend's container id
+    internal_address: str | None = None  # the address on the containers' network
 
     @property
     def host(self) -> str:
@@ -90,6 +92,8 @@ class Component:
             command=tuple(str(c) for c in d.get("command") or ()),
             shard=d.get("shard"),
             log=d.get("log"),
+            container=d.get("container"),
+            internal_address=d.get("internal_address"),
         )
 
 
@@ -119,6 +123,9 @@ class InjectContext:
     journal: Journal | None = None
     manifest_path: Path | None = None
     proxy_client: Any = None
+    backend: str = "process"  # "docker": faults go to containers (harness.inject.containers)
+    docker_host: str | None = None
+    network: str | None = None  # the docker backend's network
     _pids: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     _seq: Any = field(default_factory=lambda: itertools.count(1), compare=False, repr=False)
 
@@ -129,12 +136,17 @@ class InjectContext:
         extra: Iterable[Component] = (),
         **kwargs: Any,
     ) -> InjectContext:
-        """A context over a manifest (a path, re-read for PIDs, or the parsed mapping)."""
+        """A context over a manifest (a path, re-read for PIDs, or the parsed mapping); the
+        manifest's ``backend``, ``docker_host`` and ``network`` keys choose the injectors."""
         if isinstance(manifest, Mapping):
-            comps = {c["name"]: Component.from_manifest(c) for c in manifest["components"]}
+            data = manifest
         else:
             kwargs.setdefault("manifest_path", Path(manifest))
-            comps = read_manifest_components(manifest)
+            data = json.loads(Path(manifest).read_text())
+        comps = {c["name"]: Component.from_manifest(c) for c in data.get("components", [])}
+        for key in ("backend", "docker_host", "network"):
+            if data.get(key):
+                kwargs.setdefault(key, data[key])
         comps.update({c.name: c for c in extra})
         return cls(components=comps, **kwargs)
 
@@ -267,7 +279,10 @@ _FACTORIES: dict[str, tuple[str, str]] = {
     "app_wrong_shape": ("harness.inject.appfaults", "AppFaultInjector"),
     "redis_down": ("harness.inject.deps", "make_dependency_injector"),
     "region_down": ("harness.inject.deps", "make_dependency_injector"),
+    "disconnect": ("harness.inject.containers", "make_disconnect"),
 }
+# The docker backend (a manifest with "backend": "docker") has one factory for every kind.
+_DOCKER_FACTORY = ("harness.inject.containers", "make_container_injector")
 KINDS: tuple[str, ...] = tuple(_FACTORIES)
 
 # Kinds known under a second name: the scenario table calls the cgroup freezer ``cpu_freeze``.
@@ -344,7 +359,7 @@ def make_injector(
             f"{kind}({target}): no component {target!r} in this target; known: {known}"
         )
     clean = normalize_params(kind, target, params)
-    module, factory = _FACTORIES[kind]
+    module, factory = _DOCKER_FACTORY if ctx.backend == "docker" else _FACTORIES[kind]
     make = getattr(importlib.import_module(module), factory)
     injector: Injector = make(kind, target, clean, ctx)
     return injector
@@ -358,6 +373,10 @@ _ACTIONS: dict[str, tuple[str, str]] = {
     "cgroup_remove": ("harness.inject.cgroups", "execute_cgroup_remove"),
     "proxy_clear": ("harness.inject.network", "execute_proxy_clear"),
     "app_clear": ("harness.inject.appfaults", "execute_app_clear"),
+    "docker_unpause": ("harness.inject.containers", "execute_unpause"),
+    "docker_connect": ("harness.inject.containers", "execute_connect"),
+    "docker_cpu_reset": ("harness.inject.containers", "execute_cpu_reset"),
+    "docker_netns_drop_chain": ("harness.inject.containers", "execute_netns_drop_chain"),
 }
 
 

@@ -116,6 +116,8 @@ FAULT_KINDS: dict[str, FaultKind] = {
     "app_wrong_shape": FaultKind("fault_point", "shard", {"rate": Param(_RATE, 1.0)}),
     "redis_down": FaultKind("dependency", "redis", {}, takes_down=True),
     "region_down": FaultKind("dependency", "region", {}, takes_down=True),
+    # docker network disconnect/reconnect: the docker backend only (docs/docker.md)
+    "disconnect": FaultKind("docker", "container", {}, takes_down=True),
 }
 
 _DEFAULT_TARGET = {"redis": "redis", "region": "region"}
@@ -195,11 +197,15 @@ def allowed_targets(kind: str, target: Target) -> tuple[str, ...]:
         return target.shard_copies()
     if rule == "port":
         return target.component_names() if isinstance(target, RecommenderTarget) else ()
+    if rule == "container":
+        return target.containers() if isinstance(target, RecommenderTarget) else ()
     return (rule,) if rule in target.component_names() else ()
 
 
 def describe_targets(kind: str, target: Target) -> str:
     names = allowed_targets(kind, target)
+    if not names and FAULT_KINDS[kind].targets == "container":
+        return f"no component: {kind} faults need the recommender target with backend: docker"
     if not names:
         return (
             f"no component of this {target.kind} target ({kind} faults need the recommender"

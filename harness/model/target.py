@@ -33,6 +33,7 @@ COMPONENT_PATTERN = r"[a-z0-9][a-z0-9_.-]*"
 PRESET_PATTERN = r"[A-Za-z0-9_-]+"
 TEMPLATE_FIELDS = ("user_id", "k", "request_id", "seed")
 HTTP_METHODS = ("GET", "POST", "PUT")
+BACKENDS = ("process", "docker")  # how the recommender runs: local processes or containers
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class RecommenderTarget:
     preset: str = "default"
     redis: bool = True
     args: tuple[str, ...] = ()
+    backend: str = "process"  # or "docker": one container per component (docs/docker.md)
     kind: str = field(default="recommender", init=False)
 
     def shard_copies(self) -> tuple[str, ...]:
@@ -54,17 +56,25 @@ class RecommenderTarget:
         return self.shard_copies() + ("gateway", "region") + (("redis",) if self.redis else ())
 
     def proxied(self) -> tuple[str, ...]:
-        """Components reached through the userspace fault proxy (latency, bandwidth, ...)."""
-        return self.shard_copies() + ("region",)
+        """Components reached through the userspace fault proxy (latency, bandwidth, ...);
+        the docker backend has no proxy."""
+        return () if self.backend == "docker" else self.shard_copies() + ("region",)
+
+    def containers(self) -> tuple[str, ...]:
+        """Components that run as containers (the docker backend's faults can hit them)."""
+        return self.component_names() if self.backend == "docker" else ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "kind": self.kind,
             "shards": self.shards,
             "preset": self.preset,
             "redis": self.redis,
             "args": list(self.args),
         }
+        if self.backend != "process":
+            d["backend"] = self.backend
+        return d
 
 
 @dataclass(frozen=True)
@@ -132,7 +142,17 @@ def read_target(data: Any, path: str, problems: list[Problem]) -> Target | None:
         target = _read_recommender(f)
     else:
         f.finish(
-            ("shards", "preset", "redis", "args", "components", "endpoint", "request", "ready_path")
+            (
+                "shards",
+                "preset",
+                "redis",
+                "args",
+                "backend",
+                "components",
+                "endpoint",
+                "request",
+                "ready_path",
+            )
         )
         return None
     f.finish()
@@ -161,9 +181,10 @@ def _read_recommender(f: Fields) -> RecommenderTarget | None:
     )
     redis = f.get("redis", boolean(), True)
     args = f.get("args", _argv_conv("a list of extra command-line arguments", allow_empty=True), ())
-    if any_invalid(shards, preset, redis, args):
+    backend = f.get("backend", choice(BACKENDS), "process")
+    if any_invalid(shards, preset, redis, args, backend):
         return None
-    return RecommenderTarget(shards=shards, preset=preset, redis=redis, args=args)
+    return RecommenderTarget(shards=shards, preset=preset, redis=redis, args=args, backend=backend)
 
 
 def _read_generic(f: Fields) -> GenericTarget | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from harness.model.errors import Problem, ScenarioError, UsageError
 from harness.model.scenario import MAX_SEED, Scenario, load_scenario, scenario_from_dict
+from harness.model.target import BACKENDS
 
 DEFAULT_RUNS_DIR = Path("runs")
 DEFAULT_SLA_MS = 20.0
@@ -134,6 +135,19 @@ RUN_OPTIONS: tuple[Option, ...] = (
         allowed="a number of milliseconds above 0",
         valid=_positive,
     ),
+    Option(
+        "backend",
+        "--backend",
+        "--chaos-backend",
+        str,
+        None,
+        "how the bundled recommender runs: process (local processes) or docker (one "
+        "container per component, docs/docker.md) (default: the scenario's, process)",
+        env="RECCHAOS_BACKEND",
+        allowed="one of " + ", ".join(BACKENDS),
+        valid=lambda v: v in BACKENDS,
+        pytest_choices=BACKENDS,
+    ),
 )
 OPTIONS_BY_NAME: dict[str, Option] = {opt.name: opt for opt in RUN_OPTIONS}
 
@@ -150,6 +164,7 @@ class RunSettings:
     progress: bool = True
     load_workers: int = 1
     replay: str | None = None  # the replay command to record (default: the `recchaos run` one)
+    backend: str | None = None  # process | docker (default: the scenario's target)
 
 
 def resolve_scenario(settings: RunSettings) -> Scenario:
@@ -160,7 +175,8 @@ def resolve_scenario(settings: RunSettings) -> Scenario:
 
 def apply_overrides(scenario: Scenario, settings: RunSettings) -> Scenario:
     """``scenario`` with the settings' seed, SLA, rate and duration applied and validated."""
-    if all(v is None for v in (settings.seed, settings.rate, settings.duration, settings.sla_ms)):
+    given = (settings.seed, settings.rate, settings.duration, settings.sla_ms, settings.backend)
+    if all(v is None for v in given):
         return scenario
     data = scenario.to_dict()
     data.pop("profiles", None)
@@ -183,6 +199,21 @@ def apply_overrides(scenario: Scenario, settings: RunSettings) -> Scenario:
         else:
             for phase in data["load"]:
                 phase["duration_s"] = phase["duration_s"] * settings.duration / total
+    if settings.backend is not None:
+        if settings.backend not in BACKENDS:
+            problems.append(Problem("--backend", settings.backend, "one of " + ", ".join(BACKENDS)))
+        elif data["target"].get("kind") != "recommender":
+            problems.append(
+                Problem(
+                    "--backend",
+                    settings.backend,
+                    "no --backend with a generic target",
+                    "the backend chooses how the bundled recommender runs; a generic target "
+                    "runs its own commands",
+                )
+            )
+        else:
+            data["target"]["backend"] = settings.backend
     if problems:
         raise ScenarioError(scenario.source, problems)
     resolved = scenario_from_dict(data, scenario.source)

@@ -17,12 +17,15 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.model.scenario import Scenario
 from harness.model.target import GenericTarget, RecommenderTarget
 from harness.sut.procs import StartError, log_tail, wait_until
 from harness.sut.recommender import RecommenderCluster, RecommenderOptions
+
+if TYPE_CHECKING:
+    from harness.sut.containers import DockerCluster
 
 
 @dataclass
@@ -31,7 +34,7 @@ class RunningTarget:
     manifest_path: Path
     extra_pids: list[int] = field(default_factory=list)
     proxy_url: str | None = None
-    cluster: RecommenderCluster | None = None
+    cluster: RecommenderCluster | DockerCluster | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     redis: dict[str, Any] | None = None
 
@@ -64,7 +67,23 @@ def start_target(scenario: Scenario, run_dir: Path, log=print) -> RunningTarget:
 
 def _start_recommender(t: RecommenderTarget, s: Scenario, run_dir: Path, log) -> RunningTarget:
     options = RecommenderOptions(shards=t.shards, preset=t.preset, redis=t.redis, sla_ms=s.sla_ms)
+    if t.backend == "docker":
+        return start_docker_recommender(options, run_dir / "cluster", log)
     return start_recommender(options, run_dir / "cluster", log)
+
+
+def start_docker_recommender(
+    options: RecommenderOptions, workdir: Path, log=print, docker: Any = None
+) -> RunningTarget:
+    """The bundled recommender as containers (:mod:`harness.sut.containers`); ``docker`` is a
+    ``DockerOptions`` (default: from ``RECCHAOS_DOCKER_*`` and ``DOCKER_HOST``)."""
+    from harness.sut.containers import DockerCluster, DockerOptions
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    docker = docker if docker is not None else DockerOptions.from_env()
+    cluster = DockerCluster(options, docker, workdir, log=log).start()
+    # Redis is a container named in the manifest; the watchdog finds every PID there.
+    return RunningTarget(cluster.gateway_url, cluster.manifest_path, [], None, cluster)
 
 
 def start_recommender(options: RecommenderOptions, workdir: Path, log=print) -> RunningTarget:
