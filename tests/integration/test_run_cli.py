@@ -65,6 +65,12 @@ def _only_run_dir(out: Path) -> Path:
     return dirs[0]
 
 
+def _fault_applied(out: Path) -> bool:
+    dirs = [p for p in out.iterdir() if p.is_dir()]
+    journal = dirs[0] / "faults.journal" if dirs else None
+    return bool(journal and journal.exists() and '"applied"' in journal.read_text())
+
+
 def _wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -102,13 +108,7 @@ def test_sigkill_of_the_harness_leaves_the_watchdog_to_clean_up(tmp_path):
         "run", str(SCENARIO), "--out", str(tmp_path), "--no-progress", start_new_session=True
     )
     try:
-
-        def killed_fault_applied() -> bool:
-            dirs = [p for p in tmp_path.iterdir() if p.is_dir()]
-            journal = dirs[0] / "faults.journal" if dirs else None
-            return bool(journal and journal.exists() and '"applied"' in journal.read_text())
-
-        _wait_for(killed_fault_applied, 180, "the kill fault being applied", proc)
+        _wait_for(lambda: _fault_applied(tmp_path), 180, "the kill fault being applied", proc)
         run_dir = _only_run_dir(tmp_path)
         pids = _started_pids(run_dir)
         assert pids
@@ -127,13 +127,8 @@ def test_sigkill_of_the_harness_leaves_the_watchdog_to_clean_up(tmp_path):
 def test_ctrl_c_heals_stops_and_writes_a_partial_record(tmp_path):
     proc = _recchaos("run", str(SCENARIO), "--out", str(tmp_path), "--no-progress")
     try:
-        _wait_for(
-            lambda: any((p / "load").exists() for p in tmp_path.iterdir()),
-            180,
-            "the load starting",
-            proc,
-        )
-        time.sleep(1.0)
+        # Mid-load with the kill active (5 s into 12 s of load), so there is a fault to heal.
+        _wait_for(lambda: _fault_applied(tmp_path), 180, "the kill fault being applied", proc)
         run_dir = _only_run_dir(tmp_path)
         pids = _started_pids(run_dir)
         proc.send_signal(signal.SIGINT)
@@ -146,6 +141,9 @@ def test_ctrl_c_heals_stops_and_writes_a_partial_record(tmp_path):
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "incomplete"
     assert any("interrupted" in e for e in record["errors"]), record["errors"]
+    journal = (run_dir / "faults.journal").read_text()
+    healed = [json.loads(line) for line in journal.splitlines() if '"type":"heal"' in line]
+    assert healed and all(h["ok"] for h in healed), journal[-2000:]  # the active kill healed
     assert _wait_gone(pids, 10) == []
 
 
