@@ -12,7 +12,7 @@ only), so even the watchdog's signal-based teardown works if the harness dies.
 
 Two ways to get an image:
 
-* ``image`` (default ``recchaos:latest``, built from ``docker/Dockerfile``): the project is
+* ``image`` (default ``recchaos:latest``, built from ``deploy/Dockerfile``): the project is
   installed in the image; the artifacts are baked in (or mounted, see :class:`DockerOptions`).
 * ``host_mounts``: no registry, no build. A minimal root filesystem (empty directories) is
   imported with ``docker import`` and each container runs this host's interpreter, virtual
@@ -312,7 +312,7 @@ class DockerCluster:
                 raise UsageError(
                     f"{ENV_PREFIX}HOST_MOUNTS=1 mounts this host's interpreter into the "
                     f"containers and needs the engine on this host; DOCKER_HOST is "
-                    f"{self.docker.docker_host!r}. Build docker/Dockerfile and set "
+                    f"{self.docker.docker_host!r}. Build deploy/Dockerfile and set "
                     f"{ENV_PREFIX}IMAGE instead"
                 )
             self._imported = import_rootfs_image(self.client, self.cluster_id, "rootfs")
@@ -323,7 +323,7 @@ class DockerCluster:
         except docker.errors.ImageNotFound:
             raise UsageError(
                 f"image {self.docker.image!r} ({ENV_PREFIX}IMAGE, default recchaos:latest) is "
-                "not on the Docker engine: build it with `docker build -f docker/Dockerfile "
+                "not on the Docker engine: build it with `docker build -f deploy/Dockerfile "
                 f"-t {self.docker.image} .` or pull it, or set {ENV_PREFIX}HOST_MOUNTS=1"
             ) from None
         self._image = self.docker.image
