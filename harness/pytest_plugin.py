@@ -83,11 +83,14 @@ class ChaosSettings:
 
     def replay_flags(self) -> dict[str, str]:
         """Flags other than seed and profile that were set: the replay must repeat them."""
-        return {
+        flags = {
             OPTIONS_BY_NAME[n].pytest: f"{self.values[n]:g}"
             for n in ("sla_ms", "rate", "duration")
             if self.values[n] is not None
         }
+        if self.values.get("backend") is not None:
+            flags[OPTIONS_BY_NAME["backend"].pytest] = str(self.values["backend"])
+        return flags
 
 
 def _dest(opt: Option) -> str:
@@ -230,9 +233,14 @@ def missing_requirement(item: pytest.Item) -> str | None:
     ):
         return "needs a CUDA device (no nvidia-smi, no /dev/nvidia0)"
     if item.get_closest_marker("docker") and not (
-        shutil.which("docker") and Path("/var/run/docker.sock").exists()
+        os.environ.get("DOCKER_HOST")
+        or Path("/var/run/docker.sock").exists()
+        or (os.geteuid() == 0 and shutil.which("dockerd"))
     ):
-        return "needs a Docker engine (docker and /var/run/docker.sock)"
+        return (
+            "needs a Docker engine: DOCKER_HOST, /var/run/docker.sock, or root and dockerd "
+            "(tests that start their own engine)"
+        )
     return None
 
 
@@ -351,6 +359,7 @@ def _run_settings(
         profile=profile,
         sla_ms=v["sla_ms"],
         replay=replay,
+        backend=v["backend"],
     )
 
 
@@ -522,7 +531,13 @@ def _cli_replay(run: Any, s: ChaosSettings) -> str:
         return str(run.replay)
     v = s.values
     return replay_command(
-        rec.scenario_path, rec.seed, rec.profile, v["rate"], v["duration"], v["sla_ms"]
+        rec.scenario_path,
+        rec.seed,
+        rec.profile,
+        v["rate"],
+        v["duration"],
+        v["sla_ms"],
+        v["backend"],
     )
 
 

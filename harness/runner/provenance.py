@@ -64,6 +64,7 @@ def replay_command(
     rate: float | None = None,
     duration: float | None = None,
     sla_ms: float | None = None,
+    backend: str | None = None,
 ) -> str:
     """The command line that runs the same scenario with the same seed again."""
     parts = ["recchaos", "run", scenario_path, "--seed", str(seed)]
@@ -75,6 +76,8 @@ def replay_command(
         parts += ["--duration", f"{duration:g}"]
     if sla_ms is not None:
         parts += ["--sla-ms", f"{sla_ms:g}"]
+    if backend is not None:
+        parts += ["--backend", backend]
     return shlex.join(parts)
 
 

@@ -91,6 +91,7 @@ def open_record(settings: RunSettings, scenario: Scenario, run_dir: Path) -> Rec
         settings.rate,
         settings.duration,
         settings.sla_ms,
+        settings.backend,
     )
     record = RunRecord(
         scenario=scenario.to_dict(),

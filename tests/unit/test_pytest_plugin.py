@@ -50,7 +50,8 @@ def pytest_recchaos_run_scenario(settings, log):
         fh.write(json.dumps({"name": scenario.name, "seed": scenario.seed,
                              "profile": settings.profile, "sla_ms": scenario.sla_ms,
                              "out_dir": str(settings.out_dir), "path": settings.scenario_path,
-                             "replay": settings.replay}) + "\\n")
+                             "replay": settings.replay,
+                             "backend": scenario.target.to_dict().get("backend")}) + "\\n")
     log(f"fake run of {scenario.name}")
     run_dir = Path(settings.out_dir) / scenario.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +174,20 @@ def test_the_replay_line_repeats_the_seed_and_overrides_given(chaos_dir):
     [call] = calls(chaos_dir)
     assert call["seed"] == 99 and call["sla_ms"] == 25.0
     assert "--chaos-seed 99" in call["replay"]  # what the run record stores
+
+
+def test_the_backend_option_reaches_the_run_and_the_replay_line(chaos_dir):
+    write(chaos_dir, "scenarios/fail_one.yaml", scenario_yaml("fail_one"))
+    result = run(chaos_dir, "--chaos-seed", "5", "--chaos-backend", "docker")
+    result.stdout.fnmatch_lines(
+        [
+            "Reproduce with: pytest scenarios/fail_one.yaml::fail_one "
+            "--chaos-seed 5 --chaos-profile pr --chaos-backend docker",
+            "  (or: recchaos run scenarios/fail_one.yaml --seed 5 --profile pr --backend docker)",
+        ]
+    )
+    [call] = calls(chaos_dir)
+    assert call["backend"] == "docker"
 
 
 def test_inconclusive_is_skipped_with_the_reason_in_pr(chaos_dir):
