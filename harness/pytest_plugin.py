@@ -146,6 +146,7 @@ def resolve(config: pytest.Config, node: pytest.Item | None = None) -> ChaosSett
 
 _SETTINGS = pytest.StashKey[ChaosSettings]()
 _RESULTS = pytest.StashKey[list[dict[str, Any]]]()
+_POOL = pytest.StashKey["ClusterPool"]()
 
 
 def session_settings(config: pytest.Config) -> ChaosSettings:
@@ -187,6 +188,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             help_text = opt.help + extra
         group.addoption(opt.pytest, dest=_dest(opt), default=None, metavar=metavar, help=help_text)
         parser.addini(opt.ini, opt.help, default="")
+    group.addoption(
+        "--chaos-fresh-cluster",
+        action="store_true",
+        default=None,
+        help="start a recommender for every scenario item instead of sharing one per target "
+        "[ini chaos_fresh_cluster]",
+    )
+    parser.addini(
+        "chaos_fresh_cluster",
+        "start a recommender for every scenario item (default: items share one per target)",
+        type="bool",
+        default=False,
+    )
     parser.addini(
         "chaos_scenarios",
         "directories (relative to the rootdir) whose *.yaml files "
@@ -206,6 +220,19 @@ def pytest_configure(config: pytest.Config) -> None:
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_RESULTS] = []
+    fresh = config.getoption("--chaos-fresh-cluster") or config.getini("chaos_fresh_cluster")
+    if not fresh:
+        pool = ClusterPool(Path(config.stash[_SETTINGS].values["out_dir"]))
+        _POOLS.append(pool)
+        config.stash[_POOL] = pool
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    pool = config.stash.get(_POOL, None)
+    if pool is not None:
+        pool.close()
+        if pool in _POOLS:
+            _POOLS.remove(pool)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -217,9 +244,82 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 @pytest.hookimpl(trylast=True)
 def pytest_recchaos_run_scenario(settings: RunSettings, log: Any) -> Any:
-    from harness.runner.run import run
+    """A scenario on the bundled recommender (local processes) runs against the cluster it
+    shares with the other items of the same target (:class:`ClusterPool`); any other, or every
+    one with ``--chaos-fresh-cluster``, starts and stops its own, as ``recchaos run`` does."""
+    from harness.runner.run import run, run_against
+    from harness.runner.settings import resolve_scenario
 
-    return run(settings, log=log)
+    pool = _POOLS[-1] if _POOLS else None
+    if pool is None:
+        return run(settings, log=log)
+    scenario = resolve_scenario(settings)
+    options = ClusterPool.options_for(scenario)
+    if options is None:
+        return run(settings, log=log)
+    target = pool.get(options, log)
+    outcome = run_against(target, scenario, settings, log=log)
+    record = outcome.record
+    if outcome.verdict is None or outcome.verdict.value != "PASS" or (record and record.errors):
+        # A run that did not end clean may leave the cluster changed: the next item starts anew.
+        pool.discard(options)
+    return outcome
+
+
+class ClusterPool:
+    """The recommenders scenario items share: one per distinct target (shards, preset, Redis,
+    SLA), started when the first item needs it, stopped when a run does not end in a clean
+    PASS (so no item inherits a cluster in an unknown state) and at the end of the session.
+
+    Sharing saves each item the cluster's start and stop (about 12 s of the ~30 s a pr scenario
+    takes on 2 cores). Every run still checks the steady state (20 answers in a row at tier
+    primary) before its load, heals what it injected, and has its own run directory, journal
+    and watchdog; the session's watchdog stops a shared cluster if the test process dies. The
+    component logs are in the shared cluster's directory, which ``run.json`` names.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self._up: dict[Any, tuple[Any, Any]] = {}  # options -> (target, its context manager)
+        self._started = 0
+
+    @staticmethod
+    def options_for(scenario: Any) -> Any:
+        """The cluster options for a scenario that can share one; None when it cannot."""
+        from harness.model.target import RecommenderTarget
+        from harness.sut.recommender import RecommenderOptions
+
+        t = scenario.target
+        if not isinstance(t, RecommenderTarget) or t.backend != "process" or t.args:
+            return None
+        return RecommenderOptions(
+            shards=t.shards, preset=t.preset, redis=t.redis, sla_ms=scenario.sla_ms
+        )
+
+    def get(self, options: Any, log: Any) -> Any:
+        if options not in self._up:
+            from harness.runner.session import shared_recommender
+
+            self._started += 1
+            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+            workdir = self.out_dir / f"{stamp}-shared-cluster-{os.getpid()}-{self._started}"
+            log(f"starting a shared recommender in {workdir} (items of this target reuse it)")
+            cm = shared_recommender(options, workdir, log)
+            target = cm.__enter__()
+            self._up[options] = (target, cm)
+        return self._up[options][0]
+
+    def discard(self, options: Any) -> None:
+        entry = self._up.pop(options, None)
+        if entry is not None:
+            entry[1].__exit__(None, None, None)
+
+    def close(self) -> None:
+        for options in list(self._up):
+            self.discard(options)
+
+
+_POOLS: list[ClusterPool] = []
 
 
 # -- markers: requirements and the nightly profile ----------------------------------------------

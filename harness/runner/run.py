@@ -20,7 +20,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from harness.checks.run import Evaluation, evaluate
-from harness.checks.verdict import Verdict
+from harness.checks.verdict import CheckResult, Verdict
 from harness.inject.base import FaultStack, InjectContext
 from harness.inject.journal import Journal
 from harness.load.driver import LoadResult, run_load
@@ -221,11 +221,29 @@ def judge(
     timeline = faults.timeline()
     end_s = job_end_s(result)
     ev = evaluate(scenario, result.log, timeline, end_s)
+    # A planned fault that never took effect proves nothing, nor does a load with requests
+    # unaccounted for: each is a check of its own, so the verdict says why.
+    extra = [
+        CheckResult(Verdict.INCONCLUSIVE, problem, None, None, None, "faults", "fault")
+        for problem in faults.problems
+    ] + [
+        CheckResult(
+            Verdict.INCONCLUSIVE,
+            f"requests not accounted for: {why}",
+            None,
+            None,
+            None,
+            "load",
+            "accounting",
+        )
+        for why in result.unaccounted()
+    ]
+    if extra:
+        ev = replace(ev, checks=ev.checks + tuple(extra))
     verdict = ev.verdict
-    if verdict is Verdict.PASS and faults.problems:
-        verdict = Verdict.INCONCLUSIVE  # a planned fault that never took effect proves nothing
-    if verdict is Verdict.PASS and result.unaccounted():
+    if verdict is Verdict.PASS and extra:
         verdict = Verdict.INCONCLUSIVE
+        ev = replace(ev, verdict=verdict)
     record.update(
         timeline=timeline,
         windows=tuple(w.to_dict() for w in ev.windows),
@@ -496,4 +514,7 @@ def _extra_components(target: RunningTarget) -> list[Any]:
 
     if target.redis is None:
         return []
-    return [Component.from_manifest(target.redis)]
+    # Read afresh: a restart of Redis (a cold start) changes its PID, and a shared target
+    # outlives the run that restarted it.
+    redis = target.cluster.component("redis") if target.cluster is not None else target.redis
+    return [Component.from_manifest(redis)]

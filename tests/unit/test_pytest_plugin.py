@@ -482,3 +482,25 @@ def test_the_repository_loads_the_plugin_once_from_its_conftest_and_entry_point(
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "scenarios/steady_state.yaml::steady_state" in out.stdout
+
+
+def test_scenario_items_share_a_cluster_only_for_the_local_recommender():
+    """Which scenarios may run against a shared cluster: the bundled recommender as local
+    processes, keyed by what the cluster is started with (items that differ get their own)."""
+    from dataclasses import replace
+
+    from harness.model.scenario import load_scenario
+    from harness.pytest_plugin import ClusterPool
+
+    kill = load_scenario("scenarios/primary_kill.yaml")
+    freeze = load_scenario("scenarios/primary_freeze.yaml")
+    a, b = ClusterPool.options_for(kill), ClusterPool.options_for(freeze)
+    assert a is not None and a == b and hash(a) == hash(b)  # one cluster for both
+    assert ClusterPool.options_for(replace(kill, sla_ms=30.0)) != a
+    assert (
+        ClusterPool.options_for(replace(kill, target=replace(kill.target, backend="docker")))
+        is None
+    )
+    assert (
+        ClusterPool.options_for(replace(kill, target=replace(kill.target, args=("--x",)))) is None
+    )

@@ -315,3 +315,29 @@ def test_unless_both_copies_dead():
     region = event("region_down", "region", 10, 20)
     w = windows_for([region], 0.0, 40.0, 5.0, 2.0)[1]
     assert condition_holds("region_down", w, [region])
+
+
+def test_a_fault_that_was_not_applied_makes_the_run_inconclusive_and_says_why(tmp_path):
+    """The runner's judgement: a planned fault that failed to apply (and requests unaccounted
+    for) are INCONCLUSIVE checks of their own, in run.json, never a silent verdict."""
+    from types import SimpleNamespace
+
+    from harness.model.record import RecordFile, RunRecord
+    from harness.runner.run import judge as judge_run
+
+    s = load_scenario("scenarios/primary_kill.yaml")
+    log = failover_run()
+    problem = "redis_down(redis) (faults[1]) failed to apply: no process 4242"
+    faults = SimpleNamespace(timeline=lambda: (KILL,), problems=[problem])
+    result = SimpleNamespace(
+        log=log, summary={}, errors=(), start_mono_ns=0, unaccounted=lambda: ["3 vanished"]
+    )
+    record = RecordFile(tmp_path / "run.json", RunRecord(scenario=s.to_dict(), seed=s.seed))
+    judged = judge_run(s, result, faults, record, {})
+    assert evaluate(s, log, [KILL], 40.0).verdict is Verdict.PASS  # but for the problems
+    assert judged.verdict is Verdict.INCONCLUSIVE
+    messages = [c.message for c in judged.evaluation.checks if c.verdict is Verdict.INCONCLUSIVE]
+    assert problem in messages and "requests not accounted for: 3 vanished" in messages
+    saved = record.record
+    assert saved.verdict == "INCONCLUSIVE"
+    assert any(problem == c["message"] for c in saved.checks)
