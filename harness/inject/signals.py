@@ -234,7 +234,10 @@ class KillInjector(BaseInjector):
     def verify(self) -> tuple[bool, str]:
         if self.ref is None:
             return False, "not applied"
-        wait = 1.0 if self.kind == "kill" else min(float(self.params.get("grace_s", 5.0)), 2.0)
+        # terminate: the grace, then as long as a kill may take (the SIGKILL after a short
+        # grace was checked the very moment it was sent, and a busy machine lost that race)
+        grace = float(self.params.get("grace_s", 5.0))
+        wait = 1.0 if self.kind == "kill" else min(grace, 2.0) + 1.0
         if self.ref.wait_gone(wait):
             return True, f"PID {self.ref.pid} is gone (or a zombie) per /proc"
         return False, f"PID {self.ref.pid} still runs (state {self.ref.state()})"

@@ -171,7 +171,8 @@ def test_constant_2ms_service_gives_p50_near_2ms(configured: Stub, tmp_path: Pat
     check_accounted(res, tmp_path)
     s = res.summary
     assert (s["intended"], s["answered"], s["failed"], s["missed"]) == (600, 600, 0, 0), s
-    assert 1.9 <= res.response.percentile(50) <= 2.8, res.response
+    # near 2 ms: 2.4-2.5 ms measured on a quiet machine, 2.87 ms once under CI load
+    assert 1.9 <= res.response.percentile(50) <= 3.0, res.response
     assert 1.9 <= res.service.percentile(50) <= 2.6, res.service
     assert s["tiers"] == {"primary": 600}
     assert np.all(res.log["tier"] == TIERS.index("primary"))
