@@ -200,20 +200,7 @@ def read_slo(data: Any, path: str, problems: list[Problem], origin: str) -> SLOS
     )
     if not f.ok or any_invalid(*values):
         return None
-    return SLOSpec(
-        metric,
-        bound,
-        limit,
-        windows,
-        fault,
-        tier,
-        errors,
-        unless,
-        min_samples,
-        expect,
-        reason,
-        origin=origin,
-    )
+    return SLOSpec(*values, origin=origin)
 
 
 def _read_expectation(f: Fields) -> tuple[Any, Any]:
