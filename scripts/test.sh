@@ -25,7 +25,7 @@ fi
 # No arguments: unit and integration tests, then the pr chaos suite in a pytest process of its
 # own. The suite measures latency against a 20 ms SLA on the same two cores: in one process
 # after several hundred tests its restart scenarios failed on 20-24 ms windows that pass when
-# it runs alone (each restart forks the test process, by then much larger).
+# it runs alone, and passed in a process of its own (cause not pinned down).
 status=0
 run_pytest tests || status=$?
 run_pytest scenarios || status=$?

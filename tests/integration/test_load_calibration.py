@@ -216,7 +216,8 @@ def test_freeze_gives_the_coordinated_omission_corrected_p99(configured: Stub, t
     theory = co_corrected_latencies(rate, seconds, service_s, f0, f1) * 1000
     s = res.summary
     assert (s["answered"], s["missed"]) == (s["intended"], 0), s
-    for q, tol_ms in ((50, 0.8), (99, 25.0), (99.9, 25.0)):
+    # p50: the stub's 2 ms plus the HTTP round trip (0.4-0.5 ms quiet, 0.8-0.9 ms under CI load)
+    for q, tol_ms in ((50, 1.0), (99, 25.0), (99.9, 25.0)):
         want = float(np.percentile(theory, q, method="inverted_cdf"))
         got = res.response.percentile(q)
         assert abs(got - want) <= tol_ms, f"p{q}: measured {got:.1f} ms, theory {want:.1f} ms"
