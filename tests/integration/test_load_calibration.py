@@ -173,7 +173,7 @@ def test_constant_2ms_service_gives_p50_near_2ms(configured: Stub, tmp_path: Pat
     assert (s["intended"], s["answered"], s["failed"], s["missed"]) == (600, 600, 0, 0), s
     # near 2 ms: 2.4-2.5 ms measured on a quiet machine, 2.87 ms once under CI load
     assert 1.9 <= res.response.percentile(50) <= 3.0, res.response
-    assert 1.9 <= res.service.percentile(50) <= 2.6, res.service
+    assert 1.9 <= res.service.percentile(50) <= 2.9, res.service  # 2.62 ms once under CI load
     assert s["tiers"] == {"primary": 600}
     assert np.all(res.log["tier"] == TIERS.index("primary"))
     # the seeded mix: the logged users are the schedule's, in schedule order
