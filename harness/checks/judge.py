@@ -77,13 +77,20 @@ def judge(
     )
     if math.isinf(value) and stats.errors:
         message += f", {text.count(stats.errors)} failed (a failure counts as infinitely slow)"
+    return judged(slo, holds, message, value, stats.window.name, where)
+
+
+def judged(
+    slo: SLOSpec, holds: bool, message: str, value: float | None, window: str, where: str
+) -> CheckResult:
+    """The check result of a judged SLO, its verdict set by :func:`expectation`."""
     verdict, message = expectation(slo, holds, message)
     return CheckResult(
         verdict,
         message,
         value,
         slo.limit,
-        stats.window.name,
+        window,
         where,
         slo.metric,
         expected_violation=slo.expects_violation and verdict is Verdict.PASS,
@@ -155,14 +162,4 @@ def judge_fault(
             f"{name} {text.number(value, 'ms')} after {at} {text.comparison(slo, holds)}"
             f" ({where}); {tally}"
         )
-    verdict, message = expectation(slo, holds, message)
-    return CheckResult(
-        verdict,
-        message,
-        value,
-        slo.limit,
-        label,
-        where,
-        slo.metric,
-        expected_violation=slo.expects_violation and verdict is Verdict.PASS,
-    )
+    return judged(slo, holds, message, value, label, where)

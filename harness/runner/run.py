@@ -43,7 +43,7 @@ from harness.runner.faults import FaultPlanRun
 from harness.runner.progress import ProgressDisplay
 from harness.runner.scrape import cross_check, scrape_tiers
 from harness.runner.settings import RunSettings, resolve_scenario
-from harness.runner.target import RunningTarget, start_target
+from harness.runner.target import RunningTarget, start_target, watched
 from harness.watchdog import WatchdogHandle, start_watchdog
 
 START_LEAD_S = 3.0  # load workers import locust and open connections before the common start
@@ -298,13 +298,8 @@ class OwnTarget:
     def up(
         self, scenario: Scenario, run_dir: Path, watchdog: WatchdogHandle, log
     ) -> Iterator[RunningTarget]:
-        target = start_target(scenario, run_dir, log)
-        try:
-            for pid in target.extra_pids:
-                watchdog.add_pid(pid)
+        with watched(start_target(scenario, run_dir, log), watchdog) as target:
             yield target
-        finally:
-            target.stop()
 
 
 @dataclass

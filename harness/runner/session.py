@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.runner.target import RunningTarget, start_recommender
+from harness.runner.target import RunningTarget, start_recommender, watched
 from harness.sut.recommender import RecommenderOptions
 from harness.watchdog import start_watchdog
 
@@ -27,10 +27,5 @@ def shared_recommender(
     with start_watchdog(
         workdir / "faults.journal", cluster_dir / "manifest.json", log_path=workdir / "watchdog.log"
     ) as watchdog:
-        target = start_recommender(options, cluster_dir, log)
-        try:
-            for pid in target.extra_pids:
-                watchdog.add_pid(pid)
+        with watched(start_recommender(options, cluster_dir, log), watchdog) as target:
             yield target
-        finally:
-            target.stop()

@@ -15,6 +15,8 @@ import signal
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,3 +159,15 @@ def _start_generic(t: GenericTarget, run_dir: Path, log) -> RunningTarget:
     )
     log(f"generic target up: {target.base_url} ({len(components)} components)")
     return target
+
+
+@contextmanager
+def watched(target: RunningTarget, watchdog: Any) -> Iterator[RunningTarget]:
+    """``target`` with its extra processes (proxy, Redis) given to ``watchdog``; stopped on the
+    way out, whatever happens."""
+    try:
+        for pid in target.extra_pids:
+            watchdog.add_pid(pid)
+        yield target
+    finally:
+        target.stop()
