@@ -132,7 +132,7 @@ class Load:
         outcome = run_against(self.test.target, scenario, settings, log=self.test.log)
         if outcome.verdict is None:
             where = f"\nReproduce with: {self.test.replay}\nrun record: {outcome.run_dir}/run.json"
-            if outcome.exit_code == 130:
+            if outcome.interrupted:
                 raise KeyboardInterrupt(outcome.message)
             if outcome.exit_code == SutFailure.exit_code:
                 raise SutFailure(outcome.message + where)

@@ -2,7 +2,7 @@
 
 Subcommands register themselves in :data:`COMMANDS` (one function per group that adds its
 parser); ``run`` will be added next to them. Exit codes: 0 PASS (or OK), 1 FAIL, 2 usage error,
-3 INCONCLUSIVE, 4 harness error. ``recchaos sut ...`` passes its arguments unchanged to
+3 INCONCLUSIVE, 4 harness error, 130 interrupted (Ctrl-C). ``recchaos sut ...`` passes its arguments unchanged to
 ``python -m system_under_test`` (the recommender is never imported here).
 """
 
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from harness.model.errors import EXIT_HARNESS, EXIT_USAGE, RecchaosError, ScenarioError
+from harness.model.errors import EXIT_INTERRUPTED, EXIT_USAGE, RecchaosError, ScenarioError
 
 Register = Callable[[Any], None]  # receives the subparsers action
 COMMANDS: list[Register] = []
@@ -116,7 +116,10 @@ def _run(sub: Any) -> None:
     p = sub.add_parser(
         "run",
         help="run a chaos scenario and judge it (exit 0 PASS, 1 FAIL, "
-        "3 INCONCLUSIVE, 2 usage error, 4 harness error)",
+        "3 INCONCLUSIVE, 2 usage error, 4 harness error, 130 interrupted by Ctrl-C)",
+        description="Run a chaos scenario and judge it. Exit codes: 0 PASS, 1 FAIL, "
+        "3 INCONCLUSIVE, 2 usage error, 4 harness error, 130 interrupted (Ctrl-C: faults "
+        "healed, target stopped, partial record written).",
     )
     p.add_argument("scenario", metavar="SCENARIO", help="scenario YAML file")
     for opt in RUN_OPTIONS:
@@ -160,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recchaos",
         description="Fault-injection and latency chaos test harness.",
-        epilog="exit codes: 0 PASS/OK, 1 FAIL, 2 usage error, 3 INCONCLUSIVE, 4 harness error",
+        epilog="exit codes: 0 PASS/OK, 1 FAIL, 2 usage error, 3 INCONCLUSIVE, 4 harness error, "
+        "130 interrupted (Ctrl-C)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in COMMANDS:
@@ -184,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("recchaos: interrupted", file=sys.stderr)
-        return EXIT_HARNESS
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

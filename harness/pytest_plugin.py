@@ -518,7 +518,7 @@ class ScenarioItem(pytest.Item):
         self.outcome.run = run
         self.outcome.seconds = time.monotonic() - started
         self._record_result()
-        if run.verdict is None and run.exit_code == 130:
+        if run.interrupted:
             raise KeyboardInterrupt(run.message)
         if run.verdict is None and run.exit_code != 1:
             raise ScenarioHarnessError(

@@ -3,6 +3,8 @@
 A bad scenario or bad options is the user's to fix (:class:`UsageError`, exit 2); the system under
 test misbehaving is a :class:`SutFailure` (exit 1); the harness or the machine failing is a
 :class:`HarnessError` (exit 4); too little evidence to judge is :class:`Inconclusive` (exit 3).
+Ctrl-C is no one's fault: a run stopped by it exits 130 (the shell's code for SIGINT) wherever it
+lands, after healing its faults and stopping its target.
 :class:`ScenarioError` names the file, the field path, the value found and what is allowed, for
 every problem found in one validation pass.
 """
@@ -17,6 +19,7 @@ EXIT_FAIL = 1
 EXIT_USAGE = 2
 EXIT_INCONCLUSIVE = 3
 EXIT_HARNESS = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 class RecchaosError(Exception):

@@ -33,7 +33,13 @@ from harness.inject.base import FaultStack, InjectContext
 from harness.inject.journal import Journal
 from harness.load.driver import LoadResult, run_load
 from harness.load.spec import RECOMMENDER_REQUEST, LoadJob
-from harness.model.errors import EXIT_HARNESS, HarnessError, SutFailure, UsageError
+from harness.model.errors import (
+    EXIT_HARNESS,
+    EXIT_INTERRUPTED,
+    HarnessError,
+    SutFailure,
+    UsageError,
+)
 from harness.model.record import RecordFile, RunRecord
 from harness.model.requestlog import TIERS, succeeded
 from harness.model.scenario import Scenario
@@ -64,6 +70,11 @@ class RunOutcome:
     scenario: Scenario | None = None
     evaluation: Evaluation | None = None
     record: RunRecord | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        """The run was stopped by Ctrl-C (exit code 130): faults healed, target stopped."""
+        return self.verdict is None and self.exit_code == EXIT_INTERRUPTED
 
 
 @dataclass(frozen=True)
@@ -370,7 +381,7 @@ def execute(
         return RunOutcome(
             run_dir,
             None,
-            130,
+            EXIT_INTERRUPTED,
             "interrupted; partial record written",
             replay,
             scenario,
