@@ -1,6 +1,7 @@
 """Pure judges: (run statistics, SLO) -> PASS | FAIL | INCONCLUSIVE, each with a message that
 names the value, the window, the limit and where the SLO is written."""
 
+from harness.checks.integrity import RunProblems, problem_checks, run_verdict
 from harness.checks.judge import evidence_problem, judge, judge_fault
 from harness.checks.run import Evaluation, FaultTimes, evaluate, fault_times, judge_run
 from harness.checks.verdict import CheckResult, Verdict, combine
@@ -9,6 +10,7 @@ __all__ = [
     "CheckResult",
     "Evaluation",
     "FaultTimes",
+    "RunProblems",
     "Verdict",
     "combine",
     "evaluate",
@@ -17,4 +19,6 @@ __all__ = [
     "judge",
     "judge_fault",
     "judge_run",
+    "problem_checks",
+    "run_verdict",
 ]

@@ -1,9 +1,10 @@
 """Judge a whole run: every SLO in every window (or fault) it selects, plus the evidence rules.
 
-:func:`evaluate` goes from the request log and the fault timeline to windows, statistics,
-failover times, check results and one verdict. Every SLO yields at least one result (an SLO
-with nothing to judge is INCONCLUSIVE), and every fault that was not shown to take effect adds
-an INCONCLUSIVE result of its own.
+:func:`evaluate` goes from the request log, the fault timeline and the run's own problems to
+windows, statistics, failover times, check results and one verdict: the runner only collects
+the data. Every SLO yields at least one result (an SLO with nothing to judge is INCONCLUSIVE),
+every fault that was not shown to take effect adds an INCONCLUSIVE result of its own, and so
+does every problem of the run itself (:mod:`harness.checks.integrity`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.checks.integrity import RunProblems, problem_checks, run_verdict
 from harness.checks.judge import evidence_problem, judge, judge_fault
-from harness.checks.verdict import CheckResult, Verdict, combine
+from harness.checks.verdict import CheckResult, Verdict
 from harness.metrics.failover import Failover, Recovery, time_to_failover, time_to_recover
 from harness.metrics.stats import WindowStats, window_stats
 from harness.metrics.windows import Window, windows_for
@@ -44,12 +46,15 @@ def evaluate(
     timeline: Sequence[FaultEvent],
     run_end_s: float,
     run_start_s: float = 0.0,
+    problems: RunProblems | None = None,
 ) -> Evaluation:
+    """The run judged: its SLO checks, then one check per problem of the run itself."""
+    problems = problems or RunProblems()
     wins = windows_for(timeline, run_start_s, run_end_s, scenario.warmup_s, scenario.settle_s)
     stats = tuple(window_stats(requests, w, scenario.sla_ms) for w in wins)
     times = fault_times(requests, timeline, run_end_s, scenario.sla_ms)
-    checks = judge_run(scenario, stats, timeline, times)
-    return Evaluation(stats, times, checks, combine(checks))
+    checks = judge_run(scenario, stats, timeline, times) + problem_checks(problems)
+    return Evaluation(stats, times, checks, run_verdict(checks, problems))
 
 
 def fault_times(

@@ -87,6 +87,10 @@ class FaultPlanRun:
             f" [{state}]"
         )
 
+    def heal_all(self) -> list[str]:
+        """Heal everything still applied, in reverse order; the errors of the heals that failed."""
+        return self.stack.heal_all()
+
     def timeline(self) -> tuple:
         return tuple(e.to_record(self.origin_ns) for e in self.applied_events())
 

@@ -8,6 +8,11 @@ and stays up (the pytest plugin's session ``recommender``). Both go through :fun
 Whatever happens (a failed start, a crash, Ctrl-C), every fault is healed, the target is stopped
 and ``run.json`` is left behind: ``complete`` with a verdict, or ``incomplete`` with the reason.
 A watchdog process heals and tears down if this process dies without getting to do that.
+
+The runner only sequences: the verdict, the run's own problems included, is
+:func:`harness.checks.evaluate`'s. Every side effect the phases sequence (watchdog, journal,
+steady-state probe, fault plan, load, clock, sleep) is a field of :class:`Effects`, so a unit test
+drives the whole lifecycle with fakes.
 """
 
 from __future__ import annotations
@@ -18,17 +23,18 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from harness.checks.integrity import RunProblems
 from harness.checks.run import Evaluation, evaluate
-from harness.checks.verdict import CheckResult, Verdict
+from harness.checks.verdict import Verdict
 from harness.inject.base import FaultStack, InjectContext
 from harness.inject.journal import Journal
 from harness.load.driver import LoadResult, run_load
@@ -40,7 +46,7 @@ from harness.model.errors import (
     SutFailure,
     UsageError,
 )
-from harness.model.record import RecordFile, RunRecord
+from harness.model.record import FaultEvent, RecordFile, RunRecord
 from harness.model.requestlog import TIERS, succeeded
 from harness.model.scenario import Scenario
 from harness.model.target import GenericTarget, RecommenderTarget
@@ -77,10 +83,19 @@ class RunOutcome:
         return self.verdict is None and self.exit_code == EXIT_INTERRUPTED
 
 
-@dataclass(frozen=True)
-class Judged:
-    verdict: Verdict
-    evaluation: Evaluation
+class FaultPlan(Protocol):
+    """What the lifecycle needs of a fault plan in execution
+    (:class:`harness.runner.faults.FaultPlanRun`)."""
+
+    problems: list[str]
+
+    def run(self, stop: threading.Event) -> None: ...
+
+    def heal_all(self) -> list[str]: ...
+
+    def timeline(self) -> tuple[FaultEvent, ...]: ...
+
+    def active(self) -> list[str]: ...
 
 
 def new_run_dir(root: Path, scenario: Scenario) -> Path:
@@ -94,7 +109,11 @@ def new_run_dir(root: Path, scenario: Scenario) -> Path:
     return path
 
 
-def open_record(settings: RunSettings, scenario: Scenario, run_dir: Path) -> RecordFile:
+def open_record(
+    settings: RunSettings, scenario: Scenario, run_dir: Path, found: dict[str, Any]
+) -> RecordFile:
+    """``run.json`` opened as ``running``; ``found`` is where the run comes from (commit,
+    versions, host: :func:`run_provenance`)."""
     replay = settings.replay or provenance.replay_command(
         settings.scenario_path,
         scenario.seed,
@@ -110,12 +129,19 @@ def open_record(settings: RunSettings, scenario: Scenario, run_dir: Path) -> Rec
         scenario_path=settings.scenario_path,
         profile=settings.profile,
         replay=replay,
-        git_commit=provenance.git_commit(),
-        versions=provenance.versions(),
-        host=provenance.host(),
         started_wall=time.time(),
+        **found,
     )
     return RecordFile(run_dir / "run.json", record)
+
+
+def run_provenance() -> dict[str, Any]:
+    """The commit, versions and host a run records."""
+    return {
+        "git_commit": provenance.git_commit(),
+        "versions": provenance.versions(),
+        "host": provenance.host(),
+    }
 
 
 def steady_state(target: RunningTarget, scenario: Scenario, timeout_s: float = 30.0) -> None:
@@ -163,9 +189,8 @@ def _probe(base_url: str, scenario: Scenario, user: int) -> tuple[int, str]:
         raise SutFailure(f"steady state not reached: {base_url}{path} unreachable: {exc}") from None
 
 
-def build_job(
-    settings: RunSettings, scenario: Scenario, target: RunningTarget, run_dir: Path
-) -> LoadJob:
+def build_job(scenario: Scenario, target: RunningTarget, run_dir: Path, now_ns: int) -> LoadJob:
+    """The load job; it starts START_LEAD_S after ``now_ns`` (CLOCK_MONOTONIC)."""
     request = (
         scenario.target.request
         if isinstance(scenario.target, GenericTarget)
@@ -177,12 +202,26 @@ def build_job(
         seed=scenario.seed,
         output_dir=str(run_dir / "load"),
         request=request,
-        start_mono_ns=time.monotonic_ns() + int(START_LEAD_S * 1e9),
+        start_mono_ns=now_ns + int(START_LEAD_S * 1e9),
     )
 
 
+LoadFunction = Callable[[LoadJob, float, Callable[[dict[str, Any]], None], int], LoadResult]
+"""``(job, timeout_s, on_progress, workers) -> LoadResult``: :func:`harness.load.driver.run_load`."""
+
+
+def _run_load(
+    job: LoadJob, timeout_s: float, on_progress: Callable[[dict[str, Any]], None], workers: int
+) -> LoadResult:
+    return run_load(job, timeout_s, on_progress, workers=workers)
+
+
 def load_with_faults(
-    job: LoadJob, faults: FaultPlanRun, settings: RunSettings, display: ProgressDisplay
+    job: LoadJob,
+    faults: FaultPlan,
+    settings: RunSettings,
+    display: ProgressDisplay,
+    load_fn: LoadFunction = _run_load,
 ) -> LoadResult:
     """Load in a background thread, faults on this one; both bounded by the load's length."""
     result: dict[str, Any] = {}
@@ -190,9 +229,7 @@ def load_with_faults(
 
     def load() -> None:
         try:
-            result["load"] = run_load(
-                job, timeout, display.on_progress, workers=settings.load_workers
-            )
+            result["load"] = load_fn(job, timeout, display.on_progress, settings.load_workers)
         except BaseException as exc:  # re-raised on the main thread
             result["error"] = exc
 
@@ -225,46 +262,31 @@ def client_tiers(log: np.ndarray) -> Counter[str]:
 def judge(
     scenario: Scenario,
     result: LoadResult,
-    faults: FaultPlanRun,
+    faults: FaultPlan,
     record: RecordFile,
     cross: dict[str, Any],
-) -> Judged:
+    heal_errors: list[str],
+) -> Evaluation:
+    """The evaluation (:func:`harness.checks.evaluate`, the run's own problems included),
+    written to ``run.json`` and ``details.json``."""
     timeline = faults.timeline()
     end_s = job_end_s(result)
-    ev = evaluate(scenario, result.log, timeline, end_s)
-    # A planned fault that never took effect proves nothing, nor does a load with requests
-    # unaccounted for: each is a check of its own, so the verdict says why.
-    extra = [
-        CheckResult(Verdict.INCONCLUSIVE, problem, None, None, None, "faults", "fault")
-        for problem in faults.problems
-    ] + [
-        CheckResult(
-            Verdict.INCONCLUSIVE,
-            f"requests not accounted for: {why}",
-            None,
-            None,
-            None,
-            "load",
-            "accounting",
-        )
-        for why in result.unaccounted()
-    ]
-    if extra:
-        ev = replace(ev, checks=ev.checks + tuple(extra))
-    verdict = ev.verdict
-    if verdict is Verdict.PASS and extra:
-        verdict = Verdict.INCONCLUSIVE
-        ev = replace(ev, verdict=verdict)
+    problems = RunProblems(
+        faults=tuple(faults.problems),
+        unaccounted=tuple(result.unaccounted()),
+        heal_errors=tuple(heal_errors),
+    )
+    ev = evaluate(scenario, result.log, timeline, end_s, problems=problems)
     record.update(
         timeline=timeline,
         windows=tuple(w.to_dict() for w in ev.windows),
         checks=tuple(c.to_dict() for c in ev.checks),
-        verdict=verdict.value,
+        verdict=ev.verdict.value,
         load_end_s=end_s,
         origin_mono_ns=result.start_mono_ns,
     )
     _write_extra(record.path.parent, result, cross, faults)
-    return Judged(verdict, ev)
+    return ev
 
 
 def job_end_s(result: LoadResult) -> float:
@@ -273,7 +295,7 @@ def job_end_s(result: LoadResult) -> float:
 
 
 def _write_extra(
-    run_dir: Path, result: LoadResult, cross: dict[str, Any], faults: FaultPlanRun
+    run_dir: Path, result: LoadResult, cross: dict[str, Any], faults: FaultPlan
 ) -> None:
     extra = {
         "generator": result.summary,
@@ -365,16 +387,22 @@ def run_against(
 
 
 def execute(
-    settings: RunSettings, scenario: Scenario, where: OwnTarget | SharedTarget, log=print
+    settings: RunSettings,
+    scenario: Scenario,
+    where: OwnTarget | SharedTarget,
+    log=print,
+    effects: Effects | None = None,
 ) -> RunOutcome:
-    """Record, target, phases; every ending (verdict, error, Ctrl-C) leaves ``run.json``."""
+    """Record, target, phases; every ending (verdict, error, Ctrl-C) leaves ``run.json``.
+    ``effects``: the side effects to sequence (default: the real ones)."""
+    fx = effects or Effects()
     run_dir = new_run_dir(settings.out_dir, scenario)
-    record = open_record(settings, scenario, run_dir)
+    record = open_record(settings, scenario, run_dir, fx.provenance())
     replay = record.record.replay
     log(f"run {run_dir} (seed {scenario.seed}); replay with: {replay}")
     display = ProgressDisplay(enabled=settings.progress, log=log)
     try:
-        judged = _lifecycle(settings, scenario, where, run_dir, record, display)
+        ev = _lifecycle(settings, scenario, where, run_dir, record, display, fx)
     except KeyboardInterrupt:
         record.add_error("interrupted (Ctrl-C): faults healed, target stopped")
         record.finish("incomplete", ended_wall=time.time())
@@ -400,16 +428,15 @@ def execute(
             scenario,
             record=record.record,
         )
-    verdict = judged.verdict
     record.finish("complete", ended_wall=time.time())
     return RunOutcome(
         run_dir,
-        verdict,
-        verdict.exit_code,
-        f"verdict {verdict.value}",
+        ev.verdict,
+        ev.verdict.exit_code,
+        f"verdict {ev.verdict.value}",
         replay,
         scenario,
-        judged.evaluation,
+        ev,
         record.record,
     )
 
@@ -421,17 +448,18 @@ def _lifecycle(
     run_dir: Path,
     record: RecordFile,
     display: ProgressDisplay,
-) -> Judged:
+    fx: Effects,
+) -> Evaluation:
     """Watchdog first (it covers a death during start-up), then the target, then the phases;
     on the way out an own target is stopped before the watchdog hears the run ended normally."""
-    journal = Journal(run_dir / "faults.journal", run_id=run_dir.name)
+    journal = fx.journal(run_dir / "faults.journal", run_dir.name)
     with ExitStack() as stack:
         stack.callback(journal.close)
         watchdog = stack.enter_context(
-            start_watchdog(journal.path, where.manifest(run_dir), log_path=run_dir / "watchdog.log")
+            fx.watchdog(journal.path, where.manifest(run_dir), run_dir / "watchdog.log")
         )
         target = stack.enter_context(where.up(scenario, run_dir, watchdog, display.log))
-        return run_phases(settings, scenario, target, run_dir, record, display, journal)
+        return run_phases(settings, scenario, target, run_dir, record, display, journal, fx)
 
 
 def run_phases(
@@ -442,29 +470,28 @@ def run_phases(
     record: RecordFile,
     display: ProgressDisplay,
     journal: Journal,
-) -> Judged:
+    effects: Effects | None = None,
+) -> Evaluation:
     """Steady state, load plus faults, heal, settle, judge: against a target that is up."""
-    steady_state(target, scenario)
-    before = scrape_tiers(target.base_url)
-    job = build_job(settings, scenario, target, run_dir)
-    faults = plan_faults(scenario, target, run_dir, journal, job, display)
+    fx = effects or Effects()
+    fx.steady_state(target, scenario)
+    before = fx.scrape_tiers(target.base_url)
+    job = build_job(scenario, target, run_dir, fx.monotonic_ns())
+    faults = fx.fault_plan(scenario, target, run_dir, journal, job, display)
     record.update(
         origin_mono_ns=job.start_mono_ns or 0, files={"cluster": str(target.manifest_path.parent)}
     )
-    result, heal_errors = load_and_heal(job, faults, settings, display, record)
-    time.sleep(min(scenario.settle_s, 2.0))
+    result, heal_errors = load_and_heal(job, faults, settings, display, record, fx.load)
+    fx.sleep(min(scenario.settle_s, 2.0))
     cross = cross_check(
         before,
-        scrape_tiers(target.base_url),
+        fx.scrape_tiers(target.base_url),
         client_tiers(result.log),
         tolerance=max(5, len(result.log) // 100),
     )
-    judged = judge(scenario, result, faults, record, cross)
-    if heal_errors and judged.verdict is Verdict.PASS:
-        judged = Judged(Verdict.INCONCLUSIVE, judged.evaluation)
-        record.update(verdict=judged.verdict.value)
-    display.final(judged.verdict, record)
-    return judged
+    ev = judge(scenario, result, faults, record, cross, heal_errors)
+    display.final(ev.verdict, record)
+    return ev
 
 
 def plan_faults(
@@ -498,17 +525,18 @@ def plan_faults(
 
 def load_and_heal(
     job: LoadJob,
-    faults: FaultPlanRun,
+    faults: FaultPlan,
     settings: RunSettings,
     display: ProgressDisplay,
     record: RecordFile,
-) -> tuple[LoadResult, list[Any]]:
+    load_fn: LoadFunction = _run_load,
+) -> tuple[LoadResult, list[str]]:
     """The load with its faults; then every fault healed, whatever happened."""
-    heal_errors: list[Any] = []
+    heal_errors: list[str] = []
     try:
-        result = load_with_faults(job, faults, settings, display)
+        result = load_with_faults(job, faults, settings, display, load_fn)
     finally:
-        heal_errors = faults.stack.heal_all()
+        heal_errors = faults.heal_all()
         for err in heal_errors:
             record.add_error(f"heal failed: {err}")
         record.update(timeline=faults.timeline())
@@ -524,3 +552,28 @@ def _extra_components(target: RunningTarget) -> list[Any]:
     # outlives the run that restarted it.
     redis = target.cluster.component("redis") if target.cluster is not None else target.redis
     return [Component.from_manifest(redis)]
+
+
+# -- the side effects a run sequences ---------------------------------------------------------
+
+
+def _watchdog(journal: Path, manifest: Path | None, log_path: Path) -> WatchdogHandle:
+    return start_watchdog(journal, manifest, log_path=log_path)
+
+
+@dataclass(frozen=True)
+class Effects:
+    """Every side effect the lifecycle sequences, one field each; the defaults are the real
+    ones. The lifecycle's unit test passes fakes: no process, socket or sleep."""
+
+    provenance: Callable[[], dict[str, Any]] = run_provenance
+    journal: Callable[[Path, str], Journal] = Journal
+    watchdog: Callable[[Path, Path | None, Path], AbstractContextManager[Any]] = _watchdog
+    steady_state: Callable[[RunningTarget, Scenario], None] = steady_state
+    scrape_tiers: Callable[[str], Counter[str] | None] = scrape_tiers
+    fault_plan: Callable[
+        [Scenario, RunningTarget, Path, Journal, LoadJob, ProgressDisplay], FaultPlan
+    ] = plan_faults
+    load: LoadFunction = _run_load
+    monotonic_ns: Callable[[], int] = time.monotonic_ns
+    sleep: Callable[[float], None] = time.sleep

@@ -12,7 +12,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.checks import CheckResult, Verdict, combine, evaluate, judge
+from harness.checks import (
+    CheckResult,
+    RunProblems,
+    Verdict,
+    combine,
+    evaluate,
+    judge,
+    problem_checks,
+    run_verdict,
+)
 from harness.checks.run import condition_holds
 from harness.metrics import (
     Window,
@@ -317,27 +326,55 @@ def test_unless_both_copies_dead():
     assert condition_holds("region_down", w, [region])
 
 
-def test_a_fault_that_was_not_applied_makes_the_run_inconclusive_and_says_why(tmp_path):
-    """The runner's judgement: a planned fault that failed to apply (and requests unaccounted
-    for) are INCONCLUSIVE checks of their own, in run.json, never a silent verdict."""
-    from types import SimpleNamespace
-
-    from harness.model.record import RecordFile, RunRecord
-    from harness.runner.run import judge as judge_run
-
+def test_a_fault_that_was_not_applied_makes_the_run_inconclusive_and_says_why():
+    """A planned fault that failed to apply (and requests unaccounted for) are INCONCLUSIVE
+    checks of their own, after the SLO checks, never a silent verdict."""
     s = load_scenario("scenarios/primary_kill.yaml")
     log = failover_run()
     problem = "redis_down(redis) (faults[1]) failed to apply: no process 4242"
-    faults = SimpleNamespace(timeline=lambda: (KILL,), problems=[problem])
-    result = SimpleNamespace(
-        log=log, summary={}, errors=(), start_mono_ns=0, unaccounted=lambda: ["3 vanished"]
-    )
-    record = RecordFile(tmp_path / "run.json", RunRecord(scenario=s.to_dict(), seed=s.seed))
-    judged = judge_run(s, result, faults, record, {})
-    assert evaluate(s, log, [KILL], 40.0).verdict is Verdict.PASS  # but for the problems
+    problems = RunProblems(faults=(problem,), unaccounted=("3 vanished",))
+    plain = evaluate(s, log, [KILL], 40.0)
+    judged = evaluate(s, log, [KILL], 40.0, problems=problems)
+    assert plain.verdict is Verdict.PASS  # but for the problems
     assert judged.verdict is Verdict.INCONCLUSIVE
-    messages = [c.message for c in judged.evaluation.checks if c.verdict is Verdict.INCONCLUSIVE]
-    assert problem in messages and "requests not accounted for: 3 vanished" in messages
-    saved = record.record
-    assert saved.verdict == "INCONCLUSIVE"
-    assert any(problem == c["message"] for c in saved.checks)
+    assert judged.checks[: len(plain.checks)] == plain.checks
+    assert judged.checks[len(plain.checks) :] == (
+        CheckResult(Verdict.INCONCLUSIVE, problem, None, None, None, "faults", "fault"),
+        CheckResult(
+            Verdict.INCONCLUSIVE,
+            "requests not accounted for: 3 vanished",
+            None,
+            None,
+            None,
+            "load",
+            "accounting",
+        ),
+    )
+
+
+def test_a_failed_heal_makes_a_pass_inconclusive_and_leaves_a_fail_a_fail():
+    s = load_scenario("scenarios/primary_kill.yaml")
+    healed_badly = RunProblems(heal_errors=("kill(shard-1-primary): start timed out",))
+    good = evaluate(s, failover_run(), [KILL], 40.0, problems=healed_badly)
+    assert good.verdict is Verdict.INCONCLUSIVE
+    assert all(c.verdict is Verdict.PASS for c in good.checks)  # the error is the record's
+    bad = evaluate(s, failover_run(143.2), [KILL], 40.0, problems=healed_badly)
+    assert bad.verdict is Verdict.FAIL
+
+
+@given(
+    st.lists(st.sampled_from(list(Verdict)), max_size=6),
+    st.lists(st.text(max_size=5), max_size=2),
+    st.lists(st.text(max_size=5), max_size=2),
+    st.booleans(),
+)
+def test_problems_never_make_a_pass_nor_hide_a_fail(verdicts, faults, unaccounted, heal_failed):
+    checks = tuple(CheckResult(v, "m", None, None, None, "x") for v in verdicts)
+    problems = RunProblems(tuple(faults), tuple(unaccounted), ("h",) if heal_failed else ())
+    verdict = run_verdict(checks + problem_checks(problems), problems)
+    if Verdict.FAIL in verdicts:
+        assert verdict is Verdict.FAIL
+    elif problems or not verdicts or Verdict.INCONCLUSIVE in verdicts:
+        assert verdict is Verdict.INCONCLUSIVE
+    else:
+        assert verdict is Verdict.PASS

@@ -1,0 +1,347 @@
+"""The run lifecycle (:func:`harness.runner.run.execute`) driven with fakes: the order of its
+phases, what ``run.json`` holds and the outcome, for a PASS, a FAIL, a fault that was not
+applied, a heal that failed, a crash during the load and Ctrl-C. Every side effect is a fake
+(:class:`harness.runner.run.Effects`): no process, no socket, no sleep."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.checks.verdict import Verdict
+from harness.load.driver import LoadResult
+from harness.model.errors import EXIT_INTERRUPTED, SutFailure
+from harness.model.record import FaultEvent
+from harness.model.requestlog import TIERS, empty_log
+from harness.model.scenario import Scenario, scenario_from_dict
+from harness.runner.run import Effects, RunOutcome, execute
+from harness.runner.settings import RunSettings
+
+RATE, SECONDS = 100, 12
+CLOCK_NS = 7_000_000_000  # the fake CLOCK_MONOTONIC: the load starts START_LEAD_S after it
+KILL = {"kind": "kill", "target": "shard-0-primary", "at_s": 4, "duration_s": 3}
+
+
+def scenario(faults: Sequence[dict[str, Any]] = ()) -> Scenario:
+    data = {
+        "name": "lifecycle",
+        "seed": 3,
+        "target": {"kind": "recommender", "shards": 2, "preset": "tiny"},
+        "warmup_s": 2,
+        "settle_s": 1,
+        "load": [{"name": "main", "rate": RATE, "duration_s": SECONDS}],
+        "faults": list(faults),
+        "slos": [{"metric": "p99", "at_most": 20}],
+    }
+    return scenario_from_dict(data, "lifecycle.yaml")
+
+
+def request_log(latency_ms: float) -> np.ndarray:
+    """Every intended request answered at tier primary in ``latency_ms``."""
+    n = RATE * SECONDS
+    rows = empty_log(n)
+    rows["id"] = np.arange(n)
+    rows["intended_ns"] = (np.arange(n) * (1e9 / RATE)).astype(np.int64)
+    rows["send_ns"] = rows["intended_ns"] + 100_000
+    rows["done_ns"] = rows["send_ns"] + int(latency_ms * 1e6)
+    rows["status"] = 200
+    rows["tier"] = TIERS.index("primary")
+    return rows
+
+
+def load_result(job: Any, latency_ms: float) -> LoadResult:
+    log = request_log(latency_ms)
+    n = int(log.shape[0])
+    summary = {"intended": n, "answered": n, "failed": 0, "missed": 0, "scheduled": n}
+    return LoadResult(Path(job.output_dir), job.start_mono_ns, log, {}, summary, [])
+
+
+@dataclass
+class Story:
+    """What the fakes saw, in order (the load runs on a thread of its own: see ``main``)."""
+
+    events: list[str] = field(default_factory=list)
+
+    def __call__(self, event: str) -> None:
+        self.events.append(event)
+
+    def main(self) -> list[str]:
+        """The events on the runner's main line: the load thread's one left out."""
+        return [e for e in self.events if e != "load"]
+
+
+@dataclass
+class FakeTarget:
+    base_url: str
+    manifest_path: Path
+
+
+@dataclass
+class FakeWhere:
+    """Where the target comes from: up and stopped again, like the run's own target."""
+
+    story: Story
+    target: FakeTarget
+
+    def manifest(self, run_dir: Path) -> Path | None:
+        return run_dir / "cluster" / "manifest.json"
+
+    @contextmanager
+    def up(self, scenario: Scenario, run_dir: Path, watchdog: Any, log: Any) -> Iterator[Any]:
+        self.story("target up")
+        try:
+            yield self.target
+        finally:
+            self.story("target stopped")
+
+
+@dataclass
+class FakeFaultPlan:
+    story: Story
+    events: tuple[FaultEvent, ...] = ()
+    problems: list[str] = field(default_factory=list)
+    heal_errors: list[str] = field(default_factory=list)
+    interrupt: bool = False
+
+    def run(self, stop: threading.Event) -> None:
+        self.story("faults run")
+        if self.interrupt:
+            raise KeyboardInterrupt  # Ctrl-C lands on the main thread, which runs the faults
+
+    def heal_all(self) -> list[str]:
+        self.story("heal all")
+        return list(self.heal_errors)
+
+    def timeline(self) -> tuple[FaultEvent, ...]:
+        return self.events
+
+    def active(self) -> list[str]:
+        return []
+
+
+@dataclass
+class FakeJournal:
+    story: Story
+    path: Path
+
+    def close(self) -> None:
+        self.story("journal closed")
+
+
+@dataclass
+class Harness:
+    """One run with fakes: ``latency_ms`` of every answer, or ``crash`` raised by the load."""
+
+    tmp_path: Path
+    story: Story = field(default_factory=Story)
+    latency_ms: float = 2.0
+    crash: BaseException | None = None
+    plan: FakeFaultPlan | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def effects(self) -> Effects:
+        story = self.story
+
+        @contextmanager
+        def watchdog(journal: Path, manifest: Path | None, log_path: Path) -> Iterator[Any]:
+            story("watchdog started")
+            try:
+                yield object()
+            finally:  # as the real handle: told the run ended, whatever happened
+                story("watchdog released")
+
+        def load(job: Any, timeout_s: float, on_progress: Any, workers: int) -> LoadResult:
+            story("load")
+            if self.crash is not None:
+                raise self.crash
+            return load_result(job, self.latency_ms)
+
+        def fault_plan(*args: Any) -> FakeFaultPlan:
+            story("fault plan")
+            return self.plan
+
+        return Effects(
+            provenance=lambda: {"git_commit": "abc123", "versions": {}, "host": {}},
+            journal=lambda path, run_id: FakeJournal(story, path),
+            watchdog=watchdog,
+            steady_state=lambda target, scenario: story("steady state"),
+            scrape_tiers=lambda url: story("scrape"),  # the gateway's /metrics unreadable
+            fault_plan=fault_plan,
+            load=load,
+            monotonic_ns=lambda: CLOCK_NS,
+            sleep=lambda s: story(f"sleep {s:g}"),
+        )
+
+    def run(self, s: Scenario) -> RunOutcome:
+        self.plan = self.plan or FakeFaultPlan(self.story)
+        target = FakeTarget("http://target.invalid", self.tmp_path / "cluster" / "manifest.json")
+        settings = RunSettings("lifecycle.yaml", out_dir=self.tmp_path / "runs", progress=False)
+        return execute(
+            settings, s, FakeWhere(self.story, target), self.lines.append, self.effects()
+        )
+
+
+def saved(outcome: RunOutcome) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((outcome.run_dir / "run.json").read_text())
+    return data
+
+
+COMPLETE = [
+    "watchdog started",
+    "target up",
+    "steady state",
+    "scrape",
+    "fault plan",
+    "faults run",
+    "heal all",
+    "sleep 1",
+    "scrape",
+    "target stopped",
+    "watchdog released",
+    "journal closed",
+]
+
+
+def test_a_pass_runs_every_phase_in_order_and_records_the_verdict(tmp_path):
+    h = Harness(tmp_path)
+    outcome = h.run(scenario())
+    assert h.story.main() == COMPLETE
+    assert h.story.events.index("load") < h.story.events.index("heal all")
+    assert outcome.verdict is Verdict.PASS and outcome.exit_code == 0
+    assert outcome.message == "verdict PASS" and not outcome.interrupted
+    record = saved(outcome)
+    assert record["status"] == "complete" and record["verdict"] == "PASS"
+    assert record["errors"] == [] and record["git_commit"] == "abc123"
+    assert record["origin_mono_ns"] == CLOCK_NS + 3_000_000_000  # START_LEAD_S after the clock
+    assert [c["verdict"] for c in record["checks"]] == ["PASS"]
+    assert record["replay"].startswith("recchaos run lifecycle.yaml --seed 3")
+    assert h.lines[0].startswith(f"run {outcome.run_dir} (seed 3); replay with: recchaos run")
+    assert h.lines[-1] == "verdict: PASS"
+    details = json.loads((outcome.run_dir / "details.json").read_text())
+    assert details["fault_problems"] == [] and details["unaccounted"] == []
+
+
+def test_a_fail_is_judged_complete_with_the_failing_check(tmp_path):
+    h = Harness(tmp_path, latency_ms=50.0)
+    outcome = h.run(scenario())
+    assert h.story.main() == COMPLETE
+    assert outcome.verdict is Verdict.FAIL and outcome.exit_code == 1
+    record = saved(outcome)
+    assert record["status"] == "complete" and record["verdict"] == "FAIL"
+    [check] = record["checks"]
+    assert check["verdict"] == "FAIL"
+    assert check["message"].startswith("p99 50.")
+    assert "exceeds the SLO of 20.0 ms (lifecycle.yaml, slos[0])" in check["message"]
+
+
+def test_a_fault_that_was_not_applied_makes_the_run_inconclusive_and_says_why(tmp_path):
+    h = Harness(tmp_path)
+    problem = "kill(shard-0-primary) (faults[0]) was not applied: no process shard-0-primary"
+    h.plan = FakeFaultPlan(h.story, problems=[problem])
+    outcome = h.run(scenario([KILL]))
+    assert h.story.main() == COMPLETE
+    assert outcome.verdict is Verdict.INCONCLUSIVE and outcome.exit_code == 3
+    record = saved(outcome)
+    assert record["status"] == "complete" and record["verdict"] == "INCONCLUSIVE"
+    unsure = [c for c in record["checks"] if c["verdict"] == "INCONCLUSIVE"]
+    assert [(c["message"], c["where"], c["metric"]) for c in unsure] == [
+        (problem, "faults", "fault")
+    ]
+    details = json.loads((outcome.run_dir / "details.json").read_text())
+    assert details["fault_problems"] == [problem]
+
+
+def test_a_heal_that_failed_is_an_error_and_never_a_pass(tmp_path):
+    h = Harness(tmp_path)
+    h.plan = FakeFaultPlan(h.story, heal_errors=["kill(shard-0-primary): start timed out"])
+    outcome = h.run(scenario([KILL]))
+    assert h.story.main() == COMPLETE
+    assert outcome.verdict is Verdict.INCONCLUSIVE and outcome.exit_code == 3
+    record = saved(outcome)
+    assert record["status"] == "complete" and record["verdict"] == "INCONCLUSIVE"
+    assert record["errors"] == ["heal failed: kill(shard-0-primary): start timed out"]
+    assert outcome.evaluation is not None
+    assert outcome.evaluation.verdict is Verdict.INCONCLUSIVE  # the record's, not a PASS
+
+
+def test_a_heal_that_failed_leaves_a_fail_a_fail(tmp_path):
+    h = Harness(tmp_path, latency_ms=50.0)
+    h.plan = FakeFaultPlan(h.story, heal_errors=["kill(shard-0-primary): start timed out"])
+    outcome = h.run(scenario([KILL]))
+    assert outcome.verdict is Verdict.FAIL and saved(outcome)["verdict"] == "FAIL"
+
+
+def test_a_crash_during_the_load_heals_stops_and_records_incomplete(tmp_path):
+    h = Harness(tmp_path, crash=SutFailure("the gateway exited with code -9"))
+    outcome = h.run(scenario([KILL]))
+    assert h.story.main() == [
+        "watchdog started",
+        "target up",
+        "steady state",
+        "scrape",
+        "fault plan",
+        "faults run",
+        "heal all",
+        "target stopped",
+        "watchdog released",
+        "journal closed",
+    ]
+    assert outcome.verdict is None and outcome.exit_code == SutFailure.exit_code == 1
+    assert outcome.message == "SutFailure: the gateway exited with code -9"
+    record = saved(outcome)
+    assert record["status"] == "incomplete" and record["verdict"] is None
+    assert record["errors"] == ["SutFailure: the gateway exited with code -9"]
+    assert record["ended_wall"] is not None
+
+
+def test_ctrl_c_heals_stops_and_exits_130_with_a_partial_record(tmp_path):
+    h = Harness(tmp_path)
+    h.plan = FakeFaultPlan(h.story, interrupt=True)
+    outcome = h.run(scenario([KILL]))
+    assert h.story.main()[-5:] == [
+        "faults run",
+        "heal all",
+        "target stopped",
+        "watchdog released",
+        "journal closed",
+    ]
+    assert outcome.interrupted and outcome.verdict is None
+    assert outcome.exit_code == EXIT_INTERRUPTED == 130
+    assert outcome.message == "interrupted; partial record written"
+    record = saved(outcome)
+    assert record["status"] == "incomplete"
+    assert record["errors"] == ["interrupted (Ctrl-C): faults healed, target stopped"]
+
+
+def test_a_failed_steady_state_stops_the_target_before_any_load(tmp_path):
+    h = Harness(tmp_path)
+    effects = h.effects()
+
+    def unsteady(target: Any, s: Scenario) -> None:
+        raise SutFailure("steady state not reached within 30 s before any fault")
+
+    h.plan = FakeFaultPlan(h.story)
+    target = FakeTarget("http://target.invalid", tmp_path / "manifest.json")
+    settings = RunSettings("lifecycle.yaml", out_dir=tmp_path / "runs", progress=False)
+    outcome = execute(
+        settings,
+        scenario(),
+        FakeWhere(h.story, target),
+        h.lines.append,
+        replace(effects, steady_state=unsteady),
+    )
+    assert h.story.events == [
+        "watchdog started",
+        "target up",
+        "target stopped",
+        "watchdog released",
+        "journal closed",
+    ]
+    assert outcome.exit_code == 1 and saved(outcome)["status"] == "incomplete"
