@@ -21,7 +21,9 @@ What it adds to pytest:
 - the hook ``pytest_recchaos_run_scenario(settings, log)``, which runs one scenario item (a
   conftest can replace the runner, as the plugin's own tests do).
 
-The runner and the cluster are imported lazily, inside hooks and fixtures.
+Policy lives in the runner: which items share a cluster and when a shared one is discarded
+(:mod:`harness.runner.session`). The runner and the cluster are imported lazily, inside hooks
+and fixtures.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,7 @@ def resolve(config: pytest.Config, node: pytest.Item | None = None) -> ChaosSett
 
 _SETTINGS = pytest.StashKey[ChaosSettings]()
 _RESULTS = pytest.StashKey[list[dict[str, Any]]]()
-_POOL = pytest.StashKey["ClusterPool"]()
+_RUNNER = pytest.StashKey["SessionRunner"]()
 
 
 def session_settings(config: pytest.Config) -> ChaosSettings:
@@ -221,18 +222,15 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_RESULTS] = []
     fresh = config.getoption("--chaos-fresh-cluster") or config.getini("chaos_fresh_cluster")
-    if not fresh:
-        pool = ClusterPool(Path(config.stash[_SETTINGS].values["out_dir"]))
-        _POOLS.append(pool)
-        config.stash[_POOL] = pool
+    runner = SessionRunner(None if fresh else Path(config.stash[_SETTINGS].values["out_dir"]))
+    config.stash[_RUNNER] = runner
+    config.pluginmanager.register(runner, "recchaos-session-runner")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    pool = config.stash.get(_POOL, None)
-    if pool is not None:
-        pool.close()
-        if pool in _POOLS:
-            _POOLS.remove(pool)
+    runner = config.stash.get(_RUNNER, None)
+    if runner is not None:
+        runner.close()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -242,84 +240,27 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"recchaos: profile {s.profile}, seed {seed}, SLA {sla}, runs in {s.values['out_dir']}"
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_recchaos_run_scenario(settings: RunSettings, log: Any) -> Any:
-    """A scenario on the bundled recommender (local processes) runs against the cluster it
-    shares with the other items of the same target (:class:`ClusterPool`); any other, or every
-    one with ``--chaos-fresh-cluster``, starts and stops its own, as ``recchaos run`` does."""
-    from harness.runner.run import run, run_against
-    from harness.runner.settings import resolve_scenario
+class SessionRunner:
+    """The plugin's own ``pytest_recchaos_run_scenario`` (``trylast``), one per session: a
+    scenario item runs through :func:`harness.runner.session.run_scenario`, sharing the
+    session's :class:`~harness.runner.session.ClusterPool` (none with
+    ``--chaos-fresh-cluster``: every item starts its own cluster)."""
 
-    pool = _POOLS[-1] if _POOLS else None
-    if pool is None:
-        return run(settings, log=log)
-    scenario = resolve_scenario(settings)
-    options = ClusterPool.options_for(scenario)
-    if options is None:
-        return run(settings, log=log)
-    target = pool.get(options, log)
-    outcome = run_against(target, scenario, settings, log=log)
-    record = outcome.record
-    if outcome.verdict is None or outcome.verdict.value != "PASS" or (record and record.errors):
-        # A run that did not end clean may leave the cluster changed: the next item starts anew.
-        pool.discard(options)
-    return outcome
-
-
-class ClusterPool:
-    """The recommenders scenario items share: one per distinct target (shards, preset, Redis,
-    SLA), started when the first item needs it, stopped when a run does not end in a clean
-    PASS (so no item inherits a cluster in an unknown state) and at the end of the session.
-
-    Sharing saves each item the cluster's start and stop (about 12 s of the ~30 s a pr scenario
-    takes on 2 cores). Every run still checks the steady state (20 answers in a row at tier
-    primary) before its load, heals what it injected, and has its own run directory, journal
-    and watchdog; the session's watchdog stops a shared cluster if the test process dies. The
-    component logs are in the shared cluster's directory, which ``run.json`` names.
-    """
-
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path | None) -> None:
         self.out_dir = out_dir
-        self._up: dict[Any, tuple[Any, Any]] = {}  # options -> (target, its context manager)
-        self._started = 0
+        self.pool: Any = None
 
-    @staticmethod
-    def options_for(scenario: Any) -> Any:
-        """The cluster options for a scenario that can share one; None when it cannot."""
-        from harness.model.target import RecommenderTarget
-        from harness.sut.recommender import RecommenderOptions
+    @pytest.hookimpl(trylast=True)
+    def pytest_recchaos_run_scenario(self, settings: RunSettings, log: Any) -> Any:
+        from harness.runner.session import ClusterPool, run_scenario
 
-        t = scenario.target
-        if not isinstance(t, RecommenderTarget) or t.backend != "process" or t.args:
-            return None
-        return RecommenderOptions(
-            shards=t.shards, preset=t.preset, redis=t.redis, sla_ms=scenario.sla_ms
-        )
-
-    def get(self, options: Any, log: Any) -> Any:
-        if options not in self._up:
-            from harness.runner.session import shared_recommender
-
-            self._started += 1
-            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-            workdir = self.out_dir / f"{stamp}-shared-cluster-{os.getpid()}-{self._started}"
-            log(f"starting a shared recommender in {workdir} (items of this target reuse it)")
-            cm = shared_recommender(options, workdir, log)
-            target = cm.__enter__()
-            self._up[options] = (target, cm)
-        return self._up[options][0]
-
-    def discard(self, options: Any) -> None:
-        entry = self._up.pop(options, None)
-        if entry is not None:
-            entry[1].__exit__(None, None, None)
+        if self.pool is None and self.out_dir is not None:
+            self.pool = ClusterPool(self.out_dir)
+        return run_scenario(settings, self.pool, log)
 
     def close(self) -> None:
-        for options in list(self._up):
-            self.discard(options)
-
-
-_POOLS: list[ClusterPool] = []
+        if self.pool is not None:
+            self.pool.close()
 
 
 # -- markers: requirements and the nightly profile ----------------------------------------------
@@ -670,11 +611,10 @@ def recommender_options(pytestconfig: pytest.Config) -> Any:
 def recommender(recommender_options: Any, pytestconfig: pytest.Config) -> Iterator[Any]:
     """The recommender, started once for the session (``RunningTarget``: ``base_url``,
     ``cluster``, ``manifest_path``) and always stopped at the end."""
-    from harness.runner.session import shared_recommender
+    from harness.runner.session import session_workdir, shared_recommender
 
     out = Path(session_settings(pytestconfig).values["out_dir"])
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    workdir = out / f"{stamp}-pytest-session-{os.getpid()}"
+    workdir = session_workdir(out, "pytest-session")
     with shared_recommender(recommender_options, workdir) as target:
         yield target
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -484,23 +485,40 @@ def test_the_repository_loads_the_plugin_once_from_its_conftest_and_entry_point(
     assert "scenarios/steady_state.yaml::steady_state" in out.stdout
 
 
-def test_scenario_items_share_a_cluster_only_for_the_local_recommender():
-    """Which scenarios may run against a shared cluster: the bundled recommender as local
-    processes, keyed by what the cluster is started with (items that differ get their own)."""
-    from dataclasses import replace
+@pytest.mark.parametrize(
+    ("args", "ini", "pooled"),
+    [
+        ((), "", True),
+        (("--chaos-fresh-cluster",), "", False),
+        ((), "chaos_fresh_cluster = true", False),
+    ],
+)
+def test_items_share_clusters_unless_told_to_start_fresh_ones(
+    chaos_dir, monkeypatch, args, ini, pooled
+):
+    """The plugin's own runner hands each item to the session code with the session's cluster
+    pool, or with none under --chaos-fresh-cluster; the pool is closed with the session."""
+    import harness.runner.session as session
 
-    from harness.model.scenario import load_scenario
-    from harness.pytest_plugin import ClusterPool
+    seen: list[Any] = []
+    closed: list[bool] = []
 
-    kill = load_scenario("scenarios/primary_kill.yaml")
-    freeze = load_scenario("scenarios/primary_freeze.yaml")
-    a, b = ClusterPool.options_for(kill), ClusterPool.options_for(freeze)
-    assert a is not None and a == b and hash(a) == hash(b)  # one cluster for both
-    assert ClusterPool.options_for(replace(kill, sla_ms=30.0)) != a
-    assert (
-        ClusterPool.options_for(replace(kill, target=replace(kill.target, backend="docker")))
-        is None
-    )
-    assert (
-        ClusterPool.options_for(replace(kill, target=replace(kill.target, args=("--x",)))) is None
-    )
+    def run_scenario(settings, pool, log):
+        seen.append(pool)
+        raise RuntimeError("stop here: the runner was reached")
+
+    monkeypatch.setattr(session, "run_scenario", run_scenario)
+    monkeypatch.setattr(session.ClusterPool, "close", lambda self: closed.append(True))
+    chaos_dir.makeconftest("")  # no fake runner: the plugin's own
+    if ini:
+        chaos_dir.makeini(f"[pytest]\n{ini}\n")
+    write(chaos_dir, "scenarios/pass_one.yaml", scenario_yaml("pass_one"))
+    result = run(chaos_dir, *args)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*RuntimeError: stop here: the runner was reached*"])
+    [pool] = seen
+    if pooled:
+        assert isinstance(pool, session.ClusterPool) and pool.out_dir == chaos_dir.path / "runs"
+        assert closed == [True]
+    else:
+        assert pool is None and closed == []
