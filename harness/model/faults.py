@@ -1,10 +1,9 @@
-"""Fault kinds, fault specs and the seeded random fault schedule spec. Pure data plus readers.
+"""Fault specs and the seeded random fault schedule spec, and their readers. Pure data.
 
-:data:`FAULT_KINDS` is the one table of what can be injected: the mechanism that applies it
-(signals, the userspace fault proxy, iptables, cgroups, fault points in the shard server, or a
-dependency outage), which components it may target, and its parameters with their defaults.
 A :class:`FaultSpec` says when (``at_s`` after load start), for how long (``duration_s``, or
-``None`` for healed at the end of the load), what and where.
+``None`` for healed at the end of the load), what and where. What a kind is (its parameters,
+defaults, limits and targets) is the registry's, :data:`harness.model.fault_kinds.FAULT_KINDS`;
+the readers here apply it.
 """
 
 from __future__ import annotations
@@ -14,11 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.model.errors import MISSING, Problem
-from harness.model.target import COMPONENT_PATTERN, RecommenderTarget, Target
+from harness.model.fault_kinds import (
+    FAULT_KINDS,
+    MECHANISMS,
+    allowed_targets,
+    default_target,
+    describe_targets,
+)
+from harness.model.target import COMPONENT_PATTERN, Target
 from harness.model.validate import (
     INVALID,
     REQUIRED,
-    Conv,
     Fields,
     any_invalid,
     choice,
@@ -27,100 +32,6 @@ from harness.model.validate import (
     number,
     string,
 )
-
-_RATE = number(0, 1, lo_open=True, unit="share of requests")
-
-
-@dataclass(frozen=True)
-class Param:
-    conv: Conv
-    default: Any = REQUIRED
-
-
-# Which way through the fault proxy: upstream is client to server (as the proxy names them).
-_DIRECTION = Param(choice(("upstream", "downstream", "both")), "downstream")
-
-
-@dataclass(frozen=True)
-class FaultKind:
-    """What a fault kind needs: mechanism, allowed targets (a rule name), parameters."""
-
-    mechanism: str
-    targets: str
-    params: dict[str, Param]
-    takes_down: bool = False
-    root: bool = False
-
-
-FAULT_KINDS: dict[str, FaultKind] = {
-    "kill": FaultKind("signal", "any", {}, takes_down=True),
-    "terminate": FaultKind(
-        "signal", "any", {"grace_s": Param(number(0, 600, unit="s"), 5.0)}, takes_down=True
-    ),
-    "freeze": FaultKind("signal", "any", {}, takes_down=True),
-    "restart": FaultKind(
-        "signal", "any", {"delay_s": Param(number(0, 3600, unit="s"), 1.0)}, takes_down=True
-    ),
-    "latency": FaultKind(
-        "proxy",
-        "proxied",
-        {
-            "delay_ms": Param(number(0, 600_000, lo_open=True, unit="ms")),
-            "jitter_ms": Param(number(0, 600_000, unit="ms"), 0.0),
-            "direction": _DIRECTION,
-        },
-    ),
-    "bandwidth": FaultKind(
-        "proxy",
-        "proxied",
-        {
-            "rate_kbps": Param(number(0, 10_000_000, lo_open=True, unit="KiB/s")),
-            "direction": _DIRECTION,
-        },
-    ),
-    "blackhole": FaultKind(
-        "proxy",
-        "proxied",
-        {"mode": Param(choice(("drop", "hold")), "drop"), "direction": _DIRECTION},
-        takes_down=True,
-    ),
-    "reset": FaultKind(
-        "proxy", "proxied", {"direction": Param(choice(("both",)), "both")}, takes_down=True
-    ),
-    "slicer": FaultKind(
-        "proxy",
-        "proxied",
-        {
-            "average_size": Param(integer(1, 65_536), 64),
-            "size_variation": Param(integer(0, 65_536), 32),
-            "delay_us": Param(integer(0, 1_000_000), 100),
-            "direction": _DIRECTION,
-        },
-    ),
-    "partition": FaultKind("iptables", "port", {}, takes_down=True, root=True),
-    "packet_loss": FaultKind("iptables", "port", {"probability": Param(_RATE)}, root=True),
-    "cpu_throttle": FaultKind(
-        "cgroup",
-        "any",
-        {"cpu_fraction": Param(number(0, 1, lo_open=True, unit="share of one core"))},
-        root=True,
-    ),
-    "cpu_freeze": FaultKind("cgroup", "any", {}, takes_down=True, root=True),
-    "app_error": FaultKind("fault_point", "shard", {"rate": Param(_RATE, 1.0)}),
-    "app_delay": FaultKind(
-        "fault_point",
-        "shard",
-        {"delay_ms": Param(number(0, 600_000, lo_open=True, unit="ms")), "rate": Param(_RATE, 1.0)},
-    ),
-    "app_nan": FaultKind("fault_point", "shard", {"rate": Param(_RATE, 1.0)}),
-    "app_wrong_shape": FaultKind("fault_point", "shard", {"rate": Param(_RATE, 1.0)}),
-    "redis_down": FaultKind("dependency", "redis", {}, takes_down=True),
-    "region_down": FaultKind("dependency", "region", {}, takes_down=True),
-    # docker network disconnect/reconnect: the docker backend only (docs/docker.md)
-    "disconnect": FaultKind("docker", "container", {}, takes_down=True),
-}
-
-_DEFAULT_TARGET = {"redis": "redis", "region": "region"}
 
 
 @dataclass(frozen=True)
@@ -186,44 +97,21 @@ class RandomFaultSchedule:
         }
 
 
-def allowed_targets(kind: str, target: Target) -> tuple[str, ...]:
-    """The components of ``target`` that a fault of ``kind`` may hit."""
-    rule = FAULT_KINDS[kind].targets
-    if rule == "any":
-        return target.component_names()
-    if rule == "proxied":
-        return target.proxied()
-    if rule == "shard":
-        return target.shard_copies()
-    if rule == "port":
-        return target.component_names() if isinstance(target, RecommenderTarget) else ()
-    if rule == "container":
-        return target.containers() if isinstance(target, RecommenderTarget) else ()
-    return (rule,) if rule in target.component_names() else ()
-
-
-def describe_targets(kind: str, target: Target) -> str:
-    names = allowed_targets(kind, target)
-    if not names and FAULT_KINDS[kind].targets == "container":
-        return f"no component: {kind} faults need the recommender target with backend: docker"
-    if not names:
-        return (
-            f"no component of this {target.kind} target ({kind} faults need the recommender"
-            " target" + (" with redis: true)" if kind == "redis_down" else ")")
-        )
-    if len(names) > 6:
-        return f"one of {', '.join(names[:4])}, ..., {names[-1]}"
-    return "one of " + ", ".join(names)
-
-
-def read_params(kind: str, data: Any, path: str, problems: list[Problem]) -> Any:
+def read_params(
+    kind: str, data: Any, path: str, problems: list[Problem], duration_s: float | None = None
+) -> Any:
+    """The parameters of a ``kind`` fault, complete (defaults filled in) and checked against
+    the registry's limits and rules (``duration_s``: the fault's, where known)."""
+    spec = FAULT_KINDS[kind]
     f = Fields(data, path, problems)
-    out = {name: f.get(name, p.conv, p.default) for name, p in FAULT_KINDS[kind].params.items()}
+    out = {name: f.get(name, p.conv, p.default) for name, p in spec.params.items()}
     f.finish()
     if not f.ok or any_invalid(*out.values()):
         return INVALID
-    if out.get("jitter_ms", 0) > out.get("delay_ms", 0):  # a delay never goes below zero
-        return f.add("jitter_ms", out["jitter_ms"], f"a number <= delay_ms ({out['delay_ms']:g})")
+    broken = spec.check(out, duration_s)
+    if broken is not None:
+        name, allowed = broken
+        return f.add(name, out[name], allowed)
     return out
 
 
@@ -235,16 +123,17 @@ def read_fault(
     at_s = f.get("at_s", number(0, unit="seconds after load start"))
     duration = _read_duration(f)
     raw_params = f.raw("params", {})
-    params = INVALID if kind is INVALID else read_params(kind, raw_params, f.at("params"), problems)
+    known_duration = None if duration is INVALID else duration
+    params = (
+        INVALID
+        if kind is INVALID
+        else read_params(kind, raw_params, f.at("params"), problems, known_duration)
+    )
     name = _read_target_name(f, kind, target)
     f.finish()
     if not f.ok or any_invalid(kind, at_s, duration, params, name):
         return None
-    spec = FaultSpec(kind, name, at_s, duration, params, origin=origin)
-    if kind == "restart" and duration is not None and params["delay_s"] > duration:
-        f.add("params.delay_s", params["delay_s"], f"a number <= duration_s ({duration:g} s)")
-        return None
-    return spec
+    return FaultSpec(kind, name, at_s, duration, params, origin=origin)
 
 
 def _read_duration(f: Fields) -> Any:
@@ -258,13 +147,13 @@ def _read_duration(f: Fields) -> Any:
 
 
 def _read_target_name(f: Fields, kind: Any, target: Target | None) -> Any:
-    rule = FAULT_KINDS[kind].targets if kind is not INVALID else ""
-    default = _DEFAULT_TARGET.get(rule, REQUIRED)
-    name = f.get("target", string(COMPONENT_PATTERN, "a component name"), default)
+    default = default_target(kind) if kind is not INVALID else None
+    conv = string(COMPONENT_PATTERN, "a component name")
+    name = f.get("target", conv, REQUIRED if default is None else default)
     if kind is INVALID or target is None or name is INVALID:
         return name
     if name not in allowed_targets(kind, target):
-        hint = f"{kind} faults go through {FAULT_KINDS[kind].mechanism}"
+        hint = f"{kind} faults go through {MECHANISMS[FAULT_KINDS[kind].mechanism]}"
         return f.add("target", name, describe_targets(kind, target), hint)
     return name
 
@@ -280,7 +169,7 @@ def read_random_schedule(
     start = f.get("start_s", number(0, unit="seconds after load start"), None)
     end = f.get("end_s", number(0, lo_open=True, unit="seconds after load start"), None)
     seed = f.get("seed", integer(0, 2**63 - 1), None)
-    params = _read_kind_params(f, kinds)
+    params = _read_kind_params(f, kinds, None if duration is INVALID else duration)
     f.finish()
     if not f.ok or any_invalid(every, duration, kinds, patterns, start, end, seed, params):
         return None
@@ -334,15 +223,14 @@ def _read_patterns(f: Fields, kinds: Any, target: Target | None) -> Any:
     return tuple(raw)
 
 
-def _read_kind_params(f: Fields, kinds: Any) -> Any:
+def _read_kind_params(f: Fields, kinds: Any, duration_s: float | None) -> Any:
     raw = f.raw("params", {})
     if not isinstance(raw, dict):
         return f.add("params", raw, "a mapping of fault kind to its parameters")
     out: dict[str, Any] = {}
     for kind in kinds if kinds is not INVALID else ():
-        out[kind] = read_params(
-            kind, raw.get(kind, {}), join_path(f.at("params"), kind), f.problems
-        )
+        path = join_path(f.at("params"), kind)
+        out[kind] = read_params(kind, raw.get(kind, {}), path, f.problems, duration_s)
     for kind in raw:
         if kinds is not INVALID and kind not in kinds:
             f.problems.append(
