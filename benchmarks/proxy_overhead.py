@@ -3,7 +3,7 @@
 An echo server (its own process: uvloop, asyncio Protocol, TCP_NODELAY, like a shard server)
 answers every request with the same bytes. The client sends ``--size`` bytes and waits for the
 echo (closed loop, one connection, TCP_NODELAY), either directly (``direct``) or through one
-proxy process (``proxy``: :func:`harness.inject.proxy_client.start_proxy`, no fault). A third
+proxy process (``proxy``: :func:`harness.proxy.client.start_proxy`, no fault). A third
 mode (``proxy+Nms``) turns on an N ms downstream latency fault to show how close the median
 shift comes to N. Blocks of ``--n`` round trips run interleaved for ``--rounds`` rounds (these
 VMs drift), each mode on a fresh connection. CPU per round trip: the proxy's and the echo
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.inject.proxy_client import ProxyProcess, start_proxy  # noqa: E402
+from harness.proxy.client import ProxyProcess, start_proxy  # noqa: E402
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 

@@ -1,22 +1,22 @@
 """Fault injectors: side effects, one module per mechanism (signals, the userspace TCP fault
-proxy, iptables, cgroups, fault points, dependency outages) behind one protocol
-(:class:`~harness.inject.base.Injector`: apply, verify, heal, heal_action), and the journal the
-watchdog heals from. Mechanism modules are imported only when a fault of theirs is made."""
+proxy, iptables, cgroups, fault points, dependency outages, docker) behind one protocol
+(:class:`~harness.inject.base.Injector`: apply, verify, heal, heal_action), the stack that applies
+and always heals them, and the journal the watchdog heals from. What each fault kind is, and which
+injector applies it, is the fault registry's (:mod:`harness.model.fault_kinds`); mechanism modules
+are imported only when a fault of theirs is made."""
 
 from harness.inject.base import (
     KINDS,
     Component,
-    FaultEvent,
     FaultStack,
     FaultUnsupported,
     HealError,
     InjectContext,
     InjectError,
     Injector,
-    apply_and_record,
+    StackedFault,
+    complete_params,
     execute_heal_action,
-    heal_all,
-    heal_and_record,
     make_injector,
 )
 from harness.inject.journal import Journal, unhealed
@@ -24,7 +24,6 @@ from harness.inject.journal import Journal, unhealed
 __all__ = [
     "KINDS",
     "Component",
-    "FaultEvent",
     "FaultStack",
     "FaultUnsupported",
     "HealError",
@@ -32,10 +31,9 @@ __all__ = [
     "InjectError",
     "Injector",
     "Journal",
-    "apply_and_record",
+    "StackedFault",
+    "complete_params",
     "execute_heal_action",
-    "heal_all",
-    "heal_and_record",
     "make_injector",
     "unhealed",
 ]

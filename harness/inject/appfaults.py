@@ -121,7 +121,7 @@ def merged_faults(faults: Mapping[int, Mapping[str, Any]], seed: int) -> dict[st
 
 def fault_fields(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """The server's fields for one fault kind, from the scenario's parameters."""
-    rate = float(params.get("rate", 1.0))
+    rate = float(params["rate"])
     if kind == "app_delay":
         return {"delay_ms": float(params["delay_ms"]), "delay_rate": rate}
     return {POINTS[kind][1]: rate}

@@ -2,15 +2,17 @@
 helpers that apply, verify, record and always heal them.
 
 An :class:`Injector` is built by :func:`make_injector` from a fault kind, a target component and
-parameters (the scenario's names, see :data:`harness.model.faults.FAULT_KINDS`). It can
+parameters: the fault registry (:data:`harness.model.fault_kinds.FAULT_KINDS`) names the factory
+for the context's backend and the parameters, which arrive complete and validated. It can
 ``apply()`` the fault, ``verify()`` that the fault took effect (evidence, not hope: a process state,
 a packet counter, a proxy counter, a fault-point counter), ``heal()`` it (idempotent; harmless on a
 fault that was never or only half applied) and describe its heal as pure data, ``heal_action()``,
 that :func:`execute_heal_action` (and so the watchdog process) can run without the injector.
 
-:class:`FaultStack` is what a runner uses: it journals each fault before it is applied, records a
-:class:`FaultEvent` with monotonic and wall times, and in ``heal_all`` heals every fault in
-reverse order, recording a failed heal and still running the others.
+:class:`FaultStack` is what a runner uses: it journals each fault before it is applied, records
+its timeline entry (the run record's :class:`~harness.model.record.FaultEvent`) with monotonic
+and wall times, and in ``heal_all`` heals every fault in reverse order, recording a failed heal
+and still running the others.
 """
 
 from __future__ import annotations
@@ -23,15 +25,17 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from harness.model.errors import HarnessError, Inconclusive, Problem, RecchaosError, UsageError
+from harness.model.fault_kinds import FAULT_KINDS, unsupported_reason
+from harness.model.faults import read_params
+from harness.model.record import FaultEvent
 
 if TYPE_CHECKING:
     from harness.inject.journal import Journal
-    from harness.model.record import FaultEvent as RecordFaultEvent
 
 
 class FaultUnsupported(Inconclusive):
@@ -181,11 +185,12 @@ class InjectContext:
         if self.proxy_client is not None:
             return self.proxy_client
         if not self.proxy_url:
+            kinds = [k.name for k in FAULT_KINDS.values() if k.mechanism == "proxy"]
             raise UsageError(
-                "no fault proxy in this run (proxy_url is unset): latency, bandwidth, "
-                "blackhole, reset and slicer faults need the target started with its proxy"
+                f"no fault proxy in this run (proxy_url is unset): {', '.join(kinds)} faults"
+                " need the target started with its proxy"
             )
-        from harness.inject.proxy_client import ProxyClient
+        from harness.proxy.client import ProxyClient
 
         return ProxyClient(self.proxy_url)
 
@@ -257,99 +262,31 @@ NO_ACTION: dict[str, Any] = {"action": "none"}
 
 # -- making injectors ---------------------------------------------------------------------------
 
-# kind -> (module, factory); factories take (kind, target, params, ctx).
-_FACTORIES: dict[str, tuple[str, str]] = {
-    "kill": ("harness.inject.signals", "KillInjector"),
-    "terminate": ("harness.inject.signals", "KillInjector"),
-    "freeze": ("harness.inject.signals", "FreezeInjector"),
-    "restart": ("harness.inject.signals", "RestartInjector"),
-    "latency": ("harness.inject.network", "ProxyFaultInjector"),
-    "bandwidth": ("harness.inject.network", "ProxyFaultInjector"),
-    "blackhole": ("harness.inject.network", "ProxyFaultInjector"),
-    "reset": ("harness.inject.network", "ProxyFaultInjector"),
-    "slicer": ("harness.inject.network", "ProxyFaultInjector"),
-    "partition": ("harness.inject.netfilter", "NetfilterInjector"),
-    "packet_loss": ("harness.inject.netfilter", "NetfilterInjector"),
-    "cpu_throttle": ("harness.inject.cgroups", "CgroupInjector"),
-    "cpu_freeze": ("harness.inject.cgroups", "CgroupInjector"),
-    "cgroup_freeze": ("harness.inject.cgroups", "CgroupInjector"),
-    "app_error": ("harness.inject.appfaults", "AppFaultInjector"),
-    "app_delay": ("harness.inject.appfaults", "AppFaultInjector"),
-    "app_nan": ("harness.inject.appfaults", "AppFaultInjector"),
-    "app_wrong_shape": ("harness.inject.appfaults", "AppFaultInjector"),
-    "redis_down": ("harness.inject.deps", "make_dependency_injector"),
-    "region_down": ("harness.inject.deps", "make_dependency_injector"),
-    "disconnect": ("harness.inject.containers", "make_disconnect"),
-}
-# The docker backend (a manifest with "backend": "docker") has one factory for every kind.
-_DOCKER_FACTORY = ("harness.inject.containers", "make_container_injector")
-KINDS: tuple[str, ...] = tuple(_FACTORIES)
-
-# Kinds known under a second name: the scenario table calls the cgroup freezer ``cpu_freeze``.
-_KIND_ALIASES = {"cgroup_freeze": "cpu_freeze"}
-
-# Parameter names accepted besides the scenario's (name -> (scenario name, conversion)).
-_PARAM_ALIASES: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
-    "latency": {"ms": ("delay_ms", lambda v: v)},
-    "bandwidth": {"bytes_per_s": ("rate_kbps", lambda v: v / 1024 if _is_num(v) else v)},
-    "cpu_throttle": {"percent": ("cpu_fraction", lambda v: v / 100 if _is_num(v) else v)},
-    "app_error": {"error_rate": ("rate", lambda v: v)},
-    "app_delay": {"delay_rate": ("rate", lambda v: v)},
-    "app_nan": {"nan_rate": ("rate", lambda v: v)},
-    "app_wrong_shape": {"wrong_shape_rate": ("rate", lambda v: v)},
-}
-# Parameters only the injector layer knows (not in the scenario table): name -> allowed values.
-_EXTRA_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
-    "redis_down": {"mode": ("kill", "stop")},
-    "region_down": {"mode": ("kill", "blackhole")},
-}
+KINDS: tuple[str, ...] = tuple(FAULT_KINDS)
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def normalize_params(kind: str, target: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The parameters of ``kind`` with aliases translated, validated, defaults filled in.
+def complete_params(kind: str, target: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The parameters of ``kind``, checked against the fault registry, defaults filled in.
 
     Raises :class:`UsageError` naming the fault, the parameter, the value and what is allowed.
     """
-    from harness.model.faults import FAULT_KINDS, read_params
-
-    raw = dict(params or {})
-    for alias, (name, conv) in _PARAM_ALIASES.get(kind, {}).items():
-        if alias in raw:
-            if name in raw:
-                raise UsageError(
-                    f"{kind}({target}): params gives both {alias!r} and {name!r}; give one"
-                )
-            raw[name] = conv(raw.pop(alias))
-    extra: dict[str, Any] = {}
-    for name, allowed in _EXTRA_CHOICES.get(kind, {}).items():
-        value = raw.pop(name, allowed[0])
-        if value not in allowed:
-            raise UsageError(
-                f"{kind}({target}): params.{name}: got {value!r}; allowed: one of "
-                + ", ".join(allowed)
-            )
-        extra[name] = value
     problems: list[Problem] = []
-    out = read_params(_KIND_ALIASES.get(kind, kind), raw, "params", problems)
+    out = read_params(kind, dict(params or {}), "params", problems)
     if problems:
         text = "; ".join(p.describe() for p in problems)
-        known = list(FAULT_KINDS[_KIND_ALIASES.get(kind, kind)].params)
-        known += list(_PARAM_ALIASES.get(kind, {})) + list(_EXTRA_CHOICES.get(kind, {}))
-        raise UsageError(
-            f"{kind}({target}): {text} (parameters of {kind}: {', '.join(known) or 'none'})"
-        )
-    return {**out, **extra}
+        known = ", ".join(FAULT_KINDS[kind].params) or "none"
+        raise UsageError(f"{kind}({target}): {text} (parameters of {kind}: {known})")
+    return dict(out)
 
 
 def make_injector(
     kind: str, target: str, params: Mapping[str, Any] | None, ctx: InjectContext
 ) -> Injector:
-    """An injector for ``kind`` on ``target``; raises :class:`UsageError` naming what is wrong."""
-    if kind not in _FACTORIES:
+    """The injector the fault registry names for ``kind`` on the context's backend, given
+    complete, validated parameters. A kind the backend cannot run gives an injector whose
+    ``apply()`` raises :class:`FaultUnsupported`. Raises :class:`UsageError` naming what is
+    wrong with the kind, the target or the parameters."""
+    if kind not in FAULT_KINDS:
         raise UsageError(
             f"unknown fault kind {kind!r} (target {target!r}); allowed: {', '.join(KINDS)}"
         )
@@ -358,11 +295,40 @@ def make_injector(
         raise UsageError(
             f"{kind}({target}): no component {target!r} in this target; known: {known}"
         )
-    clean = normalize_params(kind, target, params)
-    module, factory = _DOCKER_FACTORY if ctx.backend == "docker" else _FACTORIES[kind]
-    make = getattr(importlib.import_module(module), factory)
-    injector: Injector = make(kind, target, clean, ctx)
+    clean = complete_params(kind, target, params)
+    backend = FAULT_KINDS[kind].backends.get(ctx.backend)
+    if backend is None:
+        return Unsupported(kind, target, clean, ctx, unsupported_reason(kind, ctx.backend))
+    injector: Injector = load_factory(backend.injector)(kind, target, clean, ctx)
     return injector
+
+
+def load_factory(name: str) -> Callable[..., Any]:
+    """The object a ``"module:name"`` string names (the registry's injectors)."""
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+
+class Unsupported(BaseInjector):
+    """A kind the context's backend has no mechanism for: ``apply`` raises FaultUnsupported."""
+
+    def __init__(
+        self, kind: str, target: str, params: Mapping[str, Any], ctx: InjectContext, reason: str
+    ) -> None:
+        super().__init__(kind, target, params, ctx)
+        self.reason = reason
+
+    def apply(self) -> None:
+        raise FaultUnsupported(self.kind, self.target, self.reason)
+
+    def verify(self) -> tuple[bool, str]:
+        return False, "not applied"
+
+    def heal(self) -> None:
+        pass
+
+    def heal_action(self) -> dict[str, Any]:
+        return dict(NO_ACTION)
 
 
 # -- heal actions: pure data a process without the injector can execute --------------------------
@@ -378,6 +344,8 @@ _ACTIONS: dict[str, tuple[str, str]] = {
     "docker_cpu_reset": ("harness.inject.containers", "execute_cpu_reset"),
     "docker_netns_drop_chain": ("harness.inject.containers", "execute_netns_drop_chain"),
 }
+HEAL_ACTIONS: tuple[str, ...] = ("none", *_ACTIONS)
+"""Every heal action :func:`execute_heal_action` runs (the names the fault registry lists)."""
 
 
 def execute_heal_action(action: Mapping[str, Any]) -> str:
@@ -386,7 +354,7 @@ def execute_heal_action(action: Mapping[str, Any]) -> str:
     if name == "none":
         return "nothing to do"
     if name not in _ACTIONS:
-        raise HealError(f"unknown heal action {name!r}; allowed: none, {', '.join(_ACTIONS)}")
+        raise HealError(f"unknown heal action {name!r}; allowed: {', '.join(HEAL_ACTIONS)}")
     module, func = _ACTIONS[str(name)]
     result: str = getattr(importlib.import_module(module), func)(action)
     return result
@@ -396,62 +364,40 @@ def execute_heal_action(action: Mapping[str, Any]) -> str:
 
 
 @dataclass
-class FaultEvent:
-    """One fault as it happened: times of apply and heal (monotonic ns and wall seconds, taken
-    when the fault was in effect and when it was gone), whether its effect was seen, and any
-    error of apply or heal."""
+class StackedFault:
+    """One fault on a :class:`FaultStack`: its injector, where it came from (``faults[2]``), its
+    journal id, its timeline entry once it is in effect (the run record's
+    :class:`~harness.model.record.FaultEvent`, times relative to the stack's origin), the
+    latest evidence, and what went wrong applying or healing it."""
 
-    kind: str
-    target: str
-    params: dict[str, Any]
+    injector: Injector
     origin: str = ""
     uid: str = ""
-    inject_mono_ns: int | None = None
-    inject_wall: float | None = None
-    heal_mono_ns: int | None = None
-    heal_wall: float | None = None
-    verified: bool = False
+    event: FaultEvent | None = None
     verify_note: str = ""
     apply_error: str = ""
     heal_error: str = ""
+    heal_ran: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.kind}({self.target})"
+        return f"{self.injector.kind}({self.injector.target})"
+
+    @property
+    def verified(self) -> bool:
+        return self.event is not None and self.event.verified
 
     @property
     def healed(self) -> bool:
-        return self.heal_mono_ns is not None and not self.heal_error
+        return self.heal_ran and not self.heal_error
 
-    def to_record(self, origin_mono_ns: int) -> RecordFaultEvent:
-        """The run record's timeline entry (times relative to the run's monotonic origin)."""
-        from harness.model.record import FaultEvent as RecordFaultEvent
-
-        if self.inject_mono_ns is None or self.inject_wall is None:
-            raise ValueError(f"{self.label} was never applied; it has no timeline entry")
-        notes = [self.verify_note]
-        notes += [f"heal failed: {self.heal_error}"] if self.heal_error else []
-        return RecordFaultEvent(
-            kind=self.kind,
-            target=self.target,
-            params=dict(self.params),
-            origin=self.origin,
-            inject_ns=self.inject_mono_ns - origin_mono_ns,
-            inject_wall=self.inject_wall,
-            heal_ns=None if self.heal_mono_ns is None else self.heal_mono_ns - origin_mono_ns,
-            heal_wall=self.heal_wall,
-            verified=self.verified,
-            note="; ".join(n for n in notes if n),
-        )
+    @property
+    def active(self) -> bool:
+        """In effect, and no heal has run yet."""
+        return self.event is not None and not self.heal_ran
 
 
 _uids = itertools.count(1)
-
-
-def _journal_of(injector: Injector) -> Journal | None:
-    """The journal of the injector's context (a ``FaultStack`` may pass its own instead)."""
-    ctx = getattr(injector, "ctx", None)
-    return getattr(ctx, "journal", None)
 
 
 def safe_verify(injector: Injector) -> tuple[bool, str]:
@@ -463,119 +409,107 @@ def safe_verify(injector: Injector) -> tuple[bool, str]:
         return False, f"verify failed: {type(exc).__name__}: {exc}"
 
 
-def apply_and_record(
-    injector: Injector,
-    journal: Journal | None = None,
-    origin: str = "",
-    event: FaultEvent | None = None,
-) -> FaultEvent:
-    """Journal, apply and verify ``injector``; the event says when the fault was in effect.
-
-    A fault that fails half-way is healed at once (recorded in the event) and raises
-    :class:`InjectError` (or the :class:`FaultUnsupported` / :class:`UsageError` /
-    :class:`HarnessError` it raised); the heal is idempotent, so a later ``heal_all`` is harmless.
-    """
-    if event is None:
-        event = FaultEvent(injector.kind, injector.target, dict(injector.params), origin)
-    event.uid = event.uid or f"{os.getpid()}-{next(_uids)}"
-    journal = journal if journal is not None else _journal_of(injector)
-    if journal is not None:
-        journal.record_apply(event.uid, injector, stage="apply")
-    try:
-        injector.apply()
-    except BaseException as exc:
-        event.apply_error = f"{type(exc).__name__}: {exc}"
-        heal_and_record(injector, event, journal, verify_first=False)
-        if isinstance(exc, RecchaosError) or not isinstance(exc, Exception):
-            raise
-        raise InjectError(f"applying {event.label} failed: {event.apply_error}") from exc
-    event.inject_mono_ns, event.inject_wall = time.monotonic_ns(), time.time()
-    if journal is not None:
-        journal.record_apply(event.uid, injector, stage="applied")
-    event.verified, event.verify_note = safe_verify(injector)
-    return event
-
-
-def heal_and_record(
-    injector: Injector,
-    event: FaultEvent | None = None,
-    journal: Journal | None = None,
-    verify_first: bool = True,
-) -> FaultEvent:
-    """Heal one fault; a failure is recorded in the event (``heal_error``), never raised.
-
-    An unverified fault is verified once more first: proxy, packet and fault-point counters
-    only move once traffic has passed. A fault already healed successfully is left alone (its
-    heal time stays the one of its scheduled end).
-    """
-    if event is None:
-        event = FaultEvent(injector.kind, injector.target, dict(injector.params))
-    if event.healed:
-        return event
-    journal = journal if journal is not None else _journal_of(injector)
-    if verify_first and not event.verified and event.inject_mono_ns is not None:
-        event.verified, event.verify_note = safe_verify(injector)
-    try:
-        injector.heal()
-        event.heal_error = ""
-    except Exception as exc:
-        event.heal_error = f"{type(exc).__name__}: {exc}"
-    event.heal_mono_ns, event.heal_wall = time.monotonic_ns(), time.time()
-    if journal is not None and event.uid:
-        journal.record_heal(event.uid, ok=not event.heal_error, error=event.heal_error)
-    return event
-
-
-def heal_all(
-    injectors: Iterable[Injector],
-    events: Iterable[FaultEvent | None] | None = None,
-    journal: Journal | None = None,
-) -> list[str]:
-    """Heal every injector in reverse order, each even if another failed; returns the errors
-    (``"kind(target): message"``), one per failed heal, to be recorded as infrastructure errors."""
-    pairs = list(itertools.zip_longest(list(injectors), list(events or ())))
-    errors = []
-    for injector, event in reversed(pairs):
-        if injector is None:
-            continue
-        done = heal_and_record(injector, event, journal)
-        if done.heal_error:
-            errors.append(f"{done.label}: {done.heal_error}")
-    return errors
-
-
 class FaultStack:
-    """The faults of one run: applied in order, healed on schedule, and all healed at the end
-    (in reverse order) by ``heal_all`` or on leaving the ``with`` block. Without a journal of
-    its own, each fault is journaled in its context's journal (``InjectContext.journal``)."""
+    """The faults of one run: each journaled before it is applied, recorded with its inject and
+    heal times (monotonic nanoseconds since ``origin_ns``, the run's origin, and wall seconds),
+    healed on schedule, and all healed at the end in reverse order by ``heal_all`` or on leaving
+    the ``with`` block, a failed heal recorded and the others still run. Without a journal of its
+    own, each fault is journaled in its context's journal (``InjectContext.journal``)."""
 
-    def __init__(self, journal: Journal | None = None) -> None:
+    def __init__(self, journal: Journal | None = None, origin_ns: int = 0) -> None:
         self.journal = journal
-        self.entries: list[tuple[Injector, FaultEvent]] = []
+        self.origin_ns = origin_ns
+        self.entries: list[StackedFault] = []
         self._lock = threading.Lock()
 
     @property
     def events(self) -> list[FaultEvent]:
-        return [e for _, e in self.entries]
-
-    def apply(self, injector: Injector, origin: str = "") -> FaultEvent:
-        """Apply and record; the fault is on the stack (and will be healed) even if apply fails."""
-        event = FaultEvent(injector.kind, injector.target, dict(injector.params), origin)
+        """The timeline: every fault that took effect, as the run record holds it."""
         with self._lock:
-            self.entries.append((injector, event))
-        return apply_and_record(injector, self.journal, origin, event)
+            return [e.event for e in self.entries if e.event is not None]
 
-    def heal(self, injector: Injector) -> FaultEvent:
+    def _journal(self, injector: Injector) -> Journal | None:
+        if self.journal is not None:
+            return self.journal
+        return getattr(getattr(injector, "ctx", None), "journal", None)
+
+    def apply(self, injector: Injector, origin: str = "") -> StackedFault:
+        """Journal, apply and verify; the fault is on the stack (and will be healed) even if
+        apply fails. A fault that fails half-way is healed at once and raises
+        :class:`InjectError` (or the :class:`FaultUnsupported` / :class:`UsageError` /
+        :class:`HarnessError` it raised)."""
+        entry = StackedFault(injector, origin, uid=f"{os.getpid()}-{next(_uids)}")
+        with self._lock:
+            self.entries.append(entry)
+        journal = self._journal(injector)
+        if journal is not None:
+            journal.record_apply(entry.uid, injector, stage="apply")
+        try:
+            injector.apply()
+        except BaseException as exc:
+            entry.apply_error = f"{type(exc).__name__}: {exc}"
+            self._heal(entry, verify_first=False)
+            if isinstance(exc, RecchaosError) or not isinstance(exc, Exception):
+                raise
+            raise InjectError(f"applying {entry.label} failed: {entry.apply_error}") from exc
+        inject_ns, inject_wall = time.monotonic_ns() - self.origin_ns, time.time()
+        if journal is not None:
+            journal.record_apply(entry.uid, injector, stage="applied")
+        verified, entry.verify_note = safe_verify(injector)
+        params = dict(injector.params)
+        entry.event = FaultEvent(
+            injector.kind, injector.target, params, origin, inject_ns, inject_wall,
+            verified=verified, note=entry.verify_note,
+        )  # fmt: skip
+        return entry
+
+    def heal(self, injector: Injector) -> StackedFault:
         """Heal one fault now (its scheduled end); the error, if any, is in ``heal_error``."""
-        for inj, event in self.entries:
-            if inj is injector:
-                return heal_and_record(inj, event, self.journal)
+        for entry in list(self.entries):
+            if entry.injector is injector:
+                return self._heal(entry)
         raise ValueError(f"{injector!r} is not on this stack")
 
+    def _heal(self, entry: StackedFault, verify_first: bool = True) -> StackedFault:
+        """Heal; a failure is recorded (``heal_error``), never raised. An unverified fault is
+        verified once more first: proxy, packet and fault-point counters only move once traffic
+        has passed. A fault healed successfully is left alone (its heal time stays the one of
+        its scheduled end); a failed heal is tried again."""
+        if entry.healed:
+            return entry
+        if verify_first and entry.event is not None and not entry.event.verified:
+            verified, entry.verify_note = safe_verify(entry.injector)
+            entry.event = replace(entry.event, verified=verified, note=entry.verify_note)
+        try:
+            entry.injector.heal()
+            entry.heal_error = ""
+        except Exception as exc:
+            entry.heal_error = f"{type(exc).__name__}: {exc}"
+        entry.heal_ran = True
+        heal_ns, heal_wall = time.monotonic_ns() - self.origin_ns, time.time()
+        if entry.event is not None:
+            notes = [
+                entry.verify_note,
+                f"heal failed: {entry.heal_error}" if entry.heal_error else "",
+            ]
+            note = "; ".join(n for n in notes if n)
+            entry.event = replace(entry.event, heal_ns=heal_ns, heal_wall=heal_wall, note=note)
+        journal = self._journal(entry.injector)
+        if journal is not None:
+            journal.record_heal(entry.uid, ok=not entry.heal_error, error=entry.heal_error)
+        return entry
+
     def heal_all(self) -> list[str]:
+        """Heal every fault in reverse order, each even if another failed; returns the errors
+        (``"kind(target): message"``), one per failed heal, to be recorded as infrastructure
+        errors."""
         with self._lock:
             entries = list(self.entries)
-        return heal_all([i for i, _ in entries], [e for _, e in entries], self.journal)
+        errors = []
+        for entry in reversed(entries):
+            if self._heal(entry).heal_error:
+                errors.append(f"{entry.label}: {entry.heal_error}")
+        return errors
 
     def __enter__(self) -> FaultStack:
         return self

@@ -1,5 +1,5 @@
 """CPU faults with cgroup v1 (root only): ``cpu_throttle`` (a CFS quota of ``cpu_fraction`` of
-one core) and ``cpu_freeze`` (alias ``cgroup_freeze``: the freezer controller).
+one core) and ``cpu_freeze`` (the freezer controller).
 
 On these machines cgroup v1 quota and freezer work and cgroup v2 ``cpu.max`` does not, so only
 v1 hierarchies are used: a fresh cgroup ``recchaos-<short run id>-<n>`` is made at the top of the
@@ -32,7 +32,7 @@ from harness.inject.signals import ProcessRef
 PERIOD_US = 100_000
 MIN_QUOTA_US = 1_000
 NAME_PREFIX = "recchaos-"
-CONTROLLERS = {"cpu_throttle": "cpu", "cpu_freeze": "freezer", "cgroup_freeze": "freezer"}
+CONTROLLERS = {"cpu_throttle": "cpu", "cpu_freeze": "freezer"}
 FREEZE_TIMEOUT_S = 5.0
 
 
@@ -144,7 +144,7 @@ def execute_cgroup_remove(action: Mapping[str, Any]) -> str:
 
 
 class CgroupInjector(BaseInjector):
-    """``cpu_throttle`` and ``cpu_freeze``/``cgroup_freeze`` of the target process."""
+    """``cpu_throttle`` and ``cpu_freeze`` of the target process."""
 
     def __init__(self, kind: str, target: str, params: Mapping[str, Any], ctx: InjectContext):
         super().__init__(kind, target, params, ctx)
@@ -153,7 +153,11 @@ class CgroupInjector(BaseInjector):
         self.path: Path | None = None
         self.origin: str | None = None
         self.ref: ProcessRef | None = None
-        self.quota_us = max(MIN_QUOTA_US, int(float(params.get("cpu_fraction", 1.0)) * PERIOD_US))
+        self.quota_us = (
+            max(MIN_QUOTA_US, int(float(params["cpu_fraction"]) * PERIOD_US))
+            if self.controller == "cpu"
+            else 0
+        )
 
     def apply(self) -> None:
         reason = unsupported_reason(self.controller)

@@ -1,8 +1,9 @@
 """Fault injectors for the docker backend: the same kinds, applied to containers through the
 ``docker`` SDK (and iptables inside a container's network namespace).
 
-Chosen by :func:`harness.inject.base.make_injector` when the context's backend is ``docker``
-(the manifest says ``"backend": "docker"``, see :mod:`harness.sut.containers`):
+The fault registry (:mod:`harness.model.fault_kinds`) names these injectors for the ``docker``
+backend, which :func:`harness.inject.base.make_injector` uses when the manifest says
+``"backend": "docker"`` (see :mod:`harness.sut.containers`):
 
 * ``kill``: ``docker kill`` (SIGKILL); ``terminate``: SIGTERM, SIGKILL after ``grace_s`` (what
   ``docker stop`` does, without blocking the schedule). Verified by the container's state
@@ -22,8 +23,10 @@ Chosen by :func:`harness.inject.base.make_injector` when the context's backend i
   the rule, also goes with the container). Needs the engine on this host.
 * ``redis_down`` / ``region_down``: ``kill`` or ``stop`` (pause) of that container;
   ``region_down`` with ``mode: blackhole`` disconnects it.
-* application fault points (``app_*``) are the shard server's own and work unchanged through
-  the published port; the proxy kinds (``latency``, ...) have no proxy here: FaultUnsupported.
+
+Application fault points (``app_*``) are the shard server's own and work unchanged through the
+published port (the same injector as on the process backend); the proxy kinds (``latency``, ...)
+have no proxy here, so the registry gives them no docker entry and they raise FaultUnsupported.
 
 Each injector only touches the container the manifest names by id. Heal actions for the
 watchdog: ``docker_unpause``, ``docker_connect``, ``docker_cpu_reset``,
@@ -39,6 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from harness.docker_engine import docker_client, engine_is_local
 from harness.inject.base import (
     NO_ACTION,
     BaseInjector,
@@ -57,14 +61,10 @@ TIMEOUT_S = 10.0
 
 
 def _client(docker_host: str | None) -> Any:
-    from harness.sut.containers import docker_client
-
     return docker_client(docker_host)
 
 
 def _is_local(docker_host: str | None) -> bool:
-    from harness.sut.containers import engine_is_local
-
     return engine_is_local(docker_host)
 
 
@@ -132,7 +132,7 @@ class ContainerKill(ContainerInjector):
         self.applied = True
         if self.kind == "terminate":
             c.kill("SIGTERM")
-            grace = float(self.params.get("grace_s", 5.0))
+            grace = float(self.params["grace_s"])
             self._timer = threading.Timer(grace, self._kill_if_running)
             self._timer.daemon = True
             self._timer.start()
@@ -151,7 +151,7 @@ class ContainerKill(ContainerInjector):
     def verify(self) -> tuple[bool, str]:
         if not self.applied:
             return False, "not applied"
-        wait = 2.0 if self.kind == "kill" else min(float(self.params.get("grace_s", 5.0)), 2.0)
+        wait = 2.0 if self.kind == "kill" else min(float(self.params["grace_s"]), 2.0)
         state = self.wait_status(("exited", "dead"), wait)
         c = self.container()
         if state in ("exited", "dead"):
@@ -234,7 +234,7 @@ class ContainerRestart(ContainerInjector):
     def apply(self) -> None:
         self.applied = True
         self.container().kill("SIGKILL")
-        self._timer = threading.Timer(float(self.params.get("delay_s", 1.0)), self._bring_back)
+        self._timer = threading.Timer(float(self.params["delay_s"]), self._bring_back)
         self._timer.daemon = True
         self._timer.start()
 
@@ -449,7 +449,7 @@ class ContainerNetfilter(ContainerInjector):
         if ref is None:
             raise InjectError(f"{self.label}: container {c.name} has no running process")
         self.ref = ref
-        probability = self.params.get("probability") if self.kind == "packet_loss" else None
+        probability = self.params["probability"] if self.kind == "packet_loss" else None
         nsenter_iptables(ref.pid, "-N", self.chain)
         for spec in rule_specs(self._port(), probability):
             nsenter_iptables(ref.pid, "-A", self.chain, *spec)
@@ -496,37 +496,12 @@ def execute_netns_drop_chain(action: Mapping[str, Any]) -> str:
     return f"chain {chain} deleted in the netns of PID {ref.pid}"
 
 
-class Unsupported(BaseInjector):
-    """A kind this backend has no mechanism for: ``apply`` raises FaultUnsupported."""
-
-    def __init__(self, kind: str, target: str, params: Mapping[str, Any], ctx: InjectContext):
-        super().__init__(kind, target, params, ctx)
-        self.reason = (
-            "the docker backend has no userspace fault proxy; use partition, disconnect or "
-            "cpu_throttle"
-            if ctx.backend == "docker"
-            else f"{kind} needs the docker backend (--backend docker)"
-        )
-
-    def apply(self) -> None:
-        raise FaultUnsupported(self.kind, self.target, self.reason)
-
-    def verify(self) -> tuple[bool, str]:
-        return False, "not applied"
-
-    def heal(self) -> None:
-        pass
-
-    def heal_action(self) -> dict[str, Any]:
-        return dict(NO_ACTION)
-
-
-class _Dependency(BaseInjector):
+class ContainerDependency(BaseInjector):
     """``redis_down`` / ``region_down`` reported under their own kind, by another mechanism."""
 
     def __init__(self, kind: str, target: str, params: Mapping[str, Any], ctx: InjectContext):
         super().__init__(kind, target, params, ctx)
-        mode = params.get("mode", "kill")
+        mode = params["mode"]
         self.inner: Injector
         if mode == "stop":
             self.inner = ContainerPause("freeze", target, {}, ctx)
@@ -540,46 +515,10 @@ class _Dependency(BaseInjector):
 
     def verify(self) -> tuple[bool, str]:
         ok, note = self.inner.verify()
-        return ok, f"{self.params.get('mode', 'kill')}: {note}"
+        return ok, f"{self.params['mode']}: {note}"
 
     def heal(self) -> None:
         self.inner.heal()
 
     def heal_action(self) -> dict[str, Any]:
         return self.inner.heal_action()
-
-
-_BY_KIND: dict[str, type[BaseInjector]] = {
-    "kill": ContainerKill,
-    "terminate": ContainerKill,
-    "freeze": ContainerPause,
-    "cpu_freeze": ContainerPause,
-    "cgroup_freeze": ContainerPause,
-    "restart": ContainerRestart,
-    "cpu_throttle": ContainerCpu,
-    "disconnect": ContainerDisconnect,
-    "partition": ContainerNetfilter,
-    "packet_loss": ContainerNetfilter,
-    "redis_down": _Dependency,
-    "region_down": _Dependency,
-}
-
-
-def make_container_injector(
-    kind: str, target: str, params: Mapping[str, Any], ctx: InjectContext
-) -> Injector:
-    """The docker backend's injector for ``kind`` (FaultUnsupported at apply if it has none)."""
-    if kind.startswith("app_"):
-        from harness.inject.appfaults import AppFaultInjector
-
-        return AppFaultInjector(kind, target, params, ctx)
-    cls = _BY_KIND.get(kind, Unsupported)
-    injector: Injector = cls(kind, target, params, ctx)  # type: ignore[assignment]
-    return injector
-
-
-def make_disconnect(
-    kind: str, target: str, params: Mapping[str, Any], ctx: InjectContext
-) -> Injector:
-    """``disconnect`` outside the docker backend: nothing to disconnect (FaultUnsupported)."""
-    return Unsupported(kind, target, params, ctx)

@@ -1,7 +1,7 @@
 """Dependency outages: ``redis_down`` (the harness-started redis-server) and ``region_down`` (the
 degraded region, fallback tier 3), built from the other mechanisms.
 
-``mode`` chooses how (default ``kill``):
+``mode`` (a parameter of the kind, see the fault registry) chooses how:
 
 * ``redis_down``: ``kill`` (SIGKILL, healed by the restart hook, which starts redis again on its
   port) or ``stop`` (SIGSTOP, healed by SIGCONT: a hung Redis, found only by timeouts);
@@ -35,7 +35,7 @@ class DependencyInjector(BaseInjector):
 
     def verify(self) -> tuple[bool, str]:
         ok, note = self.inner.verify()
-        return ok, f"{self.params.get('mode')}: {note}"
+        return ok, f"{self.params['mode']}: {note}"
 
     def heal(self) -> None:
         self.inner.heal()
@@ -47,7 +47,7 @@ class DependencyInjector(BaseInjector):
 def make_dependency_injector(
     kind: str, target: str, params: Mapping[str, Any], ctx: InjectContext
 ) -> DependencyInjector:
-    mode = params.get("mode", "kill")
+    mode = params["mode"]
     inner: Injector
     if mode == "kill":
         inner = KillInjector("kill", target, {}, ctx)
@@ -57,4 +57,4 @@ def make_dependency_injector(
         inner = ProxyFaultInjector("blackhole", target, {"mode": "drop", "direction": "both"}, ctx)
     else:
         raise ValueError(f"{kind}({target}): mode {mode!r}; allowed: kill, stop, blackhole")
-    return DependencyInjector(kind, target, {**params, "mode": mode}, ctx, inner)
+    return DependencyInjector(kind, target, params, ctx, inner)

@@ -144,7 +144,7 @@ class NetfilterInjector(BaseInjector):
         reason = unsupported_reason()
         if reason:
             raise FaultUnsupported(self.kind, self.target, reason)
-        probability = self.params.get("probability") if self.kind == "packet_loss" else None
+        probability = self.params["probability"] if self.kind == "packet_loss" else None
         self._attempted = True
         iptables("-N", self.chain)
         for spec in rule_specs(self.port, probability):

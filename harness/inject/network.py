@@ -1,8 +1,8 @@
 """Network faults through the userspace TCP fault proxy: ``latency``, ``bandwidth``,
 ``blackhole``, ``reset`` and ``slicer`` on the proxy route in front of a component.
 
-``tc netem`` is not in these kernels, so the proxy (:mod:`harness.inject.proxy`, driven with
-:class:`harness.inject.proxy_client.ProxyClient`) sits between the gateway and each shard copy
+``tc netem`` is not in these kernels, so the proxy (:mod:`harness.proxy.server`, driven with
+:class:`harness.proxy.client.ProxyClient`) sits between the gateway and each shard copy
 and the region; the route of a component has the component's name unless the context maps it.
 
 Evidence: the route's counters since apply (``delayed_chunks`` for latency, bandwidth, slicer
@@ -18,22 +18,21 @@ from typing import Any
 
 from harness.inject.base import NO_ACTION, BaseInjector, InjectContext
 from harness.model.errors import UsageError
-
-PROXY_KINDS = ("latency", "bandwidth", "blackhole", "reset", "slicer")
+from harness.model.fault_kinds import FAULT_KINDS
 
 
 def evidence_counter(kind: str, params: Mapping[str, Any]) -> str:
     """The route counter that moves when a fault of ``kind`` acts on traffic."""
     if kind == "reset":
         return "resets"
-    if kind == "blackhole" and params.get("mode", "drop") == "drop":
+    if kind == "blackhole" and params["mode"] == "drop":
         return "dropped_bytes"
     return "delayed_chunks"
 
 
 def execute_proxy_clear(action: Mapping[str, Any]) -> str:
     """Heal action ``proxy_clear``: remove one fault (or, with no fault id, clear the route)."""
-    from harness.inject.proxy_client import ProxyClient
+    from harness.proxy.client import ProxyClient
 
     client = ProxyClient(str(action["url"]), timeout_s=float(action.get("timeout_s", 2.0)))
     return clear_fault(client, str(action["route"]), action.get("fault_id"))
@@ -51,8 +50,8 @@ class ProxyFaultInjector(BaseInjector):
 
     def __init__(self, kind: str, target: str, params: Mapping[str, Any], ctx: InjectContext):
         super().__init__(kind, target, params, ctx)
-        if kind not in PROXY_KINDS:
-            raise ValueError(f"{kind!r} is not a proxy fault; allowed: {', '.join(PROXY_KINDS)}")
+        if FAULT_KINDS[kind].mechanism != "proxy":
+            raise ValueError(f"{kind!r} is not a fault of the proxy (fault registry)")
         if not (ctx.proxy_url or ctx.proxy_client is not None):
             raise UsageError(
                 f"{kind}({target}): no fault proxy in this run; network faults need the target "
@@ -67,7 +66,7 @@ class ProxyFaultInjector(BaseInjector):
         client = self.ctx.proxy()
         self.before = dict(client.counters(self.route))
         params = dict(self.params)
-        direction = params.pop("direction", None)
+        direction = params.pop("direction")
         self._attempted = True
         self.fault_id = client.add_fault(self.route, self.kind, direction, **params)
 

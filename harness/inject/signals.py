@@ -224,7 +224,7 @@ class KillInjector(BaseInjector):
         if self.kind == "terminate":
             self.ref.send(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
             self.ref.send(signal.SIGTERM)
-            grace = float(self.params.get("grace_s", 5.0))
+            grace = float(self.params["grace_s"])
             self._timer = threading.Timer(grace, self.ref.send, (signal.SIGKILL,))
             self._timer.daemon = True
             self._timer.start()
@@ -234,10 +234,9 @@ class KillInjector(BaseInjector):
     def verify(self) -> tuple[bool, str]:
         if self.ref is None:
             return False, "not applied"
-        # terminate: the grace, then as long as a kill may take (the SIGKILL after a short
-        # grace was checked the very moment it was sent, and a busy machine lost that race)
-        grace = float(self.params.get("grace_s", 5.0))
-        wait = 1.0 if self.kind == "kill" else min(grace, 2.0) + 1.0
+        # terminate: wait out the grace (at most 2 s) plus the second a SIGKILL may take to
+        # land on a busy machine, so a kill sent at the end of a short grace is seen
+        wait = 1.0 if self.kind == "kill" else min(float(self.params["grace_s"]), 2.0) + 1.0
         if self.ref.wait_gone(wait):
             return True, f"PID {self.ref.pid} is gone (or a zombie) per /proc"
         return False, f"PID {self.ref.pid} still runs (state {self.ref.state()})"
@@ -274,7 +273,7 @@ class RestartInjector(BaseInjector):
         self.ref = ProcessRef.of_component(self.ctx.component(self.target), self.label)
         if not self.ref.send(signal.SIGKILL):
             raise InjectError(f"{self.label}: PID {self.ref.pid} exited before SIGKILL")
-        self._timer = threading.Timer(float(self.params.get("delay_s", 1.0)), self._bring_back)
+        self._timer = threading.Timer(float(self.params["delay_s"]), self._bring_back)
         self._timer.daemon = True
         self._timer.start()
 

@@ -131,8 +131,11 @@ _RATE = Param(
     "share of requests the fault point fires on, chosen by a hash of (seed, request id)",
 )
 _DELAY_MS = Param(number(0, 600_000, lo_open=True, unit="ms"), doc="added delay")
+DIRECTIONS = ("upstream", "downstream", "both")
+"""The ways through the fault proxy: ``upstream`` is client to server (towards the component),
+``downstream`` server to client (its answers)."""
 _DIRECTION = Param(
-    choice(("upstream", "downstream", "both")),
+    choice(DIRECTIONS),
     "downstream",
     "the way through the proxy: upstream (towards the component), downstream (its answers) or both",
 )
@@ -260,8 +263,8 @@ _KINDS = (
             "mode": Param(
                 choice(("drop", "hold")),
                 "drop",
-                "drop: read and discard; hold: stop reading, like a frozen peer (the bytes flow"
-                " on after the heal)",
+                "drop: read and discard; hold: stop forwarding and keep the bytes, like a frozen"
+                " peer (they flow on after the heal)",
             ),
             "direction": _DIRECTION,
         },

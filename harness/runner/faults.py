@@ -2,8 +2,9 @@
 ``at_s + duration_s`` (or at the end of the load), every fault on one :class:`FaultStack` so that
 whatever happens, everything applied is healed in reverse order.
 
-Times are offsets from the load's start (the shared CLOCK_MONOTONIC origin the load workers use),
-so the recorded inject and heal times line up with the request log.
+Times are offsets from the load's start (the shared CLOCK_MONOTONIC origin the load workers use,
+which is the stack's ``origin_ns``), so the recorded inject and heal times line up with the
+request log.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.inject.base import (
-    FaultEvent,
     FaultStack,
     FaultUnsupported,
     InjectContext,
@@ -23,6 +23,7 @@ from harness.inject.base import (
 )
 from harness.model.errors import RecchaosError
 from harness.model.faults import FaultSpec
+from harness.model.record import FaultEvent
 
 
 @dataclass
@@ -32,7 +33,6 @@ class FaultPlanRun:
     plan: tuple[FaultSpec, ...]
     ctx: InjectContext
     stack: FaultStack
-    origin_ns: int
     load_end_s: float
     log: Callable[[str], None] = print
     on_change: Callable[[], None] = lambda: None
@@ -47,8 +47,12 @@ class FaultPlanRun:
             out.append((spec.end_s(self.load_end_s), i, "heal"))
         return sorted(out, key=lambda a: (a[0], a[2] != "heal", a[1]))
 
+    @property
+    def origin_ns(self) -> int:
+        return self.stack.origin_ns
+
     def active(self) -> list[str]:
-        return [e.label for e in self.stack.events if e.inject_mono_ns and not e.heal_mono_ns]
+        return [e.label for e in list(self.stack.entries) if e.active]
 
     def run(self, stop: threading.Event) -> None:
         """Run the actions until done or ``stop`` is set (the caller then heals everything)."""
@@ -59,11 +63,11 @@ class FaultPlanRun:
             if what == "apply":
                 self._apply(index)
             elif index in self.injectors:
-                event = self.stack.heal(self.injectors[index])
-                note = f" (heal failed: {event.heal_error})" if event.heal_error else ""
-                self.log(f"healed {event.label} at {at_s:.1f} s{note}")
-                if event.heal_error:
-                    self.problems.append(f"{event.label}: heal failed: {event.heal_error}")
+                fault = self.stack.heal(self.injectors[index])
+                note = f" (heal failed: {fault.heal_error})" if fault.heal_error else ""
+                self.log(f"healed {fault.label} at {at_s:.1f} s{note}")
+                if fault.heal_error:
+                    self.problems.append(f"{fault.label}: heal failed: {fault.heal_error}")
             self.on_change()
 
     def _apply(self, index: int) -> None:
@@ -72,7 +76,7 @@ class FaultPlanRun:
         try:
             injector = make_injector(spec.kind, spec.target, dict(spec.params), self.ctx)
             self.injectors[index] = injector
-            event = self.stack.apply(injector, origin=where)
+            fault = self.stack.apply(injector, origin=where)
         except FaultUnsupported as exc:
             self.problems.append(f"{spec.label} ({where}) was not applied: {exc}")
             self.log(f"skipped {spec.label}: {exc}")
@@ -81,18 +85,15 @@ class FaultPlanRun:
             self.problems.append(f"{spec.label} ({where}) failed to apply: {exc}")
             self.log(f"could not apply {spec.label}: {exc}")
             return
-        state = "verified" if event.verified else f"not yet verified ({event.verify_note})"
-        self.log(
-            f"applied {event.label} at {((event.inject_mono_ns or 0) - self.origin_ns) / 1e9:.1f} s"
-            f" [{state}]"
-        )
+        event = fault.event
+        assert event is not None  # apply returned: the fault is in effect
+        state = "verified" if event.verified else f"not yet verified ({fault.verify_note})"
+        self.log(f"applied {event.label} at {event.inject_s:.1f} s [{state}]")
 
     def heal_all(self) -> list[str]:
         """Heal everything still applied, in reverse order; the errors of the heals that failed."""
         return self.stack.heal_all()
 
-    def timeline(self) -> tuple:
-        return tuple(e.to_record(self.origin_ns) for e in self.applied_events())
-
-    def applied_events(self) -> list[FaultEvent]:
-        return [e for e in self.stack.events if e.inject_mono_ns is not None]
+    def timeline(self) -> tuple[FaultEvent, ...]:
+        """The run record's timeline: every fault that took effect, in the order applied."""
+        return tuple(self.stack.events)

@@ -514,8 +514,7 @@ def plan_faults(
     faults = FaultPlanRun(
         scenario.fault_plan(),
         ctx,
-        FaultStack(journal),
-        job.start_mono_ns or 0,
+        FaultStack(journal, origin_ns=job.start_mono_ns or 0),
         scenario.load_duration_s,
         log=display.note,
     )

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.docker_engine import docker_client, engine_is_local
 from harness.model.errors import UsageError
 from harness.sut.procs import StartError, log_tail, wait_until
 from harness.sut.recommender import RecommenderOptions
@@ -50,7 +51,6 @@ INTERNAL_PORT = 7000  # every shard copy and the region listen here, each in its
 GATEWAY_PORT = 8080
 REDIS_PORT = 6379
 LABEL = "recchaos.cluster"
-DOCKER_TIMEOUT_S = 60  # every engine API call is bounded by this
 HOST_DIRS = ("/usr", "/lib", "/lib64", "/bin", "/sbin")
 ROOTFS_DIRS = ("tmp", "proc", "sys", "dev", "etc", "run", "root", "var", "work", "opt")
 ENV_PREFIX = "RECCHAOS_DOCKER_"
@@ -103,31 +103,6 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def docker_client(docker_host: str | None) -> Any:
-    """A ``docker.DockerClient`` for ``docker_host`` (None: DOCKER_HOST or the local socket),
-    API version negotiated, every call bounded by :data:`DOCKER_TIMEOUT_S`."""
-    import docker
-
-    try:
-        if docker_host:
-            return docker.DockerClient(
-                base_url=docker_host, version="auto", timeout=DOCKER_TIMEOUT_S
-            )
-        return docker.from_env(version="auto", timeout=DOCKER_TIMEOUT_S)
-    except docker.errors.DockerException as exc:
-        where = docker_host or os.environ.get("DOCKER_HOST") or "the local socket"
-        raise StartError(
-            f"cannot reach a Docker engine at {where} (DOCKER_HOST): {exc}; start one or point "
-            "DOCKER_HOST at it"
-        ) from None
-
-
-def engine_is_local(docker_host: str | None) -> bool:
-    """True when the engine's PIDs are this host's (a unix socket): /proc and nsenter work."""
-    host = docker_host or os.environ.get("DOCKER_HOST") or "unix://"
-    return host.startswith("unix://")
 
 
 def minimal_rootfs_tar() -> bytes:

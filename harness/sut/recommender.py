@@ -66,7 +66,7 @@ class RecommenderCluster:
         return copies + ["region"]
 
     def _start_proxy(self, real_ports: dict[str, int]) -> dict[str, str]:
-        from harness.inject.proxy_client import start_proxy
+        from harness.proxy.client import start_proxy
 
         routes = {
             name: (f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}")

@@ -31,7 +31,6 @@ from harness.inject.base import (
     FaultUnsupported,
     InjectContext,
     InjectError,
-    apply_and_record,
     make_injector,
 )
 from harness.inject.signals import ProcessRef, read_stat
@@ -97,9 +96,9 @@ def test_freeze_is_verified_by_proc_state_and_healed_by_sigcont():
         proc = spawn(procs, SLEEP)
         inj = make_injector("freeze", "victim", {}, context(component("victim", proc, SLEEP)))
         try:
-            event = apply_and_record(inj)
-            assert event.verified, event.verify_note
-            assert state(proc.pid) == "T" and "state T" in event.verify_note
+            fault = FaultStack().apply(inj)
+            assert fault.verified, fault.verify_note
+            assert state(proc.pid) == "T" and "state T" in fault.verify_note
             assert inj.heal_action()["action"] == "sigcont"
         finally:
             inj.heal()
@@ -117,8 +116,8 @@ def test_kill_is_verified_and_healed_by_the_restart_hook():
 
         ctx = context(component("victim", proc, SLEEP), restart=restart)
         inj = make_injector("kill", "victim", {}, ctx)
-        event = apply_and_record(inj)
-        assert event.verified and "gone" in event.verify_note
+        fault = FaultStack().apply(inj)
+        assert fault.verified and "gone" in fault.verify_note
         assert proc.wait(timeout=5) == -signal.SIGKILL
         inj.heal()
         inj.heal()
@@ -140,10 +139,10 @@ def test_terminate_sends_sigkill_after_the_grace_time():
         inj = make_injector("terminate", "victim", {"grace_s": 0.2}, ctx)
         stack = FaultStack()
         with stack:
-            event = stack.apply(inj)
-            assert event.verified, event.verify_note
+            fault = stack.apply(inj)
+            assert fault.verified, fault.verify_note
             assert proc.wait(timeout=5) == -signal.SIGKILL
-        assert stack.events[0].healed
+        assert stack.entries[0].healed
 
 
 def test_restart_kills_then_brings_the_component_back_after_the_delay():
@@ -152,7 +151,7 @@ def test_restart_kills_then_brings_the_component_back_after_the_delay():
         ctx = context(component("victim", proc, SLEEP), restart=lambda n: spawn(procs, SLEEP).pid)
         inj = make_injector("restart", "victim", {"delay_s": 0.2}, ctx)
         try:
-            apply_and_record(inj)
+            FaultStack().apply(inj)
             assert proc.wait(timeout=5) == -signal.SIGKILL
             deadline = time.monotonic() + 5
             while ctx.component("victim").pid == proc.pid and time.monotonic() < deadline:
@@ -170,7 +169,7 @@ def test_a_pid_that_runs_another_command_is_never_signalled():
         comp = Component("victim", "primary", proc.pid, "127.0.0.1:1", ("sleep", "61"))
         inj = make_injector("freeze", "victim", {}, context(comp))
         with pytest.raises(InjectError, match="is not victim any more.*not signalling it"):
-            apply_and_record(inj)
+            FaultStack().apply(inj)
         assert runs(proc.pid)
 
 
@@ -232,12 +231,12 @@ def test_iptables_faults_block_the_port_and_heal_removes_every_rule(netfilter_ok
         inj = make_injector(kind, "server", params, ctx)
         try:
             assert round_trip(port)
-            event = apply_and_record(inj)
+            fault = FaultStack().apply(inj)
             assert f"-N {inj.chain}" in iptables_rules()  # type: ignore[attr-defined]
             assert not round_trip(port, timeout_s=0.3)
             ok, note = inj.verify()
             assert ok and "packet(s) dropped" in note, note
-            assert event.inject_mono_ns is not None
+            assert fault.event is not None
         finally:
             inj.heal()
         assert iptables_rules() == before
@@ -263,7 +262,7 @@ def test_a_half_applied_partition_is_healed_at_once(netfilter_ok, monkeypatch):
         proc = spawn(procs, SLEEP)
         inj = make_injector("partition", "server", {}, context(component("server", proc, SLEEP, 9)))
         with pytest.raises(InjectError, match="simulated failure"):
-            apply_and_record(inj)
+            FaultStack().apply(inj)
     assert ("-I", "OUTPUT", "1", "-o", "lo", "-j", inj.chain) in calls  # type: ignore[attr-defined]
     assert real("-S").stdout == before
 
@@ -288,8 +287,8 @@ def test_cpu_throttle_caps_the_process_and_heal_removes_the_cgroup():
             "cpu_throttle", "busy", {"cpu_fraction": 0.1}, context(component("busy", proc, BUSY))
         )
         try:
-            event = apply_and_record(inj)
-            assert event.verified and "cpu.cfs_quota_us 10000" in event.verify_note
+            fault = FaultStack().apply(inj)
+            assert fault.verified and "cpu.cfs_quota_us 10000" in fault.verify_note
             used0, t0 = cpu_seconds(proc.pid), time.monotonic()
             time.sleep(0.6)
             share = (cpu_seconds(proc.pid) - used0) / (time.monotonic() - t0)
@@ -304,17 +303,16 @@ def test_cpu_throttle_caps_the_process_and_heal_removes_the_cgroup():
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("kind", ["cpu_freeze", "cgroup_freeze"])
-def test_cgroup_freeze_freezes_and_thaws(kind):
+def test_cgroup_freeze_freezes_and_thaws():
     reason = cgroups.unsupported_reason("freezer")
     if reason:
         pytest.skip(reason)
     with children() as procs:
         proc = spawn(procs, BUSY)
-        inj = make_injector(kind, "busy", {}, context(component("busy", proc, BUSY)))
+        inj = make_injector("cpu_freeze", "busy", {}, context(component("busy", proc, BUSY)))
         try:
-            event = apply_and_record(inj)
-            assert event.verified and "FROZEN" in event.verify_note
+            fault = FaultStack().apply(inj)
+            assert fault.verified and "FROZEN" in fault.verify_note
             used = cpu_seconds(proc.pid)
             time.sleep(0.2)
             assert cpu_seconds(proc.pid) == used
@@ -333,7 +331,7 @@ def test_cgroup_faults_are_unsupported_without_root(monkeypatch):
         proc = spawn(procs, SLEEP)
         inj = make_injector("cpu_freeze", "x", {}, context(component("x", proc, SLEEP)))
         with pytest.raises(FaultUnsupported, match="need root"):
-            apply_and_record(inj)
+            FaultStack().apply(inj)
         assert runs(proc.pid)
 
 
@@ -342,7 +340,7 @@ def test_cgroup_faults_are_unsupported_without_root(monkeypatch):
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, int]]:
-    from harness.inject.proxy_client import start_proxy
+    from harness.proxy.client import start_proxy
 
     with echo_server() as port:
         routes = {"echo": ("127.0.0.1:0", f"127.0.0.1:{port}")}
@@ -370,8 +368,8 @@ def test_proxy_faults_are_verified_by_route_counters_and_healed(proxied, kind, p
     inj = make_injector(kind, "echo", params, ctx)
     assert timed_round_trip(port) is not None
     try:
-        event = apply_and_record(inj)
-        assert not event.verified or kind == "reset"  # no traffic yet (a reset may hit idle ones)
+        fault = FaultStack().apply(inj)
+        assert not fault.verified or kind == "reset"  # no traffic yet (a reset may hit idle ones)
         rtt = timed_round_trip(port, timeout_s=0.5)
         if kind == "latency":
             assert rtt is not None and rtt >= 0.08
@@ -393,7 +391,7 @@ def test_region_down_as_a_blackhole_goes_through_the_proxy(proxied):
     ctx = context(Component("echo", "region", None, "127.0.0.1:1"), proxy_url=proxy.control_url)
     inj = make_injector("region_down", "echo", {"mode": "blackhole"}, ctx)
     try:
-        apply_and_record(inj)
+        FaultStack().apply(inj)
         assert not round_trip(port, timeout_s=0.3)
         ok, note = inj.verify()
         assert ok and note.startswith("blackhole: ") and "dropped_bytes" in note
@@ -417,8 +415,8 @@ def test_redis_down_stop_freezes_the_retitled_redis_server(tmp_path):
         )
         inj = make_injector("redis_down", "redis", {"mode": "stop"}, context(comp))
         try:
-            event = apply_and_record(inj)
-            assert event.verified and "state T" in event.verify_note
+            fault = FaultStack().apply(inj)
+            assert fault.verified and "state T" in fault.verify_note
             assert not redis.ping()
         finally:
             inj.heal()
@@ -476,7 +474,7 @@ def test_app_faults_switch_the_shards_fault_points_and_heal_clears_them(shard):
         assert faults["error_rate"] == 1.0 and faults["delay_ms"] == 0.0
     assert appfaults.control(shard.address, {})["faults"] is None
     assert lookup_code(shard.address) == "bad_request"  # computed again (no ids given)
-    assert all(e.healed for e in stack.events)
+    assert all(e.healed for e in stack.entries)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority back needs root")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.inject.proxy_client import ProxyFaultRejected, ProxyProcess, start_proxy
+from harness.proxy.client import ProxyFaultRejected, ProxyProcess, start_proxy
 from harness.sut.procs import free_port
 
 pytestmark = pytest.mark.integration
@@ -410,7 +410,7 @@ def test_start_failure_shows_the_log(echo: int, tmp_path: Path) -> None:
 
 
 def _proxy_cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "harness.inject.proxy", *args]
+    return [sys.executable, "-m", "harness.proxy", *args]
 
 
 def test_cli_rejects_a_bad_route_naming_the_field(tmp_path: Path) -> None:
@@ -462,7 +462,7 @@ def _gone(pid: int) -> bool:
 def test_proxy_exits_when_its_parent_dies(echo: int, tmp_path: Path) -> None:
     script = (
         "import os, sys\n"
-        "from harness.inject.proxy_client import start_proxy\n"
+        "from harness.proxy.client import start_proxy\n"
         f"p = start_proxy({{'e': ('127.0.0.1:0', '127.0.0.1:{echo}')}}, {str(tmp_path)!r} + "
         "'/proxy.log', timeout_s=20)\n"
         "print(p.pid, flush=True)\n"

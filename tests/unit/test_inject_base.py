@@ -15,22 +15,19 @@ from hypothesis import strategies as st
 
 from harness.inject import appfaults, cgroups, netfilter
 from harness.inject.base import (
-    KINDS,
     Component,
-    FaultEvent,
     FaultStack,
     FaultUnsupported,
     HealError,
     InjectContext,
     InjectError,
-    apply_and_record,
+    complete_params,
     execute_heal_action,
-    heal_all,
     make_injector,
-    normalize_params,
 )
 from harness.inject.journal import Journal, read_journal, unhealed
 from harness.model.errors import UsageError
+from harness.model.record import FaultEvent
 
 
 def ctx(**kw: Any) -> InjectContext:
@@ -94,46 +91,41 @@ def test_bad_params_name_fault_parameter_value_and_rule():
     assert "a number > 0" in text
     with pytest.raises(UsageError, match=r"unknown key.*did you mean 'delay_ms'"):
         make_injector("latency", "shard-0-primary", {"delay_mss": 5}, ctx())
+    with pytest.raises(UsageError, match=r"params.jitter_ms: got 9.*<= delay_ms \(5\)"):
+        make_injector("latency", "shard-0-primary", {"delay_ms": 5, "jitter_ms": 9}, ctx())
 
 
-def test_aliases_are_translated_to_the_scenario_names():
-    assert normalize_params("latency", "x", {"ms": 5})["delay_ms"] == 5.0
-    assert normalize_params("bandwidth", "x", {"bytes_per_s": 2048})["rate_kbps"] == 2.0
-    assert normalize_params("cpu_throttle", "x", {"percent": 25})["cpu_fraction"] == 0.25
-    assert normalize_params("app_error", "x", {"error_rate": 0.5})["rate"] == 0.5
-    assert normalize_params("cgroup_freeze", "x", {}) == {}
-    with pytest.raises(UsageError, match="both 'ms' and 'delay_ms'"):
-        normalize_params("latency", "x", {"ms": 5, "delay_ms": 5})
+@pytest.mark.parametrize(
+    ("kind", "params", "name"),
+    [
+        ("latency", {"ms": 5}, "ms"),
+        ("bandwidth", {"bytes_per_s": 2048}, "bytes_per_s"),
+        ("cpu_throttle", {"percent": 25}, "percent"),
+        ("app_error", {"error_rate": 0.5}, "error_rate"),
+    ],
+)
+def test_only_the_registry_parameter_names_are_accepted(kind, params, name):
+    with pytest.raises(UsageError, match=rf"params.{name}: got .*unknown key"):
+        complete_params(kind, "x", params)
+
+
+def test_only_the_registry_kind_names_are_accepted():
+    with pytest.raises(UsageError, match="unknown fault kind 'cgroup_freeze'"):
+        make_injector("cgroup_freeze", "shard-0-primary", {}, ctx())
 
 
 def test_defaults_are_filled_and_modes_checked():
-    assert normalize_params("latency", "x", {"delay_ms": 5}) == {
+    assert complete_params("latency", "x", {"delay_ms": 5}) == {
         "delay_ms": 5.0,
         "jitter_ms": 0.0,
         "direction": "downstream",
     }
-    assert normalize_params("region_down", "region", {}) == {"mode": "kill"}
-    assert normalize_params("redis_down", "redis", {"mode": "stop"}) == {"mode": "stop"}
+    assert complete_params("region_down", "region", {}) == {"mode": "kill"}
+    assert complete_params("redis_down", "redis", {"mode": "stop"}) == {"mode": "stop"}
     with pytest.raises(
         UsageError, match=r"params.mode: got 'nuke'; allowed: one of kill, blackhole"
     ):
-        normalize_params("region_down", "region", {"mode": "nuke"})
-
-
-def test_every_kind_makes_an_injector_with_the_protocol():
-    params: dict[str, dict[str, Any]] = {
-        "latency": {"delay_ms": 5},
-        "bandwidth": {"rate_kbps": 10},
-        "packet_loss": {"probability": 0.5},
-        "cpu_throttle": {"cpu_fraction": 0.2},
-        "app_delay": {"delay_ms": 3},
-    }
-    for kind in KINDS:
-        target = {"redis_down": "redis", "region_down": "region"}.get(kind, "shard-0-primary")
-        inj = make_injector(kind, target, params.get(kind, {}), ctx())
-        assert inj.kind == kind and inj.target == target
-        assert isinstance(inj.heal_action(), dict) and "action" in inj.heal_action()
-        inj.heal()  # never applied: healing is harmless
+        complete_params("region_down", "region", {"mode": "nuke"})
 
 
 def test_network_faults_need_a_proxy():
@@ -142,29 +134,56 @@ def test_network_faults_need_a_proxy():
         make_injector("latency", "shard-0-primary", {"delay_ms": 5}, no_proxy)
 
 
+def test_a_backend_without_the_kind_gives_an_injector_that_refuses():
+    docker = ctx(backend="docker")
+    inj = make_injector("latency", "shard-0-primary", {"delay_ms": 5}, docker)
+    assert inj.heal_action() == {"action": "none"}
+    with pytest.raises(FaultUnsupported, match="latency needs the process backend"):
+        inj.apply()
+    inj = make_injector("disconnect", "shard-0-primary", {}, ctx())
+    with pytest.raises(FaultUnsupported, match="needs the docker backend.*no docker network"):
+        inj.apply()
+
+
 # -- apply, verify, heal ----------------------------------------------------------------------
 
 
 def test_heal_all_runs_in_reverse_order_and_a_failing_heal_does_not_stop_the_others():
     log: list[str] = []
+    stack = FaultStack()
     fakes = [Fake("a", log), Fake("b", log, fail_heal=True), Fake("c", log)]
-    events = [apply_and_record(f) for f in fakes]
-    errors = heal_all(fakes, events)
+    faults = [stack.apply(f) for f in fakes]
+    errors = stack.heal_all()
     assert log == ["apply a", "apply b", "apply c", "heal c", "heal b", "heal a"]
     assert errors == ["fake(b): OSError: cannot heal b"]
-    assert events[1].heal_error == "OSError: cannot heal b" and not events[1].healed
-    assert events[0].healed and events[2].healed and all(e.verified for e in events)
+    assert faults[1].heal_error == "OSError: cannot heal b" and not faults[1].healed
+    assert faults[0].healed and faults[2].healed
+    assert all(e.verified for e in stack.events)
 
 
 def test_double_heal_is_harmless_and_keeps_the_first_heal_time():
     log: list[str] = []
     stack = FaultStack()
     fake = Fake("a", log)
-    event = stack.apply(fake)
+    fault = stack.apply(fake)
     stack.heal(fake)
-    first = event.heal_mono_ns
+    assert fault.event is not None
+    first = fault.event.heal_ns
     assert stack.heal_all() == []
-    assert event.heal_mono_ns == first and log == ["apply a", "heal a"]
+    assert fault.event.heal_ns == first and log == ["apply a", "heal a"]
+
+
+def test_a_failed_heal_is_tried_again_and_noted_once():
+    log: list[str] = []
+    stack = FaultStack()
+    fake = Fake("a", log, fail_heal=True)
+    fault = stack.apply(fake)
+    stack.heal(fake)
+    assert stack.heal_all() == ["fake(a): OSError: cannot heal a"]
+    assert log == ["apply a", "heal a", "heal a"]
+    assert stack.events[0].note == "a took effect; heal failed: OSError: cannot heal a"
+    fake.fail_heal = False
+    assert stack.heal_all() == [] and fault.healed and stack.events[0].note == "a took effect"
 
 
 def test_a_half_applied_fault_is_healed_at_once_and_reported():
@@ -174,7 +193,8 @@ def test_a_half_applied_fault_is_healed_at_once_and_reported():
         stack.apply(Fake("b", log, fail_apply=True))
     assert log == ["apply b", "heal b"]
     assert stack.heal_all() == [] and log == ["apply b", "heal b"]
-    assert stack.events[0].apply_error.startswith("RuntimeError")
+    assert stack.entries[0].apply_error.startswith("RuntimeError")
+    assert stack.events == []  # it never took effect: no timeline entry
 
 
 def test_unsupported_faults_pass_through_untouched(monkeypatch):
@@ -185,19 +205,23 @@ def test_unsupported_faults_pass_through_untouched(monkeypatch):
         for kind, params in (("partition", {}), ("cpu_throttle", {"cpu_fraction": 0.5})):
             inj = make_injector(kind, "shard-0-primary", params, ctx())
             with pytest.raises(FaultUnsupported, match=rf"{kind}\(shard-0-primary\).*root.*1000"):
-                apply_and_record(inj)
+                FaultStack().apply(inj)
     finally:
         netfilter.unsupported_reason.cache_clear()
 
 
-def test_fault_event_becomes_a_timeline_entry():
-    event = FaultEvent("freeze", "shard-0-primary", {}, "faults[0]", "1-1")
-    event.inject_mono_ns, event.inject_wall = 5_000_000_000, 1700.0
-    event.heal_mono_ns, event.heal_wall = 7_000_000_000, 1702.0
-    event.verified, event.verify_note, event.heal_error = True, "state T", "boom"
-    rec = event.to_record(origin_mono_ns=1_000_000_000)
-    assert (rec.inject_s, rec.heal_s, rec.verified) == (4.0, 6.0, True)
-    assert rec.note == "state T; heal failed: boom" and rec.origin == "faults[0]"
+def test_the_timeline_entry_is_relative_to_the_stack_origin(monkeypatch):
+    clock = iter([5_000_000_000, 7_000_000_000])
+    monkeypatch.setattr("harness.inject.base.time.monotonic_ns", lambda: next(clock))
+    stack = FaultStack(origin_ns=1_000_000_000)
+    fake = Fake("a", [])
+    stack.apply(fake, origin="faults[0]")
+    stack.heal(fake)
+    (event,) = stack.events
+    assert isinstance(event, FaultEvent)
+    assert (event.inject_s, event.heal_s, event.verified) == (4.0, 6.0, True)
+    assert event.note == "a took effect" and event.origin == "faults[0]"
+    assert (event.kind, event.target, event.params) == ("fake", "a", {"n": 1})
 
 
 def test_heal_actions_are_checked():
@@ -320,3 +344,41 @@ def test_app_faults_need_a_server_with_fault_points():
     c = InjectContext(components={"gateway": Component("gateway", "gateway", 1, "127.0.0.1:8080")})
     with pytest.raises(UsageError, match=r"app_nan\(gateway\).*role 'gateway'.*primary"):
         make_injector("app_nan", "gateway", {}, c)
+
+
+# -- layers ----------------------------------------------------------------------------------
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Every module each file of ``package`` imports (at the top or inside a function)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out: dict[str, set[str]] = {}
+    for path in sorted((root / package.replace(".", "/")).glob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+        out[path.name] = names
+    return out
+
+
+def test_injectors_never_import_the_cluster_code():
+    found = {f: sorted(m for m in ms if m.startswith("harness.sut")) for f, ms in
+             _imports("harness.inject").items()}  # fmt: skip
+    assert {f: ms for f, ms in found.items() if ms} == {}
+
+
+def test_the_proxy_imports_neither_injectors_nor_the_cluster_code():
+    imports = _imports("harness.proxy")
+    assert {"server.py", "config.py", "control.py", "client.py"} <= set(imports)
+    bad = {
+        f: sorted(m for m in ms if m.startswith("harness.inject") or (
+            m.startswith("harness.sut") and m != "harness.sut.procs"))
+        for f, ms in imports.items()
+    }  # fmt: skip
+    assert {f: ms for f, ms in bad.items() if ms} == {}

@@ -1,6 +1,6 @@
 """Parsing and validation of the fault proxy's routes and fault specs, and what faults add up to.
 
-Pure: no process, no socket. Covers :mod:`harness.inject.proxy_config` and the proxy's pure
+Pure: no process, no socket. Covers :mod:`harness.proxy.config` and the proxy's pure
 helpers (slice sizes, pieces).
 """
 
@@ -12,9 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.inject.proxy import _pieces, _slice_sizes
-from harness.inject.proxy_config import (
-    DIRECTIONS,
+from harness.model.errors import UsageError
+from harness.model.fault_kinds import DIRECTIONS
+from harness.model.fault_kinds import FAULT_KINDS as SCENARIO_FAULT_KINDS
+from harness.model.validate import REQUIRED, Bad
+from harness.proxy.config import (
     FAULT_KINDS,
     Address,
     ProxyConfigError,
@@ -28,9 +30,7 @@ from harness.inject.proxy_config import (
     parse_routes_json,
     shaping_for,
 )
-from harness.model.errors import UsageError
-from harness.model.faults import FAULT_KINDS as SCENARIO_FAULT_KINDS
-from harness.model.validate import REQUIRED, Bad
+from harness.proxy.server import _pieces, _slice_sizes
 
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True)
 hosts = st.sampled_from(["127.0.0.1", "localhost", "::1", "10.0.0.7"])

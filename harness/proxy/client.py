@@ -1,6 +1,6 @@
 """Drive the fault proxy from the harness: a small synchronous client and a process handle.
 
-:class:`ProxyClient` speaks the control API of :mod:`harness.inject.proxy_control` with the
+:class:`ProxyClient` speaks the control API of :mod:`harness.proxy.control` with the
 standard library (every call has a timeout)::
 
     client = ProxyClient("http://127.0.0.1:9000")
@@ -9,7 +9,7 @@ standard library (every call has a timeout)::
     client.remove_fault("shard-0-primary", fid)   # idempotent
     client.clear()                                # every fault on every route
 
-:func:`start_proxy` starts ``python -m harness.inject.proxy`` in its own process group, waits
+:func:`start_proxy` starts ``python -m harness.proxy`` in its own process group, waits
 (bounded) until its control API answers, and returns a :class:`ProxyProcess` context manager
 that always terminates and reaps it (SIGKILL after a timeout). A proxy that fails to start
 raises :class:`~harness.sut.procs.StartError` with the last lines of its log.
@@ -31,8 +31,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.inject.proxy_config import Address, Route, check_routes, route_from_fields
 from harness.model.errors import HarnessError, UsageError
+from harness.proxy.config import Address, Route, check_routes, route_from_fields
 from harness.sut.procs import StartError, log_tail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -229,7 +229,7 @@ def proxy_command(
     seed: int | None = None,
     parent_pid: int | None = None,
 ) -> list[str]:
-    cmd = [sys.executable, "-m", "harness.inject.proxy", "--control-port", str(control_port)]
+    cmd = [sys.executable, "-m", "harness.proxy", "--control-port", str(control_port)]
     cmd += ["--ready-file", str(ready_path)]
     cmd += [f"--route={r.name}={r.listen}={r.upstream}" for r in routes]
     if seed is not None:

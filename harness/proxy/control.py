@@ -25,10 +25,10 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from harness.inject.proxy_config import ProxyConfigError, parse_fault
+from harness.proxy.config import ProxyConfigError, parse_fault
 
 if TYPE_CHECKING:
-    from harness.inject.proxy import Proxy
+    from harness.proxy.server import Proxy
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
@@ -97,7 +97,7 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
 
 
 class ControlApi:
-    """Routes control requests to the :class:`~harness.inject.proxy.Proxy`."""
+    """Routes control requests to the :class:`~harness.proxy.server.Proxy`."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
@@ -129,7 +129,7 @@ class ControlApi:
 
     def dispatch(self, method: str, target: str, body: bytes) -> tuple[int, dict[str, Any]]:
         parts = [unquote(p) for p in urlsplit(target).path.split("/") if p]
-        from harness.inject.proxy import UnknownRoute
+        from harness.proxy.server import UnknownRoute
 
         try:
             return self._route_request(method, parts, body)

@@ -1,11 +1,13 @@
 """Routes and fault specs of the userspace TCP fault proxy: pure parsing, validation and the
 per-direction shaping that a set of active faults adds up to.
 
-The proxy (:mod:`harness.inject.proxy`) and its client (:mod:`harness.inject.proxy_client`)
+The proxy (:mod:`harness.proxy.server`) and its client (:mod:`harness.proxy.client`)
 share these readers, so a bad route or fault is reported the same way from the command line,
 from a routes file and from the control API: the field, the value found and what is allowed
-(:class:`harness.model.errors.Problem`). Fault parameter names follow the scenario's fault table
-(:data:`harness.model.faults.FAULT_KINDS`), so the injector can pass a scenario's params through.
+(:class:`harness.model.errors.Problem`). The proxy's fault kinds, their parameters, limits and
+defaults are the fault registry's (:data:`harness.model.fault_kinds.FAULT_KINDS`, the kinds whose
+mechanism is the proxy), so a scenario's validated params pass through unchanged; the proxy adds
+one unit of its own, ``bytes_per_s`` as an alternative to ``rate_kbps``.
 
 Nothing here opens a socket or reads a clock.
 """
@@ -15,18 +17,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.model.errors import Problem, UsageError
-from harness.model.validate import INVALID, REQUIRED, Bad, Conv, Fields, choice, integer, number
-
-DIRECTIONS = ("upstream", "downstream", "both")
-"""``upstream``: client to server; ``downstream``: server to client; ``both``."""
-
-BLACKHOLE_MODES = ("drop", "hold")
-"""``drop``: read and discard (counted in ``dropped_bytes``); ``hold``: stop forwarding and keep
-the bytes (the peer's kernel buffers fill, like a frozen node); they flow again on clear."""
+from harness.model.fault_kinds import FAULT_KINDS as REGISTRY
+from harness.model.fault_kinds import FaultKind, Param
+from harness.model.validate import INVALID, Bad, Conv, Fields, choice, number
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NAME_ALLOWED = "a name of letters, digits, '_', '.' or '-' (at most 64, not starting with '_.-')"
@@ -193,36 +190,27 @@ def check_routes(routes: list[Route]) -> None:
 # -- fault specs -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Param:
-    conv: Conv
-    default: Any = REQUIRED
-
-
 _ABSENT = INVALID  # an optional parameter that was not given; left out of the params
 
 
-_KINDS: dict[str, dict[str, _Param]] = {
-    "latency": {
-        "delay_ms": _Param(number(0, 600_000, lo_open=True, unit="ms")),
-        "jitter_ms": _Param(number(0, 600_000, unit="ms"), 0.0),
-    },
-    # rate_kbps is the scenario's unit (KiB/s); bytes_per_s is the proxy's own; give exactly one.
-    "bandwidth": {
-        "rate_kbps": _Param(number(0, 10_000_000, lo_open=True, unit="KiB/s"), _ABSENT),
-        "bytes_per_s": _Param(number(0, 1e10, lo_open=True, unit="bytes/s"), _ABSENT),
-    },
-    "blackhole": {"mode": _Param(choice(BLACKHOLE_MODES), "drop")},
-    "reset": {},
-    "slicer": {
-        "average_size": _Param(integer(1, 65_536), 64),
-        "size_variation": _Param(integer(0, 65_536), 32),
-        "delay_us": _Param(integer(0, 1_000_000), 100),
-    },
+def _proxy_params(kind: FaultKind) -> dict[str, Param]:
+    """The registry's parameters of a proxy kind as the control API takes them: ``direction``
+    is read on its own, and a rate may come in the proxy's unit (give exactly one)."""
+    params = {name: p for name, p in kind.params.items() if name != "direction"}
+    if kind.name == "bandwidth":
+        params["rate_kbps"] = replace(params["rate_kbps"], default=_ABSENT)
+        params["bytes_per_s"] = Param(number(0, 1e10, lo_open=True, unit="bytes/s"), _ABSENT)
+    return params
+
+
+_KINDS: dict[str, dict[str, Param]] = {
+    name: _proxy_params(kind) for name, kind in REGISTRY.items() if kind.mechanism == "proxy"
 }
 FAULT_KINDS = tuple(_KINDS)
-_DEFAULT_DIRECTION = {"reset": "both"}
-_DIRECTIONS_FOR = {"reset": ("both",)}
+
+
+def _direction(kind: str) -> Param:
+    return REGISTRY[kind].params["direction"]
 
 
 @dataclass(frozen=True)
@@ -263,8 +251,7 @@ def parse_fault(body: object) -> ProxyFault:
     kind = f.get("kind", choice(FAULT_KINDS))
     if kind is INVALID:  # the other keys cannot be judged without a kind
         raise ProxyConfigError("fault", problems)
-    allowed_dirs = _DIRECTIONS_FOR.get(kind, DIRECTIONS)
-    direction = f.get("direction", choice(allowed_dirs), _DEFAULT_DIRECTION.get(kind, "downstream"))
+    direction = f.get("direction", _direction(kind).conv, _direction(kind).default)
     params = {name: f.get(name, p.conv, p.default) for name, p in _KINDS[kind].items()}
     f.finish()
     params = {k: v for k, v in params.items() if v is not INVALID}

@@ -3,7 +3,7 @@
 ``tc netem`` is not in these kernels, so latency, bandwidth, blackhole, reset and slicer faults
 sit in this proxy between the gateway and each shard copy (and the region)::
 
-    python -m harness.inject.proxy --control-port 0 --ready-file ready.json \\
+    python -m harness.proxy --control-port 0 --ready-file ready.json \\
         --route shard-0-primary=127.0.0.1:9001=127.0.0.1:7001 --route region=...
 
 Each accepted connection gets its own upstream connection; each direction of it is a
@@ -12,7 +12,7 @@ no queue); with faults it queues ``(due time, bytes)`` in arrival order and a ti
 piece when due, so byte order per direction always holds. Reads pause while a pipe holds more
 than :data:`HIGH_WATER` bytes or its destination is full (TCP back-pressure, bounded memory).
 A ``reset`` answers with RST (``SO_LINGER`` 0, then close). The control API lives in
-:mod:`harness.inject.proxy_control`; specs are parsed by :mod:`harness.inject.proxy_config`.
+:mod:`harness.proxy.control`; specs are parsed by :mod:`harness.proxy.config`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.inject.proxy_config import (
+from harness.proxy.config import (
     Address,
     ProxyConfigError,
     ProxyFault,
@@ -541,7 +541,7 @@ class ProxyStartError(Exception):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m harness.inject.proxy",
+        prog="python -m harness.proxy",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -623,7 +623,7 @@ async def watch_parent(pid: int, stop: asyncio.Event, interval_s: float = 0.5) -
 
 
 async def serve(args: argparse.Namespace, routes: list[Route]) -> None:
-    from harness.inject.proxy_control import start_control
+    from harness.proxy.control import start_control
 
     proxy = Proxy(routes, args.seed)
     stop = asyncio.Event()
@@ -688,11 +688,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("stopped")
     return 0
-
-
-if __name__ == "__main__":
-    # Run the importable module, not this __main__ copy, so classes are the same objects
-    # wherever they are imported (the control API imports harness.inject.proxy).
-    from harness.inject import proxy as _proxy
-
-    sys.exit(_proxy.main())
