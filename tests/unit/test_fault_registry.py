@@ -229,3 +229,13 @@ def test_the_readme_names_every_kind() -> None:
     found = re.search(r"Fault kinds: (.*?)Reports:", readme)
     assert found, "README.md lost its 'Fault kinds:' paragraph"
     assert set(re.findall(r"`([a-z_]+)`", found.group(1))) == set(FAULT_KINDS)
+
+
+def test_the_docker_page_lists_the_kinds_the_docker_backend_runs() -> None:
+    page = (ROOT / "docs" / "docker.md").read_text()
+    table = page[page.index("| kind | on a container |") :].split("\n\n")[0]
+    named: set[str] = set()
+    for row in table.splitlines()[2:]:
+        for name in re.findall(r"`([a-z_*]+)`", row.split("|")[1]):
+            named |= {k for k in FAULT_KINDS if re.fullmatch(name.replace("*", ".*"), k)}
+    assert named == {k for k, v in FAULT_KINDS.items() if "docker" in v.backends}

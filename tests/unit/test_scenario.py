@@ -243,6 +243,25 @@ def test_redis_down_needs_redis():
     assert err.field == "faults[0].target" and "redis: true" in str(err)
 
 
+def test_dependency_outages_take_their_mode_as_a_parameter():
+    fault = {"kind": "redis_down", "at_s": 10, "duration_s": 1, "params": {"mode": "stop"}}
+    assert scenario_from_dict(with_(faults=[fault], slos=[])).faults[0].params == {"mode": "stop"}
+    fault["params"] = {"mode": "blackhole"}
+    err = problems_of(with_(faults=[fault], slos=[]))
+    assert err.field == "faults[0].params.mode" and "one of kill, stop" in str(err)
+    fault = {"kind": "region_down", "at_s": 10, "duration_s": 1}
+    assert scenario_from_dict(with_(faults=[fault], slos=[])).faults[0].params == {"mode": "kill"}
+
+
+def test_a_random_schedule_restart_waits_no_longer_than_the_fault():
+    sched = {"every_s": 10, "duration_s": 3, "kinds": ["restart"], "targets": ["shard-*"],
+             "params": {"restart": {"delay_s": 5}}}  # fmt: skip
+    err = problems_of(with_(faults=[], fault_schedule=sched, slos=[]))
+    assert err.field == "fault_schedule.params.restart.delay_s" and "<= duration_s (3 s)" in str(
+        err
+    )
+
+
 def test_heal_end_fault():
     d = with_(faults=[{"kind": "freeze", "target": "gateway", "at_s": 10, "heal": "end"}])
     s = scenario_from_dict(d)
