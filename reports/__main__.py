@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.model.errors import RecchaosError
-from reports import history
+from reports.history import store as history
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.report import write_report
+from reports.report.write import write_report
 from reports.synthetic import Synth, write_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 
 from harness.metrics.histogram import LatencyHistogram
-from reports.compare import (
+from reports.compare.stats import (
     IMPROVEMENT,
     NO_CHANGE,
     NOT_TESTED,
     REGRESSION,
-    MinEffect,
     bootstrap_median_diff,
     bootstrap_quantile_diff,
     judge,
     mann_whitney_u,
-    parse_min_effect,
 )
+from reports.effect import MinEffect, parse_min_effect
 
 
 def test_mann_whitney_known_example():

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from harness.model.errors import UsageError
-from reports import history
+from reports.history import store as history
 from reports.synthetic import Synth, write_run
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from harness.cli import main
 from harness.model.errors import UsageError
-from reports.load import find_run_dirs, load_run
-from reports.report import write_report
+from reports.report.write import write_report
+from reports.rundir import find_run_dirs, load_run
 from reports.synthetic import Synth, write_run
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from harness.metrics.histogram import LatencyHistogram
 from harness.model.requestlog import TIERS, empty_log, error_code
-from reports.series import per_second, rank_quantiles, spectrum, spectrum_points, spectrum_x
+from reports.report.series import per_second, rank_quantiles, spectrum, spectrum_points, spectrum_x
 
 
 def log_of(intended_ms, response_ms, tiers=None):

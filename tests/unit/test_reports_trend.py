@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from reports.compare import MinEffect
-from reports.history import RunEntry, WindowEntry
-from reports.trend import change_points, render_html, render_markdown, trend_lines
+from reports.effect import MinEffect
+from reports.history.changepoints import change_points
+from reports.history.store import RunEntry, WindowEntry
+from reports.history.trend import render_html, render_markdown, trend_lines
 
 
 def noisy(level, n, seed, spread=0.05):

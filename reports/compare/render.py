@@ -1,15 +1,14 @@
-"""Rendering a :class:`~reports.comparison.Comparison` as HTML (with a per-run strip chart per
+"""Rendering a :class:`~reports.compare.sides.Comparison` as HTML (with a per-run strip chart per
 scenario) and as markdown for CI pages."""
 
 from __future__ import annotations
 
 import math
 
-from reports.bench import BenchRow
-from reports.compare import Judgement
-from reports.comparison import Comparison, Row
-from reports.html import Raw, page, table
-from reports.markdown import md_table
+from reports.compare.bench import BenchRow
+from reports.compare.sides import Comparison, Row
+from reports.compare.stats import Judgement
+from reports.page import Raw, md_table, page, table
 from reports.svg import PALETTE, Chart, esc, finite_max, fmt
 
 STATUS_CLASS = {

@@ -1,4 +1,4 @@
-"""Component benchmarks (pytest-benchmark ``--benchmark-json`` files): read and compare.
+"""Component benchmarks compared: per benchmark, the baseline files against the current ones.
 
 Each nightly round writes one file; a side of a comparison is a list of files (or a history
 batch). Per benchmark the values compared are the per-file medians when both sides have at least
@@ -9,55 +9,14 @@ only (default 10%), since the components run from microseconds to milliseconds.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-from harness.model.errors import UsageError
-from reports.compare import NOT_TESTED, Judgement, MinEffect, judge
+from reports.compare.stats import NOT_TESTED, Judgement, judge
+from reports.effect import MinEffect
+from reports.history.benchfiles import Bench
 
 BENCH_MIN_EFFECT = MinEffect(rel=0.10, abs_ms=0.0)
-
-
-@dataclass(frozen=True)
-class Bench:
-    name: str
-    median_s: float
-    mean_s: float
-    min_s: float
-    stddev_s: float
-    rounds: int
-    data: tuple[float, ...] = ()
-
-
-def read_benchmarks(path: str | os.PathLike[str]) -> list[Bench]:
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-        items = doc["benchmarks"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(
-            f"{p}: not a pytest-benchmark JSON file ({exc}); write one with "
-            "`pytest benchmarks --benchmark-json=FILE`"
-        ) from None
-    out = []
-    for b in items:
-        st = b.get("stats", {})
-        out.append(
-            Bench(
-                str(b.get("name") or b.get("fullname")),
-                float(st.get("median", math.nan)),
-                float(st.get("mean", math.nan)),
-                float(st.get("min", math.nan)),
-                float(st.get("stddev", math.nan)),
-                int(st.get("rounds", 0)),
-                tuple(float(x) for x in st.get("data") or ()),
-            )
-        )
-    return out
 
 
 @dataclass(frozen=True)

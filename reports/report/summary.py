@@ -7,22 +7,11 @@ faults, and the replay command. The HTML report next to it has the plots.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
-from reports.load import RunDir
+from reports.page import md_table
+from reports.rundir import RunDir
 from reports.svg import fmt
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            v = fmt(v)
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _ms(v: Any) -> str:

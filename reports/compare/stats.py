@@ -1,6 +1,6 @@
 """Pure statistics for comparing a baseline with a current set of measurements.
 
-Noisy machines (DESIGN.md: the same benchmark ran 1.4-2.4x slower an hour later) make one run
+Noisy machines (the same benchmark ran 1.4-2.4x slower an hour later on these VMs) make one run
 against one run meaningless, so a regression needs both
 
 * significance: with at least ``min_runs`` runs a side, a one-sided Mann-Whitney U test on the
@@ -10,7 +10,7 @@ against one run meaningless, so a regression needs both
   shown for information only, since it covers sampling noise but not run-to-run machine noise
   (two identical short runs here differed 2x in p99); it decides only when the caller lowers
   ``min_runs`` on purpose;
-* a minimum effect: the median moved up by at least ``rel`` (5%) *and* ``abs`` (0.5 ms).
+* a minimum effect (:mod:`reports.effect`): the median moved up by at least 5% *and* 0.5 ms.
 
 Everything here is numbers in, numbers out: no files, no clock, seeded randomness.
 """
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.metrics.histogram import LatencyHistogram
+from reports.effect import DEFAULT_EFFECT, MinEffect, effect_sign
 
 REGRESSION = "regression"
 IMPROVEMENT = "improvement"
@@ -188,63 +189,6 @@ def bootstrap_quantile_diff(
     return float(lo), float(hi)
 
 
-# minimum effect ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MinEffect:
-    """A change counts only if it is at least ``rel`` (fraction) and ``abs_ms`` of the base."""
-
-    rel: float = 0.05
-    abs_ms: float = 0.5
-
-    def met(self, base: float, cur: float) -> bool:
-        """True when ``cur`` is worse (higher) than ``base`` by both margins."""
-        return _effect(base, cur, self) > 0
-
-    def met_down(self, base: float, cur: float) -> bool:
-        return _effect(base, cur, self) < 0
-
-    def describe(self) -> str:
-        return f"at least {self.rel * 100:g}% and {self.abs_ms:g} ms"
-
-
-def _effect(base: float, cur: float, e: MinEffect) -> int:
-    """+1 worse by both margins, -1 better by both, 0 otherwise (nan, inf on both sides)."""
-    if math.isnan(base) or math.isnan(cur) or (math.isinf(base) and math.isinf(cur)):
-        return 0
-    if math.isinf(cur):
-        return 1
-    if math.isinf(base):
-        return -1
-    delta = cur - base
-    rel = abs(delta) / base if base > 0 else math.inf
-    if abs(delta) >= e.abs_ms and rel >= e.rel:
-        return 1 if delta > 0 else -1
-    return 0
-
-
-DEFAULT_EFFECT = MinEffect()
-
-
-def parse_min_effect(text: str) -> MinEffect:
-    """``5%,0.5ms`` (either part may be left out) -> :class:`MinEffect`."""
-    rel, abs_ms = MinEffect().rel, MinEffect().abs_ms
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        try:
-            if part.endswith("%"):
-                rel = float(part[:-1]) / 100
-            elif part.endswith("ms"):
-                abs_ms = float(part[:-2])
-            else:
-                raise ValueError
-        except ValueError:
-            raise ValueError(
-                f"min effect {text!r}: part {part!r} is neither N% nor Nms; example: 5%,0.5ms"
-            ) from None
-    if rel < 0 or abs_ms < 0:
-        raise ValueError(f"min effect {text!r}: margins must be >= 0")
-    return MinEffect(rel, abs_ms)
-
-
 # the decision --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Judgement:
@@ -270,7 +214,7 @@ def judge(
     base: Sequence[float],
     cur: Sequence[float],
     *,
-    min_effect: MinEffect = MinEffect(),
+    min_effect: MinEffect = DEFAULT_EFFECT,
     alpha: float = 0.05,
     min_runs: int = 3,
     hists: tuple[LatencyHistogram, LatencyHistogram] | None = None,
@@ -304,14 +248,14 @@ def judge(
     enough = min(n) >= min_runs
     if enough and min(n) >= 3:
         mb, mc = _med(a), _med(b)
-        direction = _effect(mb, mc, min_effect)
+        direction = effect_sign(mb, mc, min_effect)
         p = mann_whitney_u(b, a, "greater" if direction >= 0 else "less")[1]
         ci = bootstrap_median_diff(a, b, seed=seed)
         significant = p <= alpha
         method = f"Mann-Whitney U on {n[0]} vs {n[1]} runs"
     elif hists is not None:
         mb, mc = hists[0].percentile_with_errors(q), hists[1].percentile_with_errors(q)
-        direction = _effect(mb, mc, min_effect)
+        direction = effect_sign(mb, mc, min_effect)
         ci = bootstrap_quantile_diff(hists[0], hists[1], q, seed=seed)
         p = math.nan
         significant = (ci[0] > 0) if direction > 0 else (ci[1] < 0)

@@ -6,9 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from reports.html import render_run
-from reports.load import load_run
-from reports.markdown import run_summary
+from reports.page import write_text
+from reports.report.render import render_run
+from reports.report.summary import run_summary
+from reports.rundir import load_run
 
 
 @dataclass(frozen=True)
@@ -17,13 +18,6 @@ class Written:
     markdown: Path
     partial: bool
     verdict: str | None
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic replace: a reader (a CI upload, a browser) never sees half a report."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_report(

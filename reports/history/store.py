@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.model.errors import UsageError
-from reports.load import load_run
+from reports.history.benchfiles import Bench, read_benchmarks
+from reports.rundir import load_run
 
 SCHEMA_VERSION = 1
 DB_NAME = "history.sqlite"
@@ -237,8 +238,6 @@ def append_benchmarks(
     git_commit: str | None = None,
 ) -> int:
     """Add a pytest-benchmark ``--benchmark-json`` file; returns how many benchmarks."""
-    from reports.bench import read_benchmarks
-
     entries = read_benchmarks(json_path)
     with connect(db_path) as conn:
         for b in entries:
@@ -383,9 +382,7 @@ def scenario_history(
 
 
 def benchmark_files(db_path: str | os.PathLike[str], batch: str) -> list[list[Any]]:
-    """The batch's benchmark files, oldest first, each a list of :class:`reports.bench.Bench`."""
-    from reports.bench import Bench
-
+    """The batch's benchmark files, oldest first, each a list of :class:`reports.history.benchfiles.Bench`."""
     files: dict[str, list[Any]] = {}
     with connect(db_path, create=False) as conn:
         for source, name, med, mean, low, sd, rounds, data in conn.execute(

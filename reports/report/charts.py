@@ -2,8 +2,8 @@
 
 Latency over time (fault windows shaded and labelled), tier shares over time (stacked), the
 percentile spectrum per window (HdrHistogram's log axis), the per-stage budget bars and the fault
-timeline. Data preparation lives in :mod:`reports.series` and :mod:`reports.stages`; drawing in
-:mod:`reports.svg`.
+timeline. Data preparation lives in :mod:`reports.report.series` and
+:mod:`reports.report.stages`; drawing in :mod:`reports.svg`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 from harness.metrics.histogram import LatencyHistogram
 from harness.model.record import FaultEvent
-from reports.series import Series, spectrum, spectrum_x
-from reports.stages import StageRow
+from reports.report.series import Series, spectrum, spectrum_x
+from reports.report.stages import StageRow
 from reports.svg import FAULT_FILL, PALETTE, Chart, finite_max, fmt
 
 TIER_COLORS = {

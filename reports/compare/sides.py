@@ -1,8 +1,8 @@
 """``recchaos compare BASELINE CURRENT``: per scenario and window, p50/p95/p99 deltas judged with
-:mod:`reports.compare`, plus component-benchmark deltas; rendered as HTML and markdown.
+:mod:`reports.compare.stats`, plus component-benchmark deltas; rendered as HTML and markdown.
 
 A side is a run directory, a directory of run directories, or ``history:SELECTOR`` (see
-:mod:`reports.history`). Partial runs are left out (and listed). Values per run are the window's
+:mod:`reports.history.store`). Partial runs are left out (and listed). Values per run are the window's
 error-inclusive percentiles from the run record; the merged window histograms feed the
 request-level bootstrap when a side has fewer runs than ``min_runs``.
 """
@@ -16,10 +16,11 @@ from pathlib import Path
 
 from harness.metrics.histogram import LatencyHistogram
 from harness.model.errors import UsageError
-from reports import history
-from reports.bench import BenchRow
-from reports.compare import REGRESSION, Judgement, MinEffect, judge
-from reports.load import find_run_dirs, load_run
+from reports.compare.bench import BenchRow
+from reports.compare.stats import REGRESSION, Judgement, judge
+from reports.effect import MinEffect
+from reports.history import store
+from reports.rundir import find_run_dirs, load_run
 
 METRICS = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0))
 
@@ -55,9 +56,9 @@ def load_side(spec: str, db: Path | None) -> Side:
     """Read one side of a comparison."""
     if spec.startswith("history:"):
         if db is None:
-            raise UsageError(f"{spec}: no history store given; pass --db or set ${history.ENV_DB}")
+            raise UsageError(f"{spec}: no history store given; pass --db or set ${store.ENV_DB}")
         selector = spec.split(":", 1)[1]
-        entries = history.select_runs(db, selector)
+        entries = store.select_runs(db, selector)
         if not entries:
             raise UsageError(f"{spec}: selects no complete runs in {db}")
         side = Side(spec, batch=entries[0].batch if len({e.batch for e in entries}) == 1 else None)
