@@ -148,14 +148,12 @@ def run_scenario(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
-# report, compare, trend (reports/: reads saved run records only) ------------------------------
+# report, compare, trend, history (reports/: reads saved run records only) ---------------------
 @command
 def _reports(sub: Any) -> None:
-    from reports.commands import add_compare_parser, add_report_parser, add_trend_parser
+    from reports.commands import add_parsers
 
-    add_report_parser(sub)
-    add_compare_parser(sub)
-    add_trend_parser(sub)
+    add_parsers(sub)
 
 
 # entry point --------------------------------------------------------------------------------

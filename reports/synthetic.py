@@ -1,9 +1,10 @@
 """A synthetic but valid run directory, for report tests, demos and docs (no cluster needed).
 
-Writes ``run.json`` through :func:`harness.model.record.write_record` and ``load/requests.npy``
-through :func:`harness.model.requestlog.write_log`, with windows computed by
-:mod:`harness.metrics` exactly as a real run computes them: seeded lognormal latencies, one kill
-fault whose window is slower and served by the replica, optional failures. ``slow`` scales every
+Writes ``run.json`` through :func:`harness.model.record.write_record`, ``load/requests.npy``
+through :func:`harness.model.requestlog.write_log`, ``load/histograms.json`` and the HdrHistogram
+files (with ``hdr_files``), with windows computed by :mod:`harness.metrics` exactly as a real run computes them:
+seeded lognormal latencies, one kill fault whose window is slower and served by the replica,
+optional failures. ``slow`` scales every
 latency (to fake a regression). ``python -m reports.synthetic OUT_DIR`` writes one.
 """
 
@@ -16,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.metrics.histogram import LatencyHistogram
+from harness.metrics.intervals import hdr_files
 from harness.metrics.stats import window_stats
-from harness.metrics.windows import windows_for
+from harness.metrics.windows import Window, windows_for
 from harness.model.record import FaultEvent, RunRecord, write_record
-from harness.model.requestlog import TIERS, empty_log, error_code, write_log
+from harness.model.requestlog import TIERS, empty_log, error_code, succeeded, write_log
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Synth:
     failures: int = 0  # failed requests inside the fault window
     status: str = "complete"
     sla_ms: float = 20.0
+    hdr_files: bool = False  # latency.hlog and hgrm/ too (about 2 s: the .hgrm writer is slow)
 
 
 def scenario_dict(s: Synth) -> dict:
@@ -165,8 +169,31 @@ def write_run(out: str | Path, s: Synth = Synth()) -> Path:
         "load_errors": [],
     }
     (run_dir / "details.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_histograms(run_dir, log, [st.window for st in stats], s.hdr_files)
     return run_dir
 
 
+def _write_histograms(run_dir: Path, log: np.ndarray, windows: list[Window], hdr: bool) -> None:
+    """``load/histograms.json`` as the load driver writes it, and the HdrHistogram files."""
+    ok = succeeded(log)
+    sent = log["send_ns"] >= 0
+    us = {
+        "response": ((log["done_ns"] - log["intended_ns"])[ok] + 500) // 1000,
+        "service": ((log["done_ns"] - log["send_ns"])[ok] + 500) // 1000,
+        "lag": ((log["send_ns"] - log["intended_ns"])[sent] + 500) // 1000,
+    }
+    hists = {
+        name: LatencyHistogram.from_us(v, failures=int((~ok).sum()) if name == "response" else 0)
+        for name, v in us.items()
+    }
+    doc = {"unit": "us", "significant_figures": 3, **{n: h.to_dict() for n, h in hists.items()}}
+    (run_dir / "load" / "histograms.json").write_text(json.dumps(doc, indent=1))
+    if not hdr:
+        return
+    for name, text in hdr_files(log, windows, 1.8e9).items():
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text(text)
+
+
 if __name__ == "__main__":
-    print(write_run(sys.argv[1] if len(sys.argv) > 1 else "synthetic-run"))
+    print(write_run(sys.argv[1] if len(sys.argv) > 1 else "synthetic-run", Synth(hdr_files=True)))

@@ -52,8 +52,9 @@ from harness.model.scenario import Scenario
 from harness.model.target import GenericTarget, RecommenderTarget
 from harness.runner import provenance
 from harness.runner.faults import FaultPlanRun
+from harness.runner.hdrfiles import write_hdr_files
 from harness.runner.progress import ProgressDisplay
-from harness.runner.scrape import cross_check, scrape_tiers
+from harness.runner.scrape import METRICS_AFTER, METRICS_BEFORE, cross_check, scrape_tiers
 from harness.runner.settings import RunSettings, resolve_scenario
 from harness.runner.target import RunningTarget, start_target, watched
 from harness.watchdog import WatchdogHandle, start_watchdog
@@ -286,6 +287,7 @@ def judge(
         origin_mono_ns=result.start_mono_ns,
     )
     _write_extra(record.path.parent, result, cross, faults)
+    write_hdr_files(record.path.parent, result.log, ev.windows, result.start_mono_ns)
     return ev
 
 
@@ -475,7 +477,7 @@ def run_phases(
     """Steady state, load plus faults, heal, settle, judge: against a target that is up."""
     fx = effects or Effects()
     fx.steady_state(target, scenario)
-    before = fx.scrape_tiers(target.base_url)
+    before = fx.scrape_tiers(target.base_url, run_dir / METRICS_BEFORE)
     job = build_job(scenario, target, run_dir, fx.monotonic_ns())
     faults = fx.fault_plan(scenario, target, run_dir, journal, job, display)
     record.update(
@@ -485,7 +487,7 @@ def run_phases(
     fx.sleep(min(scenario.settle_s, 2.0))
     cross = cross_check(
         before,
-        fx.scrape_tiers(target.base_url),
+        fx.scrape_tiers(target.base_url, run_dir / METRICS_AFTER),
         client_tiers(result.log),
         tolerance=max(5, len(result.log) // 100),
     )
@@ -569,7 +571,7 @@ class Effects:
     journal: Callable[[Path, str], Journal] = Journal
     watchdog: Callable[[Path, Path | None, Path], AbstractContextManager[Any]] = _watchdog
     steady_state: Callable[[RunningTarget, Scenario], None] = steady_state
-    scrape_tiers: Callable[[str], Counter[str] | None] = scrape_tiers
+    scrape_tiers: Callable[[str, Path | None], Counter[str] | None] = scrape_tiers
     fault_plan: Callable[
         [Scenario, RunningTarget, Path, Journal, LoadJob, ProgressDisplay], FaultPlan
     ] = plan_faults

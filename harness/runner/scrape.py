@@ -1,49 +1,62 @@
-"""The gateway's Prometheus counters before and after a run, and the cross-check of its tier
-counts against what the load generator saw.
+"""The gateway's Prometheus text before and after a run (saved into the run directory, where the
+report reads its per-stage histograms), and the cross-check of its tier counts against what the
+load generator saw.
 
-Parses only what it needs: ``recchaos_requests_total{tier=...,outcome=...} N`` lines.
+The text is parsed with ``prometheus_client``'s reference parser; the tier counts come from the
+``recchaos_requests_total{tier=...,outcome=...}`` samples.
 """
 
 from __future__ import annotations
 
-import re
+import os
 import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
-_LINE = re.compile(r"^recchaos_requests_total\{([^}]*)\}\s+([0-9.eE+]+)\s*$")
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
+from prometheus_client.parser import text_string_to_metric_families
+
+REQUESTS_TOTAL = "recchaos_requests_total"
+# Where a run keeps the texts (relative to its directory); reports/report/stages.py reads them.
+METRICS_BEFORE = "cluster/metrics-before.txt"
+METRICS_AFTER = "cluster/metrics-after.txt"
 
 
-def scrape(base_url: str, save_to: Path | None = None, timeout_s: float = 2.0) -> str | None:
-    """The gateway's /metrics text (saved to ``save_to`` for reports); None when unreadable."""
+def scrape(base_url: str, timeout_s: float = 2.0) -> str | None:
+    """The gateway's /metrics text; None when unreadable."""
     try:
         with urllib.request.urlopen(f"{base_url}/metrics", timeout=timeout_s) as resp:
-            text = resp.read().decode(errors="replace")
+            return resp.read().decode(errors="replace")
     except (urllib.error.URLError, OSError):
         return None
-    if save_to is not None:
-        save_to.parent.mkdir(parents=True, exist_ok=True)
-        save_to.write_text(text)
-    return text
 
 
 def scrape_tiers(base_url: str, save_to: Path | None = None) -> Counter[str] | None:
-    """Requests served per tier according to the server; None when /metrics cannot be read."""
-    text = scrape(base_url, save_to)
-    return None if text is None else parse_tiers(text)
+    """Requests served per tier according to the server; None when /metrics cannot be read or
+    is not Prometheus text. Text that parses is saved to ``save_to`` for the report."""
+    text = scrape(base_url)
+    counts = None if text is None else parse_tiers(text)
+    if counts is not None and text is not None and save_to is not None:
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        tmp = save_to.with_name(f".{save_to.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, save_to)  # a report never reads half a scrape
+    return counts
 
 
-def parse_tiers(text: str) -> Counter[str]:
+def parse_tiers(text: str) -> Counter[str] | None:
+    """Answered requests per tier (outcomes ``ok`` and ``cold_start``); None when the text is not
+    Prometheus exposition format (the cross-check then says /metrics could not be read)."""
     counts: Counter[str] = Counter()
-    for line in text.splitlines():
-        m = _LINE.match(line)
-        if not m:
-            continue
-        labels = dict(_LABEL.findall(m.group(1)))
-        if labels.get("outcome", "ok") in ("ok", "cold_start"):
-            counts[labels.get("tier", "unknown")] += int(float(m.group(2)))
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name != REQUESTS_TOTAL:
+                    continue
+                if sample.labels.get("outcome", "ok") in ("ok", "cold_start"):
+                    counts[sample.labels.get("tier", "unknown")] += int(sample.value)
+    except ValueError:
+        return None
     return counts
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from harness.model.errors import UsageError
 from reports.history.benchfiles import Bench, read_benchmarks
-from reports.rundir import load_run
+from reports.rundir import RunDir, load_run
 
 SCHEMA_VERSION = 1
 DB_NAME = "history.sqlite"
@@ -181,7 +181,13 @@ def append_run(
 ) -> int:
     """Add (or replace) one run in the history; returns its id. Partial runs are stored too,
     marked ``partial`` (comparisons and trends leave them out)."""
-    run = load_run(run_dir)
+    return append_loaded(load_run(run_dir), db_path, batch)
+
+
+def append_loaded(
+    run: RunDir, db_path: str | os.PathLike[str] | None = None, batch: str | None = None
+) -> int:
+    """:func:`append_run` for a run directory already read (and so already checked)."""
     r = run.record
     db = Path(db_path) if db_path is not None else default_db(run.path)
     batch = batch or os.environ.get(ENV_BATCH) or run.path.name

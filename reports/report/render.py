@@ -38,8 +38,9 @@ def header(run: RunDir) -> str:
         else "unknown"
     )
     profile = f", profile {r.profile}" if r.profile else ""
+    killed = " " + badge("KILLED") if run.killed else ""
     out = [
-        f"<h1>{esc(run.scenario_name)} {badge(r.verdict)}</h1>",
+        f"<h1>{esc(run.scenario_name)} {badge(r.verdict)}{killed}</h1>",
         f'<p class="meta">run <code>{esc(run.path.name)}</code> · seed {r.seed}{esc(profile)} · '
         f"started {esc(started)} · status <b>{esc(r.status)}</b> · commit "
         f"<code>{esc(r.git_commit or 'unknown')}</code> · SLA {run.sla_ms:g} ms</p>",
@@ -167,16 +168,15 @@ def spectrum_section(run: RunDir) -> str:
 
 
 def stage_section(run: RunDir) -> str:
-    rows, gateway = stage_rows(run.path, run.record.windows, run.details)
+    rows, gateway = stage_rows(run)
     note = (
-        ""
+        '<p class="note">Gateway rows: the whole run, from its <code>/metrics</code> scraped '
+        "before and after the load (Prometheus histograms, quantiles interpolated inside "
+        "buckets).</p>"
         if gateway
-        else '<p class="note">The gateway\'s per-stage times (<code>timings_ms</code>: queue, '
-        "features, user, retrieve, rank) are not in the run record and its "
-        "<code>/metrics</code> has no stage histograms, so this shows the client-side "
-        'stages. Hook: a run that saves <code>details.json["gateway_stages_ms"]</code> or '
-        "<code>cluster/metrics-after.txt</code> (see <code>reports/stages.py</code>) gets "
-        "gateway rows here.</p>"
+        else '<p class="note">This run saved no scrape of the gateway\'s <code>/metrics</code> '
+        "(<code>cluster/metrics-after.txt</code>), so only the client-side stages are shown: "
+        "generator lag, service (send to answer) and response (intended send to answer).</p>"
     )
     return (
         '<h2 id="stages">Per-stage latency against the budget</h2>'

@@ -27,8 +27,11 @@ def _ms(v: Any) -> str:
 def run_summary(run: RunDir, html_name: str = "report.html") -> str:
     r = run.record
     icon = {"PASS": "✅", "FAIL": "❌", "INCONCLUSIVE": "⚠️"}.get(r.verdict or "", "⏸")
+    if run.killed:
+        icon = "🛑"
     out = [
         f"## {icon} {run.scenario_name}: {r.verdict or 'no verdict'}"
+        + (" (KILLED)" if run.killed else "")
         + (" (PARTIAL RUN)" if run.partial else ""),
         "",
     ]

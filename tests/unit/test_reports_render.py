@@ -9,8 +9,10 @@ from harness.cli import main
 from harness.model.record import read_record
 from reports.history import store as history
 from reports.junit import properties
-from reports.report.stages import bucket_quantile, metrics_rows, parse_histograms
+from reports.prom import parse_histograms
+from reports.report.stages import bucket_quantile, metrics_rows
 from reports.report.write import write_report
+from reports.rundir import load_run
 from reports.synthetic import Synth, write_run
 
 
@@ -49,9 +51,36 @@ def test_gateway_stage_hooks(tmp_path):
     )
     html = write_report(run).html.read_text()
     assert "gateway features" in html and "gateway total" in html
-    assert "are not in the run record" not in html  # the no-stage note goes away
-    [row] = metrics_rows(run)
+    assert "saved no scrape" not in html  # the client-only note goes away
+    [row] = metrics_rows(load_run(run))
     assert abs(row.p50 - 1.0) < 1e-9 and abs(row.p99 - 1.98) < 1e-9
+
+
+def test_per_stage_rows_from_the_scrapes_before_and_after(tmp_path):
+    """What the runner saves: typed Prometheus text twice; the rows are the difference."""
+    run = write_run(tmp_path / "r", Synth())
+    (run / "cluster").mkdir()
+
+    def text(n_fast: int, n_slow: int) -> str:
+        lines = [
+            "# HELP recchaos_stage_seconds Gateway time per stage.",
+            "# TYPE recchaos_stage_seconds histogram",
+        ]
+        for stage in ("rank", "retrieve"):
+            for le, c in (("0.001", n_fast), ("0.005", n_fast + n_slow), ("+Inf", n_fast + n_slow)):
+                lines.append(f'recchaos_stage_seconds_bucket{{stage="{stage}",le="{le}"}} {c}')
+            lines.append(f'recchaos_stage_seconds_count{{stage="{stage}"}} {n_fast + n_slow}')
+            lines.append(f'recchaos_stage_seconds_sum{{stage="{stage}"}} 0.5')
+        return "\n".join(lines) + "\n"
+
+    (run / "cluster" / "metrics-before.txt").write_text(text(1000, 0))
+    (run / "cluster" / "metrics-after.txt").write_text(text(1000, 100))
+    rows = {r.stage: r for r in metrics_rows(load_run(run))}
+    assert set(rows) == {"gateway rank", "gateway retrieve"}
+    # only the 100 slow ones happened during the run: all between 1 and 5 ms
+    assert 1.0 < rows["gateway rank"].p50 < 5.0 and rows["gateway rank"].source.endswith("before)")
+    html = write_report(run).html.read_text()
+    assert "gateway rank" in html and "whole load" in html
 
 
 def test_bucket_quantile_interpolates_like_prometheus():

@@ -172,7 +172,7 @@ class Harness:
             journal=lambda path, run_id: FakeJournal(story, path),
             watchdog=watchdog,
             steady_state=lambda target, scenario: story("steady state"),
-            scrape_tiers=lambda url: story("scrape"),  # the gateway's /metrics unreadable
+            scrape_tiers=lambda url, save_to: story("scrape"),  # the gateway's /metrics unreadable
             fault_plan=fault_plan,
             load=load,
             monotonic_ns=lambda: CLOCK_NS,
