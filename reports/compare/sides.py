@@ -21,6 +21,7 @@ from reports.compare.stats import REGRESSION, Judgement, judge
 from reports.effect import MinEffect
 from reports.history import store
 from reports.rundir import find_run_dirs, load_run
+from reports.validate import Corrupt, histogram
 
 METRICS = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0))
 
@@ -68,10 +69,7 @@ def load_side(spec: str, db: Path | None) -> Side:
                     f"history run {e.id} ({Path(e.run_dir).name})",
                     e.scenario,
                     e.verdict,
-                    {
-                        n: ({"p50": w.p50, "p95": w.p95, "p99": w.p99}, w.response_hist)
-                        for n, w in e.windows.items()
-                    },
+                    {n: _history_window(db, e.id, n, w) for n, w in e.windows.items()},
                 )
             )
         return side
@@ -92,6 +90,20 @@ def load_side(spec: str, db: Path | None) -> Side:
     if not side.samples:
         raise UsageError(f"{spec}: no complete runs to compare ({'; '.join(side.skipped)})")
     return side
+
+
+def _history_window(
+    db: Path, run_id: int, name: str, w: store.WindowEntry
+) -> tuple[dict[str, float], str | None]:
+    if w.response_hist is not None:
+        try:
+            histogram(w.response_hist, f"run {run_id}, window {name!r}, response histogram")
+        except Corrupt as exc:
+            raise UsageError(
+                f"{db}: corrupt history store: {exc}; re-import the run with "
+                "`recchaos history import RUN_DIR`, or move the store away"
+            ) from None
+    return {"p50": w.p50, "p95": w.p95, "p99": w.p99}, w.response_hist
 
 
 @dataclass(frozen=True)

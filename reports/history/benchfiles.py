@@ -25,26 +25,33 @@ class Bench:
 
 def read_benchmarks(path: str | os.PathLike[str]) -> list[Bench]:
     p = Path(path)
+    how = "write one with `pytest benchmarks --benchmark-json=FILE`"
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
         items = doc["benchmarks"]
+        if not isinstance(items, list):
+            raise TypeError(f"benchmarks is a {type(items).__name__}, not a list")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(
-            f"{p}: not a pytest-benchmark JSON file ({exc}); write one with "
-            "`pytest benchmarks --benchmark-json=FILE`"
-        ) from None
+        raise UsageError(f"{p}: not a pytest-benchmark JSON file ({exc}); {how}") from None
     out = []
-    for b in items:
-        st = b.get("stats", {})
-        out.append(
-            Bench(
-                str(b.get("name") or b.get("fullname")),
-                float(st.get("median", math.nan)),
-                float(st.get("mean", math.nan)),
-                float(st.get("min", math.nan)),
-                float(st.get("stddev", math.nan)),
-                int(st.get("rounds", 0)),
-                tuple(float(x) for x in st.get("data") or ()),
-            )
-        )
+    for i, b in enumerate(items):
+        try:
+            out.append(_bench(b))
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise UsageError(
+                f"{p}: benchmarks[{i}] is not a benchmark result ({exc}); {how}"
+            ) from None
     return out
+
+
+def _bench(b: dict) -> Bench:
+    st = b.get("stats", {})
+    return Bench(
+        str(b.get("name") or b.get("fullname")),
+        float(st.get("median", math.nan)),
+        float(st.get("mean", math.nan)),
+        float(st.get("min", math.nan)),
+        float(st.get("stddev", math.nan)),
+        int(st.get("rounds", 0)),
+        tuple(float(x) for x in st.get("data") or ()),
+    )

@@ -184,3 +184,31 @@ def test_a_killed_run_is_reported_as_killed(tmp_path, capsys):
     other = write_run(tmp_path / "ok", Synth())
     assert main(["compare", str(other), str(tmp_path), "--out", str(tmp_path / "o")]) == 0
     assert "r: partial (run KILLED" in (tmp_path / "o" / "compare.md").read_text()
+
+
+def test_a_corrupt_histogram_in_the_history_store_exits_2(tmp_path, capsys):
+    import sqlite3
+
+    from reports.history import store
+
+    db = tmp_path / "h.sqlite"
+    for i in range(2):
+        store.append_run(write_run(tmp_path / f"r{i}", Synth(seed=i)), db, batch=f"b{i}")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE windows SET response_hist = 'recchaos-hdr/1 0 0 AAAA'")
+    args = ["compare", "history:b0", "history:b1", "--db", str(db), "--out", str(tmp_path)]
+    assert main([*args, "--min-runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{db}: corrupt history store: run 1, window" in err and "Traceback" not in err
+
+
+def test_a_malformed_benchmark_file_exits_2(tmp_path, capsys):
+    run = write_run(tmp_path / "r", Synth())
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"benchmarks": [{"name": "x", "stats": {"median": 1e-6}}]}))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"benchmarks": [{"name": "x", "stats": {"median": "fast"}}]}))
+    args = ["compare", str(run), str(run), "--out", str(tmp_path), "--bench-baseline", str(good)]
+    assert main([*args, "--bench-current", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: benchmarks[0] is not a benchmark result" in err and "Traceback" not in err
