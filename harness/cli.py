@@ -128,6 +128,12 @@ def _run(sub: Any) -> None:
         "--no-progress", dest="progress", action="store_false", help="no per-second progress lines"
     )
     p.add_argument("--load-workers", type=int, default=1, help="load worker processes (default 1)")
+    p.add_argument(
+        "--junit",
+        metavar="FILE",
+        help="also write JUnit XML (one test case, the recchaos.* properties the pytest plugin "
+        "writes) to FILE",
+    )
     p.set_defaults(func=run_scenario)
 
 
@@ -143,6 +149,12 @@ def run_scenario(args: argparse.Namespace) -> int:
     )
     outcome = run(settings)
     print(f"run record: {outcome.run_dir / 'run.json'}")
+    if args.junit and outcome.record is not None:
+        from reports.junit import write_junit
+
+        record, code = outcome.record.to_dict(), outcome.exit_code
+        path = write_junit(args.junit, record, code, outcome.message, outcome.run_dir)
+        print(f"junit: {path}")
     if outcome.exit_code != 0:
         print(f"{outcome.message}\nReproduce with: {outcome.replay}")
     return outcome.exit_code
