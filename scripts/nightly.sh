@@ -1,30 +1,42 @@
 #!/usr/bin/env bash
-# The nightly chaos job (what `tox -e nightly` and .github/workflows/nightly.yml run).
+# The nightly chaos job, in two phases that can run on one machine or on many:
 #
-# ROUNDS rounds, interleaved: each round runs every scenario once (nightly profile) and the
-# component benchmarks once, so slow drift of the machine hits every scenario alike (DESIGN.md:
-# compare inside one run, interleaved, repeated). Every run and benchmark file goes into the
-# history store under one batch; then the batch is compared with the stored baseline
-# (`recchaos compare`, Mann-Whitney U over the rounds plus a minimum effect), the trend is
-# redrawn, and the reports land in $OUT/reports/$BATCH. A clean night (no FAIL, no regression)
-# becomes the new baseline; the first night just sets it.
+#   bash scripts/nightly.sh            run, then merge (what `tox -e nightly` runs)
+#   bash scripts/nightly.sh run        run the scenarios and benchmarks, write run directories
+#   bash scripts/nightly.sh merge P... merge the run directories and benchmark files found under
+#                                      the paths P (searched recursively) into the history
 #
-# Exit: 0 clean; 1 a FAIL verdict or a regression; 4 a harness error (a run that could not
-# finish). INCONCLUSIVE runs are listed and fail the job only with NIGHTLY_STRICT=1.
+# run: ROUNDS rounds, interleaved: each round runs every scenario once (nightly profile) and the
+# component benchmarks once, so slow drift of the machine hits every scenario alike (compare
+# inside one run, interleaved, repeated). .github/workflows/nightly.yml instead gives every
+# (scenario, round) a runner of its own (NIGHTLY_ROUND picks the round) and merges there.
+#
+# merge: `recchaos history import` puts every run directory into the history store under one
+# batch (each checked first: a corrupt one stops the merge with exit 2), benchmark files go in
+# beside them, every run gets report.html; then the batch is compared with the stored baseline
+# (`recchaos compare`: Mann-Whitney U over the rounds plus a minimum effect), the trend is
+# redrawn, and the reports land in $OUT/reports/$BATCH. A clean night (no FAIL, no harness error,
+# no regression) becomes the new baseline; the first night only sets it. A scenario with fewer
+# runs than NIGHTLY_ROUNDS (a runner that died, a run that could not finish) is a harness error.
+#
+# Exit: 0 clean; 1 a FAIL verdict or a regression; 4 a harness error; 2 a corrupt run directory.
+# INCONCLUSIVE runs are listed and fail the job only with NIGHTLY_STRICT=1 (exit 3).
 #
 # Settings (environment):
 #   NIGHTLY_SCENARIOS  scenario files, space separated (default: primary_kill, primary_freeze)
 #   NIGHTLY_ROUNDS     rounds (default 3: the smallest n for which the rank test can say p<=0.05)
+#   NIGHTLY_ROUND      run only this round number (one runner per round in CI)
 #   NIGHTLY_PROFILE    scenario profile (default nightly; empty: none)
 #   NIGHTLY_OUT        output root (default runs/nightly)
 #   NIGHTLY_BENCH      1 to run the component benchmarks each round (default 1)
 #   NIGHTLY_MIN_EFFECT minimum effect for a regression (default 5%,0.5ms)
 #   NIGHTLY_STRICT     1: INCONCLUSIVE runs fail the job too
+#   RECCHAOS_BATCH     the night's batch name (default nightly-DATE-TIME)
 #   RECCHAOS_HISTORY   history store (default $NIGHTLY_OUT/history.sqlite)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-SCENARIOS=${NIGHTLY_SCENARIOS:-"scenarios/primary_kill.yaml scenarios/primary_freeze.yaml"}
+SCENARIOS=${NIGHTLY_SCENARIOS-"scenarios/primary_kill.yaml scenarios/primary_freeze.yaml"}
 ROUNDS=${NIGHTLY_ROUNDS:-3}
 PROFILE=${NIGHTLY_PROFILE-nightly}
 OUT=${NIGHTLY_OUT:-runs/nightly}
@@ -33,90 +45,146 @@ MIN_EFFECT=${NIGHTLY_MIN_EFFECT:-5%,0.5ms}
 BATCH=${RECCHAOS_BATCH:-nightly-$(date -u +%Y%m%d-%H%M%S)}
 export RECCHAOS_BATCH=$BATCH
 export RECCHAOS_HISTORY=${RECCHAOS_HISTORY:-$OUT/history.sqlite}
-PY=.venv/bin/python
-RECCHAOS=.venv/bin/recchaos
+PY=${NIGHTLY_PYTHON:-.venv/bin/python}
+RECCHAOS=("$PY" -m harness.cli)
 RUNS=$OUT/runs/$BATCH
 REPORTS=$OUT/reports/$BATCH
-mkdir -p "$RUNS" "$REPORTS" "$OUT/bench/$BATCH"
 LOG=$REPORTS/nightly.log
-fails=() inconclusive=() errors=()
+mkdir -p "$REPORTS"
 
 say() { echo "nightly: $*" | tee -a "$LOG"; }
 
-say "batch $BATCH: $ROUNDS round(s) of [$SCENARIOS] profile '${PROFILE:-none}'; history $RECCHAOS_HISTORY"
-for round in $(seq 1 "$ROUNDS"); do
-  for scenario in $SCENARIOS; do
-    say "round $round/$ROUNDS: $scenario"
-    args=(run "$scenario" --out "$RUNS" --no-progress)
-    [ -n "$PROFILE" ] && args+=(--profile "$PROFILE")
-    output=$("$RECCHAOS" "${args[@]}" 2>&1)
-    rc=$?
-    echo "$output" >>"$LOG"
-    echo "$output" | tail -n 4
-    run_dir=$(echo "$output" | sed -n 's/^run record: \(.*\)\/run\.json$/\1/p' | tail -n 1)
-    case $rc in
-      0) ;;
-      1) fails+=("$scenario round $round ($run_dir)") ;;
-      3) inconclusive+=("$scenario round $round ($run_dir)") ;;
-      *) errors+=("$scenario round $round: exit $rc ($run_dir)") ;;
-    esac
-    if [ -n "$run_dir" ] && [ -f "$run_dir/run.json" ]; then
-      # report + append to the history (idempotent if the runner appended already)
-      "$RECCHAOS" report "$run_dir" --db "$RECCHAOS_HISTORY" >>"$LOG" 2>&1 \
-        || say "could not report $run_dir (see $LOG)"
-    fi
-  done
-  if [ "$BENCH" = 1 ]; then
-    json=$OUT/bench/$BATCH/round-$round.json
-    say "round $round/$ROUNDS: component benchmarks -> $json"
-    if $PY -m pytest benchmarks/test_components.py -q -p no:cacheprovider \
-        --benchmark-max-time=0.5 --benchmark-json="$json" >>"$LOG" 2>&1; then
-      $PY -m reports append-bench "$json" --batch "$BATCH" --db "$RECCHAOS_HISTORY" >>"$LOG" 2>&1
-    else
-      errors+=("component benchmarks round $round (see $LOG)")
-    fi
-  fi
-done
+# One line per run that did not leave a complete run directory; merge reads these files back.
+problem() { echo "$*" >>"$RUNS/problems.txt"; say "problem: $*"; }
 
-regression=0
-if $PY -m reports has-baseline --db "$RECCHAOS_HISTORY" >/dev/null 2>&1; then
-  promote=()
-  [ ${#fails[@]} -eq 0 ] && [ ${#errors[@]} -eq 0 ] && promote=(--set-baseline)
-  "$RECCHAOS" compare history:baseline "history:$BATCH" --db "$RECCHAOS_HISTORY" \
-    --out "$REPORTS" --min-effect "$MIN_EFFECT" "${promote[@]}" 2>&1 | tee -a "$LOG"
-  crc=${PIPESTATUS[0]}
-  if [ "$crc" = 1 ]; then regression=1; elif [ "$crc" != 0 ]; then errors+=("compare exit $crc"); fi
-else
-  if [ ${#fails[@]} -eq 0 ] && [ ${#errors[@]} -eq 0 ]; then
+run_one() {  # scenario round
+  local scenario=$1 round=$2 output rc run_dir
+  say "round $round/$ROUNDS: $scenario"
+  local args=(run "$scenario" --out "$RUNS" --no-progress)
+  [ -n "$PROFILE" ] && args+=(--profile "$PROFILE")
+  output=$("${RECCHAOS[@]}" "${args[@]}" 2>&1)
+  rc=$?
+  echo "$output" >>"$LOG"
+  echo "$output" | tail -n 4
+  run_dir=$(echo "$output" | sed -n 's/^run record: \(.*\)\/run\.json$/\1/p' | tail -n 1)
+  if [ -z "$run_dir" ] || [ ! -f "$run_dir/run.json" ]; then
+    problem "$scenario round $round: exit $rc and no run record (see $LOG)"
+  fi
+  return "$rc"
+}
+
+run_bench() {  # round
+  local json=$RUNS/benchmarks-round-$1.json
+  say "round $1/$ROUNDS: component benchmarks -> $json"
+  if ! "$PY" -m pytest benchmarks/test_components.py -q -p no:cacheprovider \
+      --benchmark-max-time=0.5 --benchmark-json="$json" >>"$LOG" 2>&1; then
+    problem "component benchmarks round $1 (see $LOG)"
+    rm -f "$json"
+    return 4
+  fi
+}
+
+phase_run() {
+  mkdir -p "$RUNS"
+  local first=1 last=$ROUNDS status=0 rc
+  if [ -n "${NIGHTLY_ROUND:-}" ]; then first=$NIGHTLY_ROUND last=$NIGHTLY_ROUND; fi
+  say "batch $BATCH: rounds $first..$last of [$SCENARIOS] profile '${PROFILE:-none}' -> $RUNS"
+  for round in $(seq "$first" "$last"); do
+    for scenario in $SCENARIOS; do
+      run_one "$scenario" "$round"; rc=$?
+      # worst first: a harness error (4) over FAIL (1) over INCONCLUSIVE (3)
+      case $rc in 0) ;; 1) [ $status = 4 ] || status=1 ;; 3) [ $status = 0 ] && status=3 ;; *) status=4 ;; esac
+    done
+    if [ "$BENCH" = 1 ]; then run_bench "$round" || status=4; fi
+  done
+  return $status
+}
+
+scenario_name() {  # scenario file -> its name: field
+  "${RECCHAOS[@]}" scenarios show "$1" 2>/dev/null | sed -n 's/^name: //p' | head -n 1
+}
+
+phase_merge() {
+  local fails=() inconclusive=() errors=() run_dirs=() benches=() line
+  while IFS= read -r line; do run_dirs+=("$line"); done < <(find "$@" -name run.json -printf '%h\n' | sort -u)
+  while IFS= read -r line; do benches+=("$line"); done < <(find "$@" -name 'benchmarks-round-*.json' | sort)
+  while IFS= read -r line; do [ -n "$line" ] && errors+=("$line"); done < <(find "$@" -name problems.txt -exec cat {} + 2>/dev/null)
+  say "merge into batch $BATCH: ${#run_dirs[@]} run(s), ${#benches[@]} benchmark file(s) from $*"
+  if [ ${#run_dirs[@]} -gt 0 ]; then
+    "${RECCHAOS[@]}" history import "${run_dirs[@]}" --batch "$BATCH" --db "$RECCHAOS_HISTORY" --report 2>&1 | tee -a "$LOG"
+    local irc=${PIPESTATUS[0]}
+    if [ "$irc" != 0 ]; then say "history import failed (exit $irc): nothing merged"; return "$irc"; fi
+  fi
+  for json in "${benches[@]}"; do
+    "$PY" -m reports append-bench "$json" --batch "$BATCH" --db "$RECCHAOS_HISTORY" >>"$LOG" 2>&1 \
+      || errors+=("benchmark file $json could not be added (see $LOG)")
+  done
+
+  # verdicts and counts of what arrived, from the history itself
+  local listing
+  listing=$("${RECCHAOS[@]}" history list "$BATCH" --db "$RECCHAOS_HISTORY" 2>/dev/null | tail -n +2)
+  while IFS=$'\t' read -r _id _batch scen status verdict _partial dir; do
+    [ -z "$_id" ] && continue
+    if [ "$status" != complete ]; then errors+=("$scen: run $status ($dir)")
+    elif [ "$verdict" = FAIL ]; then fails+=("$scen ($dir)")
+    elif [ "$verdict" = INCONCLUSIVE ]; then inconclusive+=("$scen ($dir)"); fi
+  done <<<"$listing"
+  for scenario in $SCENARIOS; do
+    local name got
+    name=$(scenario_name "$scenario")
+    got=$(printf '%s\n' "$listing" | awk -F'\t' -v n="$name" '$3 == n && $4 == "complete"' | wc -l)
+    [ "$got" -lt "$ROUNDS" ] && errors+=("$scenario: $got of $ROUNDS complete run(s) arrived")
+  done
+
+  local regression=0
+  if "$PY" -m reports has-baseline --db "$RECCHAOS_HISTORY" >/dev/null 2>&1; then
+    local promote=()
+    [ ${#fails[@]} -eq 0 ] && [ ${#errors[@]} -eq 0 ] && promote=(--set-baseline)
+    "${RECCHAOS[@]}" compare history:baseline "history:$BATCH" --db "$RECCHAOS_HISTORY" \
+      --out "$REPORTS" --min-effect "$MIN_EFFECT" "${promote[@]}" 2>&1 | tee -a "$LOG"
+    local crc=${PIPESTATUS[0]}
+    if [ "$crc" = 1 ]; then regression=1; elif [ "$crc" != 0 ]; then errors+=("compare exit $crc"); fi
+  elif [ ${#fails[@]} -eq 0 ] && [ ${#errors[@]} -eq 0 ]; then
     say "no baseline yet: batch $BATCH becomes the baseline"
-    $PY -m reports set-baseline "$BATCH" --db "$RECCHAOS_HISTORY" >>"$LOG" 2>&1
+    "$PY" -m reports set-baseline "$BATCH" --db "$RECCHAOS_HISTORY" >>"$LOG" 2>&1
   else
     say "no baseline yet, and this batch is not clean: no baseline set"
   fi
-fi
-"$RECCHAOS" trend --db "$RECCHAOS_HISTORY" --out "$REPORTS" 2>&1 | tee -a "$LOG"
+  "${RECCHAOS[@]}" trend --db "$RECCHAOS_HISTORY" --out "$REPORTS" 2>&1 | tee -a "$LOG"
 
-# One markdown page for CI: compare, trend, then every run's summary.
-summary=$REPORTS/summary.md
-{
-  echo "# recchaos nightly $BATCH"
-  echo
-  for f in "${fails[@]}"; do echo "- ❌ FAIL: $f"; done
-  for f in "${errors[@]}"; do echo "- 🛑 harness error: $f"; done
-  for f in "${inconclusive[@]}"; do echo "- ⚠️ INCONCLUSIVE: $f"; done
-  echo
-  [ -f "$REPORTS/compare.md" ] && cat "$REPORTS/compare.md" && echo
-  [ -f "$REPORTS/trend.md" ] && cat "$REPORTS/trend.md" && echo
-  for md in "$RUNS"/*/report.md; do [ -f "$md" ] && cat "$md" && echo; done
-} >"$summary"
-[ -n "${GITHUB_STEP_SUMMARY:-}" ] && cat "$summary" >>"$GITHUB_STEP_SUMMARY"
-say "reports in $REPORTS (summary.md, compare.html, trend.html; per run: $RUNS/*/report.html)"
+  # One markdown page for CI: problems, compare, trend, then every run's summary.
+  local summary=$REPORTS/summary.md
+  {
+    echo "# recchaos nightly $BATCH"
+    echo
+    for f in "${fails[@]}"; do echo "- ❌ FAIL: $f"; done
+    for f in "${errors[@]}"; do echo "- 🛑 harness error: $f"; done
+    for f in "${inconclusive[@]}"; do echo "- ⚠️ INCONCLUSIVE: $f"; done
+    echo
+    [ -f "$REPORTS/compare.md" ] && cat "$REPORTS/compare.md" && echo
+    [ -f "$REPORTS/trend.md" ] && cat "$REPORTS/trend.md" && echo
+    for d in "${run_dirs[@]}"; do [ -f "$d/report.md" ] && cat "$d/report.md" && echo; done
+  } >"$summary"
+  [ -n "${GITHUB_STEP_SUMMARY:-}" ] && cat "$summary" >>"$GITHUB_STEP_SUMMARY"
+  say "reports in $REPORTS (summary.md, compare.html, trend.html; per run: report.html in each run directory)"
 
-status=0
-if [ ${#errors[@]} -gt 0 ]; then status=4; fi
-if [ ${#fails[@]} -gt 0 ] || [ "$regression" = 1 ]; then status=1; fi
-if [ "${NIGHTLY_STRICT:-0}" = 1 ] && [ ${#inconclusive[@]} -gt 0 ] && [ $status = 0 ]; then
-  status=3
-fi
-say "done: ${#fails[@]} FAIL, ${#inconclusive[@]} INCONCLUSIVE, ${#errors[@]} error(s), regression=$regression -> exit $status"
-exit $status
+  local status=0
+  if [ ${#errors[@]} -gt 0 ]; then status=4; fi
+  if [ ${#fails[@]} -gt 0 ] || [ "$regression" = 1 ]; then status=1; fi
+  if [ "${NIGHTLY_STRICT:-0}" = 1 ] && [ ${#inconclusive[@]} -gt 0 ] && [ $status = 0 ]; then
+    status=3
+  fi
+  say "done: ${#fails[@]} FAIL, ${#inconclusive[@]} INCONCLUSIVE, ${#errors[@]} error(s), regression=$regression -> exit $status"
+  return $status
+}
+
+case ${1:-all} in
+  run) phase_run ;;
+  merge)
+    shift
+    if [ $# -eq 0 ]; then echo "usage: $0 merge PATH... (run directories or folders holding them)" >&2; exit 2; fi
+    phase_merge "$@"
+    ;;
+  all) phase_run; phase_merge "$RUNS" ;;
+  *) echo "usage: $0 [run | merge PATH... | all]" >&2; exit 2 ;;
+esac

@@ -111,10 +111,12 @@ def hlog_text(parts: Sequence[Interval], origin_wall: float, comment: str = "") 
     out = io.StringIO()
     writer = HistogramLogWriter(out)
     writer.output_log_format_version()
-    # The package's output_start_time fails (it calls datetime.iso_format); same line by hand.
+    # StartTime and BaseTime must print alike: the reader drops an interval whose offset from
+    # StartTime is below 0, which a rounded StartTime makes of the first one. (The package's
+    # output_start_time also fails: it calls datetime.iso_format.)
     when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(origin_wall))
-    writer.output_comment(f"[StartTime: {origin_wall:.3f} (seconds since epoch), {when}Z]")
-    writer.output_base_time(origin_wall * 1000.0)
+    writer.output_comment(f"[StartTime: {origin_wall:f} (seconds since epoch), {when}Z]")
+    writer.output_comment(f"[BaseTime: {origin_wall:f} (seconds since epoch)]")
     if comment:
         writer.output_comment(comment)
     writer.output_legend()
@@ -132,7 +134,14 @@ def hgrm_text(h: HdrHistogram) -> str:
     """The percentile distribution of ``h`` (values in ms), HdrHistogram's ``.hgrm`` text."""
     out = io.BytesIO()
     h.output_percentile_distribution(out, MS_PER_US)
-    return out.getvalue().decode("ascii")
+    text = out.getvalue().decode("ascii")
+    # The package prints the standard deviation unscaled (microseconds); the format's is in
+    # the output unit, like the mean beside it.
+    return re.sub(
+        r"StdDeviation   = *[0-9.]+",
+        lambda _: f"StdDeviation   = {h.get_stddev() / MS_PER_US:12.3f}",
+        text,
+    )
 
 
 def hgrm_name(index: int, window_name: str) -> str:
