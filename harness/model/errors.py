@@ -11,8 +11,9 @@ every problem found in one validation pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
@@ -56,12 +57,92 @@ MISSING = object()
 """Marks a required field that is absent (printed as ``missing``)."""
 
 
-def show_value(value: object) -> str:
-    """A short, unambiguous rendering of a value found in a scenario."""
+class Described:
+    """A found value given by its description, shown without quotes (``21,181,248 bytes``,
+    ``a FIFO (named pipe)``): for what the file is or holds rather than a value in it."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Described) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+SHOW_CHARS = 80
+SHOW_DEPTH = 6
+MAX_LISTED = 50
+"""At most this many problems are listed in one message; the count of the rest follows."""
+
+
+def show_value(value: object, limit: int = SHOW_CHARS) -> str:
+    """A short, unambiguous rendering of a value found in a scenario: ``repr`` cut to ``limit``
+    characters. Built piece by piece and stopped once past the limit, so the cost does not
+    grow with the value (a value from hostile input may be huge, deep, or share itself)."""
     if value is MISSING:
         return "missing"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    parts: list[str] = []
+    _render(value, parts, limit + 1, SHOW_DEPTH)
+    text = "".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _render(value: object, out: list[str], budget: int, depth: int) -> int:
+    """Append a repr of ``value`` to ``out``, about ``budget`` characters at most; returns the
+    budget left (<= 0: the text is already too long and will be cut)."""
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        if depth <= 0:
+            out.append("...")
+            return budget - 3
+        return _render_items(value, out, budget, depth)
+    if isinstance(value, str | bytes):
+        text = repr(value[:budget])
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        text = f"<an integer of {value.bit_length()} bits>"  # repr of 5,000 digits raises
+    else:
+        text = repr(value)[:budget]
+    out.append(text)
+    return budget - len(text)
+
+
+def _render_items(value: Any, out: list[str], budget: int, depth: int) -> int:
+    items: Iterable[Any] = value
+    if isinstance(value, dict):
+        opening, closing, items = "{", "}", value.items()
+    elif isinstance(value, list):
+        opening, closing = "[", "]"
+    elif isinstance(value, tuple):
+        opening, closing = "(", ",)" if len(value) == 1 else ")"
+    elif not value:
+        out.append(repr(value))  # set() or frozenset()
+        return budget - len(out[-1])
+    else:
+        opening, closing = ("frozenset({", "})") if isinstance(value, frozenset) else ("{", "}")
+    out.append(opening)
+    budget -= len(opening)
+    for i, item in enumerate(items):
+        if budget <= 0:
+            return budget
+        if i:
+            out.append(", ")
+            budget -= 2
+        if isinstance(value, dict):
+            budget = _render(item[0], out, budget, depth - 1)
+            out.append(": ")
+            budget = _render(item[1], out, budget - 2, depth - 1)
+        else:
+            budget = _render(item, out, budget, depth - 1)
+    out.append(closing)
+    return budget - len(closing)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -75,9 +156,10 @@ class Problem:
     hint: str = ""
 
     def describe(self) -> str:
-        where = self.field or "(file)"
-        text = f"{where}: got {show_value(self.value)}; allowed: {self.allowed}"
-        return f"{text}; {self.hint}" if self.hint else text
+        # field paths and hints can quote keys and names from the file: keep them short too
+        where = _cut(self.field or "(file)", 200)
+        text = f"{where}: got {show_value(self.value)}; allowed: {_cut(self.allowed, 500)}"
+        return f"{text}; {_cut(self.hint, 300)}" if self.hint else text
 
 
 class ScenarioError(UsageError):
@@ -106,5 +188,7 @@ class ScenarioError(UsageError):
         if len(self.problems) == 1:
             return f"{self.file}: {self.problems[0].describe()}"
         lines = [f"{self.file}: {len(self.problems)} problems"]
-        lines += [f"  {p.describe()}" for p in self.problems]
+        lines += [f"  {p.describe()}" for p in self.problems[:MAX_LISTED]]
+        if len(self.problems) > MAX_LISTED:
+            lines.append(f"  ... and {len(self.problems) - MAX_LISTED} more")
         return "\n".join(lines)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness.model.bounds import check_data
 from harness.model.consistency import cross_check
 from harness.model.errors import MISSING, Problem, ScenarioError
 from harness.model.faults import (
@@ -144,8 +145,12 @@ def validate_scenario(scenario: Scenario) -> Scenario:
 def scenario_from_dict(data: Any, source: str = "<python>", profile: str | None = None) -> Scenario:
     """Validate a parsed scenario (base and every profile) and apply ``profile`` if given.
 
-    ``profile`` defaults to the scenario's own ``profile`` key.
+    ``profile`` defaults to the scenario's own ``profile`` key. Data past the limits of
+    :mod:`harness.model.bounds` (too deep, too large, or containing itself) is refused first.
     """
+    beyond = check_data(data)
+    if beyond is not None:
+        raise ScenarioError(source, [beyond])
     problems: list[Problem] = []
     base = _read(data, source, problems)
     profiles = read_profiles(data.get("profiles") if isinstance(data, dict) else None, problems)

@@ -1,0 +1,119 @@
+"""Hostile scenario files through the real entry points: ``recchaos scenarios validate``,
+``scenarios show`` and ``run`` (each a child process whose peak RSS and wall time are measured
+with ``wait4``), and the pytest plugin's collection of a scenarios directory.
+
+The four files: billion laughs (3.4 billion strings from 300 bytes of anchors), 20 MB of text, 250
+levels of nesting, and a FIFO nobody writes to. Each must exit 2 with the reason and no
+traceback, in under 2 s and 200 MB. These are resource bounds (a rejected file must cost about
+an interpreter start), not latency figures: without the limits the same files took 229 s and
+5.8 GB, 147 s and 2.5 GB, a RecursionError, and forever.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+MAX_WALL_S = 2.0
+MAX_RSS_MB = 200.0
+HANG_S = 30.0  # a child still running after this is killed and the test fails
+
+REASONS = {
+    "laughs.yaml": "got more than 20,000 values",
+    "big.yaml": "allowed: at most 1,048,576 bytes (1 MiB)",
+    "deep.yaml": "got more than 32 nested levels",
+    "fifo.yaml": "got a FIFO (named pipe); allowed: a regular file",
+}
+
+
+@dataclass(frozen=True)
+class Finished:
+    code: int
+    wall_s: float
+    peak_rss_mb: float
+    output: str
+
+
+def measured(argv: list[str], cwd: Path, out: Path) -> Finished:
+    """Run ``argv`` to its end and return its exit code, wall time and the child's own peak RSS
+    (``wait4``'s rusage: this child only, not the test process or other children)."""
+    with open(out, "wb") as sink:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
+        )
+        with ThreadPoolExecutor(1) as pool:
+            waited = pool.submit(os.wait4, proc.pid, 0)
+            try:
+                _, status, usage = waited.result(timeout=HANG_S)
+            except FutureTimeout:
+                proc.kill()
+                waited.result(timeout=10)
+                proc.returncode = -9
+                pytest.fail(f"{argv} still running after {HANG_S} s:\n{out.read_text()[-2000:]}")
+        wall = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4 already
+    return Finished(proc.returncode, wall, usage.ru_maxrss / 1024, out.read_text(errors="replace"))
+
+
+def write_hostile(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    laughs = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    laughs += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    (directory / "laughs.yaml").write_text("\n".join(laughs) + "\n")
+    with open(directory / "big.yaml", "w") as f:  # a scenario with a 20 MB description
+        f.write((REPO / "scenarios" / "steady_state.yaml").read_text())
+        f.write("\nsecond_description: |\n")
+        f.writelines(["  " + "x" * 98 + "\n"] * (20 * 1024 * 1024 // 100))
+    (directory / "deep.yaml").write_text("a: " + "[" * 250 + "]" * 250 + "\n")
+    os.mkfifo(directory / "fifo.yaml")
+    return [directory / name for name in REASONS]
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return write_hostile(tmp_path_factory.mktemp("hostile") / "scenarios")
+
+
+@pytest.mark.parametrize("command", [["scenarios", "validate"], ["scenarios", "show"], ["run"]])
+def test_each_hostile_file_exits_2_quickly_and_small(hostile, command, tmp_path):
+    for path in hostile:
+        argv = [sys.executable, "-m", "harness.cli", *command, str(path)]
+        if command == ["run"]:
+            argv += ["--out", str(tmp_path / "runs")]
+        got = measured(argv, REPO, tmp_path / "output.txt")
+        where = f"recchaos {' '.join(command)} {path.name}: {got}"
+        assert got.code == 2, where
+        assert REASONS[path.name] in got.output, where
+        assert "Traceback" not in got.output, where
+        assert got.wall_s < MAX_WALL_S, where
+        assert got.peak_rss_mb < MAX_RSS_MB, where
+    assert not (tmp_path / "runs").exists(), "a refused scenario must not start a run"
+
+
+def test_the_pytest_plugin_reports_each_as_a_collection_error(hostile, tmp_path):
+    project = hostile[0].parent.parent
+    (project / "pytest.ini").write_text("[pytest]\nchaos_scenarios = scenarios\n")
+    got = measured(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "scenarios"],
+        project,
+        tmp_path / "output.txt",
+    )
+    assert got.code == 2, got  # collection errors; the FIFO is not a file pytest collects
+    for name in ("laughs.yaml", "big.yaml", "deep.yaml"):
+        assert f"ERROR scenarios/{name}" in got.output, got.output[-3000:]
+        assert REASONS[name] in got.output, got.output[-3000:]
+    assert "fifo.yaml" not in got.output
+    assert "RecursionError" not in got.output and "MemoryError" not in got.output
+    assert got.peak_rss_mb < MAX_RSS_MB, got
