@@ -1,14 +1,18 @@
 """The ``recchaos`` command line: a thin adapter over the harness's layers.
 
-Subcommands register themselves in :data:`COMMANDS` (one function per group that adds its
-parser); ``run`` will be added next to them. Exit codes: 0 PASS (or OK), 1 FAIL, 2 usage error,
-3 INCONCLUSIVE, 4 harness error, 130 interrupted (Ctrl-C). ``recchaos sut ...`` passes its arguments unchanged to
-``python -m system_under_test`` (the recommender is never imported here).
+Each command group registers its parser in :data:`COMMANDS` (``scenarios``, ``sut``, ``run``,
+and ``report``, ``compare`` and ``trend`` from :mod:`reports.commands`). Every argument carries
+help text, and an option with a fixed set of values lists them as ``choices``, so a wrong value
+is refused by the parser with the allowed ones named. Exit codes: 0 PASS (or OK), 1 FAIL,
+2 usage error, 3 INCONCLUSIVE, 4 harness error, 130 interrupted (Ctrl-C). ``recchaos sut ...``
+passes its arguments unchanged to ``python -m system_under_test`` (the recommender is never
+imported here), which then names itself ``recchaos sut`` in its help.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -29,17 +33,24 @@ def command(register: Register) -> Register:
 # scenarios ----------------------------------------------------------------------------------
 @command
 def _scenarios(sub: Any) -> None:
+    from harness.runner.settings import OPTIONS_BY_NAME
+
+    profiles = OPTIONS_BY_NAME["profile"].pytest_choices  # the same choices as `run --profile`
     p = sub.add_parser("scenarios", help="check and show scenario files without running them")
     group = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     v = group.add_parser(
         "validate", help="validate scenario files (exit 0 if all are valid, 2 if not)"
     )
-    v.add_argument("files", nargs="+", metavar="FILE")
-    v.add_argument("--profile", help="also apply this profile (every profile is always checked)")
+    v.add_argument("files", nargs="+", metavar="FILE", help="scenario YAML files")
+    v.add_argument(
+        "--profile",
+        choices=profiles,
+        help="also apply this profile (every profile is always checked)",
+    )
     v.set_defaults(func=validate_files)
     s = group.add_parser("show", help="print a scenario as resolved, with its fault plan")
-    s.add_argument("file", metavar="FILE")
-    s.add_argument("--profile")
+    s.add_argument("file", metavar="FILE", help="a scenario YAML file")
+    s.add_argument("--profile", choices=profiles, help="apply this profile before printing")
     s.set_defaults(func=show_file)
 
 
@@ -96,13 +107,17 @@ def _sut(sub: Any) -> None:
     sub.add_parser(
         "sut",
         add_help=False,
-        help="run the bundled recommender: python -m system_under_test ARGS...",
+        help="the bundled recommender's own commands (train, up, down): recchaos sut --help",
     )
+
+
+SUT_PROG_ENV = "RECCHAOS_SUT_PROG"  # read by system_under_test/__main__.py for its usage line
 
 
 def run_sut(argv: list[str]) -> int:
     """``python -m system_under_test ARGS`` with this interpreter; its exit code is ours."""
-    return subprocess.run([sys.executable, "-m", "system_under_test", *argv]).returncode
+    env = {**os.environ, SUT_PROG_ENV: "recchaos sut"}
+    return subprocess.run([sys.executable, "-m", "system_under_test", *argv], env=env).returncode
 
 
 PASSTHROUGH["sut"] = run_sut
@@ -123,7 +138,14 @@ def _run(sub: Any) -> None:
     )
     p.add_argument("scenario", metavar="SCENARIO", help="scenario YAML file")
     for opt in RUN_OPTIONS:
-        p.add_argument(opt.cli, dest=opt.name, type=opt.type, default=opt.default, help=opt.help)
+        p.add_argument(
+            opt.cli,
+            dest=opt.name,
+            type=opt.type,
+            default=opt.default,
+            choices=opt.pytest_choices or None,
+            help=opt.help,
+        )
     p.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no per-second progress lines"
     )
@@ -169,12 +191,25 @@ def _reports(sub: Any) -> None:
 
 
 # entry point --------------------------------------------------------------------------------
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's), or why there is none."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("recchaos")
+    except metadata.PackageNotFoundError:
+        return "(not installed: pip install -e . gives it a version)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recchaos",
         description="Fault-injection and latency chaos test harness.",
         epilog="exit codes: 0 PASS/OK, 1 FAIL, 2 usage error, 3 INCONCLUSIVE, 4 harness error, "
         "130 interrupted (Ctrl-C)",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"recchaos {version()}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in COMMANDS:

@@ -1,12 +1,14 @@
 """``python -m system_under_test COMMAND ...``: the recommender's own command line.
 
 Each command lives in its module and is imported only when chosen, so ``up`` and ``down`` never
-pay for importing torch.
+pay for importing torch. Run as ``recchaos sut ...``, the harness sets ``RECCHAOS_SUT_PROG`` so
+the usage line names the command the user typed.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -23,9 +25,14 @@ COMMANDS = {
 }
 
 
+def prog() -> str:
+    return os.environ.get("RECCHAOS_SUT_PROG") or "python -m system_under_test"
+
+
 def usage() -> str:
-    lines = ["usage: python -m system_under_test COMMAND [options]", "", "commands:"]
+    lines = [f"usage: {prog()} COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", f"{prog()} COMMAND --help shows a command's options."]
     return "\n".join(lines)
 
 

@@ -78,7 +78,7 @@ def test_unknown_profile_and_missing_file(capsys, monkeypatch, tmp_path):
         == 2
     )
     err = capsys.readouterr().err
-    assert "profile (from the command line): got 'weekly'; allowed: one of pr, nightly" in err
+    assert "argument --profile: invalid choice: 'weekly' (choose from 'pr', 'nightly')" in err
     assert cli.main(["scenarios", "validate", str(tmp_path / "nope.yaml")]) == 2
     assert "No such file or directory" in capsys.readouterr().err
 
