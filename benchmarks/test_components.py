@@ -25,7 +25,7 @@ BATCH = 64
 @pytest.fixture(scope="module")
 def torch1():
     torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)  # DESIGN.md: one intra-op thread per process
+    torch.set_num_threads(1)  # one intra-op thread per process, as the servers run
     return torch
 
 

@@ -1,9 +1,10 @@
 """Process set-up shared by every server of the recommender.
 
-DESIGN.md's measured rules live here once: one torch thread per process (two threads next to
-another busy process pushed p99.9 to 104 ms), ``gc.freeze()`` after start-up (full collections in
-a process that imported torch took 65-80 ms), uvloop for the event loop, logs to stderr (the
-launcher sends each component's stderr to its own log file), and SIGTERM as a clean stop.
+The measured rules (docs/architecture.md) live here once: one torch thread per process (two
+threads next to another busy process pushed p99.9 to 104 ms), ``gc.freeze()`` after start-up
+(full collections in a process that imported torch took 65-80 ms), uvloop for the event loop,
+logs to stderr (the launcher sends each component's stderr to its own log file), and SIGTERM as
+a clean stop.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Embedding-row caches of the gateway: L1 in process (numpy) and L2 in Redis (optional).
 
 L1 (:class:`RowCache`) absorbs hot rows so that a request needs fewer and smaller shard calls
-(DESIGN.md: per-call overhead dominates). L2 (:class:`RedisL2`) is a shared read-through cache
+(per-call overhead dominates their cost). L2 (:class:`RedisL2`) is a shared read-through cache
 and feature store behind tight timeouts, no retries and a breaker: Redis is a cache, so a slow or
-dead Redis must cost a request about nothing (DESIGN.md measured 3.76 s stalls with redis-py's
-defaults and 0.2 ms with 2 ms timeouts and no retries).
+dead Redis must cost a request about nothing (a miss on a dead Redis stalled 3.76 s with
+redis-py's defaults and cost 0.2 ms with 2 ms timeouts and no retries: docs/architecture.md).
 """
 
 from __future__ import annotations

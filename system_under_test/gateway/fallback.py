@@ -5,7 +5,7 @@ monotonic origin) so the decisions can be unit-tested with a fake clock and simu
 ``calls.py`` executes a :class:`ShardCallPlan` over real protocol clients; ``service.py``
 combines the tiers of a request's parts with :func:`worst`.
 
-The rules follow DESIGN.md ("Fallback semantics"). For one shard call:
+The rules are those of docs/architecture.md ("Fallback semantics"). For one shard call:
 
 1. the primary, unless its circuit breaker is open; at most one retry, after a jittered backoff
    of 0.2-1 ms, when the first attempt failed fast (dead peer, remote error), the deadline leaves

@@ -7,7 +7,7 @@ CPU per request (0.07-0.13 ms against 0.12-0.20 ms), and none of the stdlib serv
 retransmit outliers (figures in that file's docstring). Keep-alive and pipelining
 are supported (answers go out in request order); bodies over ``max_body`` bytes get 413, bytes
 that are not HTTP get 400, and both close the connection. Every socket gets TCP_NODELAY
-(DESIGN.md: a Nagle/delayed-ACK stall cost about 42 ms a request).
+(a Nagle/delayed-ACK stall cost about 42 ms a request: docs/architecture.md).
 
 The handler is one coroutine function ``Request -> Response``; routing and validation live in
 ``api.py``. An exception escaping the handler becomes a 500 (logged) and the server carries on.
