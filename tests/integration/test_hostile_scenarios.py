@@ -41,13 +41,14 @@ REASONS = {
 class Finished:
     code: int
     wall_s: float
+    cpu_s: float
     peak_rss_mb: float
     output: str
 
 
 def measured(argv: list[str], cwd: Path, out: Path) -> Finished:
-    """Run ``argv`` to its end and return its exit code, wall time and the child's own peak RSS
-    (``wait4``'s rusage: this child only, not the test process or other children)."""
+    """Run ``argv`` to its end and return its exit code, wall time, and the child's own CPU time
+    and peak RSS (``wait4``'s rusage: this child only, not the test process or other children)."""
     with open(out, "wb") as sink:
         started = time.monotonic()
         proc = subprocess.Popen(
@@ -64,7 +65,9 @@ def measured(argv: list[str], cwd: Path, out: Path) -> Finished:
                 pytest.fail(f"{argv} still running after {HANG_S} s:\n{out.read_text()[-2000:]}")
         wall = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4 already
-    return Finished(proc.returncode, wall, usage.ru_maxrss / 1024, out.read_text(errors="replace"))
+    cpu = usage.ru_utime + usage.ru_stime
+    text = out.read_text(errors="replace")
+    return Finished(proc.returncode, wall, cpu, usage.ru_maxrss / 1024, text)
 
 
 def write_hostile(directory: Path) -> list[Path]:
@@ -93,10 +96,12 @@ def test_each_hostile_file_exits_2_quickly_and_small(hostile, command, tmp_path)
         if command == ["run"]:
             argv += ["--out", str(tmp_path / "runs")]
         got = measured(argv, REPO, tmp_path / "output.txt")
-        where = f"recchaos {' '.join(command)} {path.name}: {got}"
+        # the load average tells a busy machine (wall >> cpu) from a costly file (cpu high)
+        where = f"recchaos {' '.join(command)} {path.name}: {got}; load {os.getloadavg()}"
         assert got.code == 2, where
         assert REASONS[path.name] in got.output, where
         assert "Traceback" not in got.output, where
+        assert got.cpu_s < MAX_WALL_S, where
         assert got.wall_s < MAX_WALL_S, where
         assert got.peak_rss_mb < MAX_RSS_MB, where
     assert not (tmp_path / "runs").exists(), "a refused scenario must not start a run"
