@@ -78,8 +78,8 @@ def add_compare_parser(sub) -> None:
         description="BASELINE and CURRENT: a run directory, a directory of run directories, or "
         "history:SELECTOR (latest, previous, baseline, last:N, run:ID, or a batch name).",
     )
-    p.add_argument("baseline", metavar="BASELINE")
-    p.add_argument("current", metavar="CURRENT")
+    p.add_argument("baseline", metavar="BASELINE", help="the runs to compare against")
+    p.add_argument("current", metavar="CURRENT", help="the runs to judge")
     p.add_argument("--out", default=".", help="where compare.html and compare.md go (default .)")
     p.add_argument(
         "--db",
@@ -103,7 +103,9 @@ def add_compare_parser(sub) -> None:
         metavar="JSON",
         help="pytest-benchmark JSON files of the baseline",
     )
-    p.add_argument("--bench-current", nargs="+", metavar="JSON")
+    p.add_argument(
+        "--bench-current", nargs="+", metavar="JSON", help="pytest-benchmark JSON files of CURRENT"
+    )
     p.add_argument(
         "--set-baseline",
         action="store_true",

@@ -99,7 +99,7 @@ def add_history_parser(sub) -> None:
         description="RUN_DIR: a run directory or a directory of run directories (for instance "
         "the nightly job's downloaded artifacts). Exit 0, or 2 naming a corrupt file.",
     )
-    i.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    i.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to add")
     i.add_argument(
         "--db",
         help=f"history store (default ${history.ENV_DB}, else {history.DB_NAME} beside the runs)",

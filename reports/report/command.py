@@ -26,7 +26,7 @@ def report(args: argparse.Namespace) -> int:
 
 def add_report_parser(sub) -> None:
     p = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained) and report.md")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json)")
     p.add_argument("--out", help="write the reports here instead of RUN_DIR")
     p.add_argument(
         "--append",
