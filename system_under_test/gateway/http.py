@@ -11,6 +11,18 @@ that are not HTTP get 400, and both close the connection. Every socket gets TCP_
 
 The handler is one coroutine function ``Request -> Response``; routing and validation live in
 ``api.py``. An exception escaping the handler becomes a 500 (logged) and the server carries on.
+
+Hostile clients (the limits are ``settings.HttpLimits``): sizes are checked as bytes arrive, so
+no request costs more than its limit. The request line (414) and each header line (431) are
+checked exactly in the parser's callbacks; the whole head (431) is counted by feeding the parser
+at most ``FEED_SLICE`` bytes at a time, because httptools accumulates a header value by
+concatenation and would otherwise spend time quadratic in its length (a 64 MB header cost 3-7 s
+of CPU). Every request gets exactly one answer: an Upgrade or CONNECT request gets one 400 and
+the connection closes (llhttp hands the bytes after it over as another protocol). A connection
+closed for an error drains what the client still sends, for a bounded time and number of bytes,
+so that the client reads the error instead of a reset. Each connection reports where it stands
+(idle, reading a request, closing) to :class:`ConnectionStates`, which the listener
+(``listener.py``) uses for timeouts and for the connection cap.
 """
 
 from __future__ import annotations
@@ -27,11 +39,22 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from system_under_test.gateway.settings import HttpLimits
+
 log = logging.getLogger("gateway.http")
 
-MAX_BODY = 64 * 1024
+DEFAULT_LIMITS = HttpLimits()
+MAX_BODY = DEFAULT_LIMITS.max_body
 # Requests queued on one connection before we stop reading from it (pipelining backpressure).
 MAX_PIPELINED = 32
+# Bytes handed to the parser at once: the head is counted between feeds, so a head is known to
+# within this many bytes (heads up to max_head - FEED_SLICE always pass). Requests are ~200
+# bytes, so almost every read is one feed.
+FEED_SLICE = 4 * 1024
+# After an error answer: how much more a client may send, and for how long, before the
+# connection is dropped without waiting for it to finish.
+LINGER_BYTES = 1024 * 1024
+LINGER_S = 1.0
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 
 
@@ -63,6 +86,11 @@ def json_response(
     )
 
 
+def error_response(status: int, error: str, field_: str, allowed: object) -> Response:
+    """The gateway's 4xx/5xx body: ``{"error", "field", "allowed"}``."""
+    return json_response(status, {"error": error, "field": field_, "allowed": allowed})
+
+
 def encode_response(resp: Response, keep_alive: bool) -> bytes:
     lines = [
         f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'Unknown')}",
@@ -78,8 +106,35 @@ def encode_response(resp: Response, keep_alive: bool) -> bytes:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """A request refused while it arrives (too large); raised inside parser callbacks."""
+
+    def __init__(self, status: int, error: str, field_: str, allowed: object) -> None:
+        super().__init__(error)
+        self.response = error_response(status, error, field_, allowed)
+
+
+class ConnectionStates:
+    """Every open connection of one server, and since when each is idle, reading or closing.
+
+    Each map is ordered by the time its entries got there, so the listener finds the expired
+    ones and the longest-idle one from the front without scanning.
+    """
+
+    def __init__(self) -> None:
+        self.open: set[HttpProtocol] = set()
+        # no request in progress (new, or keep-alive between requests)
+        self.idle: collections.OrderedDict[HttpProtocol, float] = collections.OrderedDict()
+        # a request's first byte arrived, its last has not
+        self.reading: collections.OrderedDict[HttpProtocol, float] = collections.OrderedDict()
+        # answered with an error, draining what the client still sends
+        self.closing: collections.OrderedDict[HttpProtocol, float] = collections.OrderedDict()
+
+    def forget(self, conn: HttpProtocol) -> None:
+        self.open.discard(conn)
+        self.idle.pop(conn, None)
+        self.reading.pop(conn, None)
+        self.closing.pop(conn, None)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -88,22 +143,30 @@ class HttpProtocol(asyncio.Protocol):
     def __init__(
         self,
         handler: Handler,
-        max_body: int = MAX_BODY,
+        limits: HttpLimits = DEFAULT_LIMITS,
         on_reject: Callable[[int], None] | None = None,
+        states: ConnectionStates | None = None,
     ) -> None:
-        self.handler, self.max_body, self.on_reject = handler, max_body, on_reject
+        self.handler, self.limits, self.on_reject = handler, limits, on_reject
+        self.states = states if states is not None else ConnectionStates()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         # A parsed request, or a fixed reply to a request that could not be parsed.
         self.queue: collections.deque[tuple[Request | Response, bool]] = collections.deque()
         self.busy = False
-        self.paused = False
-        self.closing = False
-        self.closing_after = False  # a rejected request: stop parsing, close after the reply
+        self.paused_pipeline = False  # too many queued requests
+        self.paused_writing = False  # the client does not read its answers
+        self.closed = False
+        self.rejected = False  # an error answer is queued: parse nothing more, drain, close
+        self._drained = 0
+        self._eof = False
         self._url = b""
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
+        self._in_head = False
+        self._head_bytes = 0
+        self._upgrade = False
 
     # ---- asyncio.Protocol
 
@@ -112,63 +175,133 @@ class HttpProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.states.open.add(self)
+        self.states.idle[self] = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        self.closed = True
         self.queue.clear()
         self.transport = None
+        self.states.forget(self)
+
+    def pause_writing(self) -> None:
+        self.paused_writing = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.paused_writing = False
+        self._update_reading()
+
+    def eof_received(self) -> bool | None:
+        """The client sent all it will send: answer what it asked first, then close."""
+        if self.rejected or not (self.busy or self.queue):
+            return None  # asyncio closes the transport once what is written has gone out
+        self._eof = True
+        self.states.reading.pop(self, None)  # a request cut short by EOF never completes
+        return True
 
     def data_received(self, data: bytes) -> None:
-        if self.closing or self.closing_after:
+        if self.closed:
             return
+        if len(data) <= FEED_SLICE:
+            if self.rejected:
+                self._drain(len(data))
+            else:
+                self._feed(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), FEED_SLICE):
+            if self.closed:
+                return
+            if self.rejected:
+                self._drain(len(data) - start)
+                return
+            self._feed(view[start : start + FEED_SLICE])
+
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _BodyTooLarge):
-                self._reject(
-                    413,
-                    f"request body exceeds the limit of {self.max_body} bytes",
-                    "body",
-                    f"at most {self.max_body} bytes",
-                )
+            if isinstance(exc.__context__, _Refused):
+                self._reject(exc.__context__.response)
             else:
                 log.exception("HTTP parser callback failed")
-                self._reject(400, "request could not be parsed", "request", None)
-        except _BodyTooLarge:
-            self._reject(
-                413,
-                f"request body exceeds the limit of {self.max_body} bytes",
-                "body",
-                f"at most {self.max_body} bytes",
-            )
+                self._reject(error_response(400, "request could not be parsed", "request", None))
+        except _Refused as exc:
+            self._reject(exc.response)
         except httptools.HttpParserUpgrade:
-            self._reject(400, "protocol upgrades are not supported", "upgrade", None)
+            self._reject(self._upgrade_refusal())
         except httptools.HttpParserError as exc:
-            self._reject(400, f"malformed HTTP request: {exc}", "request", "HTTP/1.1")
+            self._reject(
+                error_response(400, f"malformed HTTP request: {exc}", "request", "HTTP/1.1")
+            )
+        else:
+            if self._in_head:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.limits.max_head:
+                    self._reject(self._head_refusal())
+
+    def _drain(self, n: int) -> None:
+        """Discard what a rejected client still sends, up to LINGER_BYTES."""
+        self._drained += n
+        if self._drained > LINGER_BYTES and self.transport is not None:
+            self.transport.abort()
 
     # ---- httptools callbacks
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._size = b"", {}, [], 0
+        self._in_head, self._head_bytes = True, 0
+        now = time.monotonic()
+        states = self.states
+        states.idle.pop(self, None)
+        states.reading[self] = now
 
     def on_url(self, url: bytes) -> None:
+        size = len(self._url) + len(url)
+        # method, two spaces and "HTTP/1.1" besides the target
+        if size + 16 > self.limits.max_request_line:
+            line = len(self.parser.get_method()) + 10 + size
+            if line > self.limits.max_request_line:
+                raise _Refused(
+                    414,
+                    f"request line of more than {line} bytes exceeds the limit of "
+                    f"{self.limits.max_request_line} bytes",
+                    "url",
+                    f"a request line of at most {self.limits.max_request_line} bytes",
+                )
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) + 2 > self.limits.max_header_line:
+            raise _Refused(
+                431,
+                f"header {name[:40].decode('latin-1')!r} of {len(name) + len(value) + 2} bytes "
+                f"exceeds the limit of {self.limits.max_header_line} bytes per header line",
+                "headers",
+                f"header lines of at most {self.limits.max_header_line} bytes",
+            )
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self.parser.should_upgrade():
+            self._upgrade = True  # HttpParserUpgrade follows: answered there, once
+            return
         length = self._headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
-            raise _BodyTooLarge
+        if length.isdigit() and int(length) > self.limits.max_body:
+            raise self._body_refusal()
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
-        if self._size > self.max_body:
-            raise _BodyTooLarge
+        if self._size > self.limits.max_body:
+            raise self._body_refusal()
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.states.reading.pop(self, None)
+        if self._upgrade:
+            return
         try:
             url = httptools.parse_url(self._url)
             path = url.path.decode("latin-1")
@@ -184,17 +317,65 @@ class HttpProtocol(asyncio.Protocol):
             time.monotonic(),
         )
         self.queue.append((request, self.parser.should_keep_alive()))
-        if len(self.queue) >= MAX_PIPELINED and self.transport is not None and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
+        if len(self.queue) >= MAX_PIPELINED and not self.paused_pipeline:
+            self.paused_pipeline = True
+            self._update_reading()
         if not self.busy:
             self._next()
+
+    # ---- refusals
+
+    def _body_refusal(self) -> _Refused:
+        return _Refused(
+            413,
+            f"request body exceeds the limit of {self.limits.max_body} bytes",
+            "body",
+            f"at most {self.limits.max_body} bytes",
+        )
+
+    def _head_refusal(self) -> Response:
+        limit = self.limits.max_head
+        return error_response(
+            431,
+            f"request head (request line and headers together) exceeds the limit of {limit} bytes",
+            "headers",
+            f"a request line and headers of at most {limit} bytes together",
+        )
+
+    def _upgrade_refusal(self) -> Response:
+        if self.parser.get_method() == b"CONNECT":
+            return error_response(400, "CONNECT is not supported", "method", ["GET", "POST"])
+        upgrade = self._headers.get("upgrade", "")[:40]
+        return error_response(
+            400,
+            f"protocol upgrades are not supported (Upgrade: {upgrade})",
+            "upgrade",
+            "HTTP/1.1 without Upgrade",
+        )
+
+    def timed_out(self) -> None:
+        """The listener's request timeout: the request has not arrived in full in time."""
+        limit = self.limits.request_timeout_s
+        self._reject(
+            error_response(
+                408,
+                f"request not received in full within {limit:g} s of its first byte",
+                "request",
+                f"a whole request within {limit:g} s",
+            )
+        )
 
     # ---- answering
 
     def _next(self) -> None:
-        if not self.queue or self.closing:
+        if not self.queue or self.closed:
             self.busy = False
+            if self.closed or self.rejected or self in self.states.reading:
+                return
+            if self._eof:
+                self.close_now()
+            else:
+                self.states.idle[self] = time.monotonic()
             return
         self.busy = True
         request, keep_alive = self.queue.popleft()
@@ -218,55 +399,73 @@ class HttpProtocol(asyncio.Protocol):
             if self.on_reject is not None:
                 self.on_reject(500)
         self._write(resp, keep_alive and not resp.close)
-        if (
-            self.paused
-            and not self.closing_after
-            and len(self.queue) < MAX_PIPELINED // 2
-            and self.transport is not None
-        ):
-            self.paused = False
-            self.transport.resume_reading()
+        if self.paused_pipeline and len(self.queue) < MAX_PIPELINED // 2:
+            self.paused_pipeline = False
+            self._update_reading()
         self._next()
 
     def _write(self, resp: Response, keep_alive: bool) -> None:
-        if self.transport is None or self.transport.is_closing():
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
-        self.transport.write(encode_response(resp, keep_alive))
-        if not keep_alive:
-            self.closing = True
-            self.transport.close()
+        transport.write(encode_response(resp, keep_alive))
+        if keep_alive:
+            return
+        if self.rejected:
+            self._linger(transport)
+        else:
+            self.closed = True
+            transport.close()
 
-    def _reject(self, status: int, error: str, field_: str, allowed: object) -> None:
-        """Answer a request we could not parse (after any queued ones), then close."""
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """After an error answer: send FIN, read and drop what comes, close on EOF or later."""
+        self.states.idle.pop(self, None)
+        self.states.reading.pop(self, None)
+        self.states.closing[self] = time.monotonic()
+        if self.paused_pipeline or self.paused_writing:
+            self.paused_pipeline = self.paused_writing = False
+            transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            self.closed = True
+            transport.close()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.paused_pipeline or self.paused_writing:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _reject(self, resp: Response) -> None:
+        """Answer a request we will not serve (after any queued ones), then close."""
+        if self.rejected:
+            return
         if self.on_reject is not None:
-            self.on_reject(status)
-        self.queue.append(
-            (json_response(status, {"error": error, "field": field_, "allowed": allowed}), False)
-        )
-        self.closing_after = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+            self.on_reject(resp.status)
+        self.rejected = True
+        self._in_head = False
+        self.states.reading.pop(self, None)
+        self.states.idle.pop(self, None)
+        self.queue.append((resp, False))
         if not self.busy:
             self._next()
+
+    def close_now(self) -> None:
+        """Close at once (idle timeout, eviction, end of lingering); drop unsent answers."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.closed = True
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
 
 
 def _log_task_error(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("HTTP connection task failed", exc_info=task.exception())
-
-
-async def start_http_server(
-    handler: Handler,
-    host: str,
-    port: int,
-    max_body: int = MAX_BODY,
-    on_reject: Callable[[int], None] | None = None,
-) -> asyncio.Server:
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: HttpProtocol(handler, max_body, on_reject),
-        host,
-        port,
-        reuse_address=True,
-        backlog=1024,
-    )

@@ -3,8 +3,10 @@
 ``python -m system_under_test serve-gateway ...`` lands in :func:`main` (see ``settings.py`` for
 the options). Start-up: ``configure_process("gateway")`` (one torch thread, logging), the ranker
 and features (never the embedding tables), Redis features if configured, one ranker pass to warm
-up, ``freeze_heap()``, a ping to every shard copy and the region to open the connections, then
-the HTTP server and the ``ready port=P`` log line.
+up, ``freeze_heap()``, a ping to every shard copy and the region to open the connections, the
+file limit raised to fit ``--max-connections`` (``listener.raise_file_limit``), then the HTTP
+server and the ``ready port=P ...`` log line, which states the connection cap, the file limit
+and the HTTP limits in force.
 """
 
 from __future__ import annotations
@@ -93,21 +95,42 @@ def build_service(settings, log: logging.Logger):
 
 async def serve(service, settings, stop: asyncio.Event, log: logging.Logger) -> int:
     from system_under_test.gateway.api import GatewayApp
-    from system_under_test.gateway.http import start_http_server
+    from system_under_test.gateway.listener import raise_file_limit, start_http_server
 
     await _connect_all(service)
+    limits = settings.limits
+    try:
+        files = raise_file_limit(limits.max_connections)
+    except (ValueError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    (log.warning if files.max_connections < limits.max_connections else log.info)(
+        "%s", files.describe()
+    )
     server = await start_http_server(
-        GatewayApp(service), settings.host, settings.port, on_reject=service.count_http_error
+        GatewayApp(service),
+        settings.host,
+        settings.port,
+        limits,
+        on_reject=service.count_http_error,
+        max_connections=files.max_connections,
     )
     port = int(server.sockets[0].getsockname()[1])
     log.info(
-        "ready port=%d shards=%d replicas=%d region=%s redis=%s version=%s",
+        "ready port=%d shards=%d replicas=%d region=%s redis=%s version=%s max_connections=%d "
+        "nofile=%d request_timeout_s=%g idle_timeout_s=%g max_head=%d max_body=%d",
         port,
         settings.n_shards,
         len(settings.replicas),
         settings.region or "-",
         settings.redis or "-",
         service.bundle.version,
+        files.max_connections,
+        files.soft,
+        limits.request_timeout_s,
+        limits.idle_timeout_s,
+        limits.max_head,
+        limits.max_body,
     )
     await stop.wait()
     server.close()

@@ -3,6 +3,11 @@
 ``python -m system_under_test serve-gateway --port P --preset NAME --shard-primary H:P ...``.
 A bad value exits with code 2 and a message that names the option, the value and what is
 allowed (argparse's own errors exit 2 too).
+
+:class:`HttpLimits` holds what one gateway lets a client do (sizes, timeouts, connections). Its
+defaults are the one statement of those values: the command-line defaults come from it, and a
+load balancer in front of several gateways reads the same object (``HttpLimits()``) so that it
+enforces the same limits.
 """
 
 from __future__ import annotations
@@ -24,6 +29,51 @@ class Address:
         return f"{self.host}:{self.port}"
 
 
+KIB = 1024
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one gateway accepts from its clients; beyond each limit, the answer in the comment.
+
+    The HAProxy counterpart of each value is named so that a balancer config can be generated
+    from this object: a balancer with looser limits would let through what the gateway refuses.
+    """
+
+    # 414 beyond. The request line is method, target and version. (HAProxy: within tune.bufsize)
+    max_request_line: int = 8 * KIB
+    # 431 beyond, for any one header line (name and value). (HAProxy: within tune.bufsize)
+    max_header_line: int = 8 * KIB
+    # 431 beyond: request line and every header line together. (HAProxy: tune.bufsize must be
+    # at least this plus tune.maxrewrite)
+    max_head: int = 64 * KIB
+    # 413 beyond (Content-Length, or the chunks received so far).
+    max_body: int = 64 * KIB
+    # 408 and close when a request has not arrived in full (head and body) this long after its
+    # first byte: slow-header and slow-body clients. (HAProxy: timeout http-request)
+    request_timeout_s: float = 10.0
+    # A connection with no request in progress is closed after this long: a fresh one that
+    # never sends, or a keep-alive one between requests. (HAProxy: timeout http-keep-alive)
+    idle_timeout_s: float = 30.0
+    # Open client connections. Beyond it the longest-idle connection is closed to make room, or,
+    # when every connection is in the middle of a request, the new one gets a fast 503 and is
+    # closed. The process raises its file limit to fit this many; a lower hard limit lowers the
+    # cap and the start-up log says so. (HAProxy: maxconn)
+    max_connections: int = 4096
+
+
+# (field, option, what it is) for every HttpLimits field, in --help order.
+LIMIT_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("max_request_line", "--max-request-line", "bytes in the request line; 414 beyond"),
+    ("max_header_line", "--max-header-line", "bytes in one header line; 431 beyond"),
+    ("max_head", "--max-head", "bytes in the request line and headers together; 431 beyond"),
+    ("max_body", "--max-body", "bytes in a request body; 413 beyond"),
+    ("request_timeout_s", "--request-timeout-s", "seconds from a request's first byte to its last"),
+    ("idle_timeout_s", "--idle-timeout-s", "seconds a connection may wait with no request"),
+    ("max_connections", "--max-connections", "open client connections"),
+)
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     host: str
@@ -40,6 +90,7 @@ class GatewaySettings:
     device: str = "cpu"
     # Below this much time left before a shard phase, the request goes to the region at once.
     min_left_ms: float = 2.0
+    limits: HttpLimits = HttpLimits()
 
     @property
     def budget_s(self) -> float:
@@ -118,7 +169,34 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="where the ranker runs (default cpu)",
     )
+    limits = p.add_argument_group("HTTP limits (the same values belong in a balancer in front)")
+    defaults = HttpLimits()
+    for name, option, what in LIMIT_OPTIONS:
+        default = getattr(defaults, name)
+        limits.add_argument(
+            option, type=type(default), default=default, help=f"{what} (default {default})"
+        )
     return p
+
+
+def limits_from_args(args: argparse.Namespace) -> HttpLimits:
+    """HttpLimits from the parsed options; UsageError naming the option for a bad value."""
+    values = {name: getattr(args, name) for name, _, _ in LIMIT_OPTIONS}
+    for name, option, _ in LIMIT_OPTIONS:
+        value = values[name]
+        if not value > 0:  # also rejects NaN
+            raise UsageError(f"{option} {value} must be positive")
+    if values["max_request_line"] > values["max_head"]:
+        raise UsageError(
+            f"--max-request-line {values['max_request_line']} must be at most "
+            f"--max-head {values['max_head']} (the head includes the request line)"
+        )
+    if values["max_header_line"] > values["max_head"]:
+        raise UsageError(
+            f"--max-header-line {values['max_header_line']} must be at most "
+            f"--max-head {values['max_head']} (the head includes every header line)"
+        )
+    return HttpLimits(**values)
 
 
 def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
@@ -156,6 +234,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
             raise UsageError(
                 "--device cuda was given but torch.cuda.is_available() is False; use --device cpu"
             )
+    limits = limits_from_args(args)
     return GatewaySettings(
         host=args.host,
         port=args.port,
@@ -169,6 +248,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         deadline_margin_ms=args.deadline_margin_ms,
         l1_rows=args.l1_rows,
         device=args.device,
+        limits=limits,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import socket
 import threading
 import time
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from system_under_test.gateway.api import GatewayApp, parse_recommend
-from system_under_test.gateway.http import MAX_BODY, start_http_server
+from system_under_test.gateway.http import FEED_SLICE, MAX_BODY
+from system_under_test.gateway.listener import FILE_HEADROOM, plan_files, start_http_server
+from system_under_test.gateway.settings import HttpLimits
 
 
 @dataclass
@@ -265,6 +268,161 @@ def test_health_readiness_and_metrics(server):
     assert b"recchaos_requests_total" in r.body
     (r,) = exchange(port, get("/healthz?verbose=1"))
     assert r.status == 200
+
+
+# ---- hostile requests: size limits checked as bytes arrive, one answer per request
+
+
+def replies_until_eof(port: int, raw: bytes, half_close: bool = False) -> list[Reply]:
+    """Send ``raw``, then read every reply until the server closes (5 s at most)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(raw)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        f = sock.makefile("rb")
+        replies = []
+        while f.peek(1):
+            replies.append(read_reply(f))
+        return replies
+
+
+LIMITS = HttpLimits()
+
+
+def test_request_line_over_the_limit_is_414_and_closes(server):
+    port, service = server
+    target = "/healthz?" + "q" * LIMITS.max_request_line
+    (r,) = replies_until_eof(port, get(target) + get("/healthz"))
+    assert r.status == 414 and r.json["field"] == "url"
+    assert f"limit of {LIMITS.max_request_line} bytes" in r.json["error"]
+    assert r.headers["connection"] == "close"
+    assert 414 in service.http_errors
+    # Just under the limit is served ("GET " + target + " HTTP/1.1" is the request line).
+    fits = "/healthz?" + "q" * (LIMITS.max_request_line - len("GET /healthz? HTTP/1.1"))
+    (r,) = exchange(port, get(fits))
+    assert r.status == 200
+
+
+def test_header_line_over_the_limit_is_431_and_closes(server):
+    port, service = server
+    big = "X-Big: " + "v" * LIMITS.max_header_line + "\r\n"
+    (r,) = replies_until_eof(port, post('{"user_id": 1}', headers=big) + get("/healthz"))
+    assert r.status == 431 and r.json["field"] == "headers"
+    assert "'X-Big'" in r.json["error"] and str(LIMITS.max_header_line) in r.json["error"]
+    assert r.headers["connection"] == "close"
+
+
+def test_head_over_the_limit_is_431_and_one_near_it_is_served(server):
+    port, service = server
+    line = "v" * (LIMITS.max_header_line - 20)
+    n_over = LIMITS.max_head // len(line) + 1
+    headers = "".join(f"X-H{i}: {line}\r\n" for i in range(n_over))
+    before = len(service.calls)
+    (r,) = replies_until_eof(port, post('{"user_id": 1}', headers=headers))
+    assert r.status == 431 and r.json["field"] == "headers"
+    assert f"limit of {LIMITS.max_head} bytes" in r.json["error"]
+    assert len(service.calls) == before
+    # A head within max_head - FEED_SLICE always passes, however the reads split it.
+    n_fit = (LIMITS.max_head - FEED_SLICE) // (len(line) + 10)
+    headers = "".join(f"X-H{i}: {line}\r\n" for i in range(n_fit))
+    (r,) = exchange(port, post('{"user_id": 3, "k": 1}', headers=headers))
+    assert r.status == 200 and r.json["user"] == 3
+
+
+def test_a_header_sent_in_many_small_reads_is_cut_at_the_limit(server):
+    """The head is counted across reads: the server answers 431 before the client is done."""
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: ")
+        sent = 0
+        try:
+            while sent < 64 * LIMITS.max_head:  # far past the limit and the drain allowance
+                sock.sendall(b"v" * 1000)
+                sent += 1000
+        except OSError:
+            pass  # reset once the server stopped draining: what matters is what it answered
+        f = sock.makefile("rb")
+        try:
+            r = read_reply(f)
+        except OSError:
+            pytest.fail(f"no 431 before the reset; {sent} header bytes sent")
+    assert r.status == 431 and sent < 64 * LIMITS.max_head
+
+
+@pytest.mark.parametrize(
+    "raw,field_",
+    [
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\n",
+            "upgrade",
+        ),
+        (
+            b"POST /v1/recommend HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b'Upgrade: h2c\r\nContent-Length: 14\r\n\r\n{"user_id": 1}',
+            "upgrade",
+        ),
+        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", "method"),
+    ],
+    ids=["websocket", "h2c-with-body", "connect"],
+)
+def test_upgrade_and_connect_get_exactly_one_answer(server, raw, field_):
+    port, service = server
+    before = len(service.calls)
+    replies = replies_until_eof(port, raw + get("/healthz"))
+    assert [r.status for r in replies] == [400], replies
+    assert replies[0].json["field"] == field_
+    assert len(service.calls) == before
+    # After answered requests, the upgrade still gets one answer of its own, in order.
+    replies = replies_until_eof(port, get("/healthz") + raw)
+    assert [r.status for r in replies] == [200, 400]
+
+
+def test_a_client_that_half_closes_gets_its_answers(server):
+    port, _ = server
+    replies = replies_until_eof(
+        port, post('{"user_id": 7, "k": 1}') + get("/healthz"), half_close=True
+    )
+    assert [r.status for r in replies] == [200, 200]
+    assert replies[0].json["user"] == 7
+
+
+# ---- limits and file plan: settings and arithmetic
+
+
+def test_http_limit_options_default_to_http_limits_and_are_validated(capsys):
+    from system_under_test.gateway.settings import parse_settings
+
+    s = parse_settings(GOOD_ARGS)
+    assert s.limits == HttpLimits()
+    s = parse_settings(GOOD_ARGS + ["--idle-timeout-s", "2.5", "--max-connections", "10"])
+    assert s.limits.idle_timeout_s == 2.5 and s.limits.max_connections == 10
+    for extra, message in (
+        (["--max-connections", "0"], "--max-connections 0 must be positive"),
+        (["--request-timeout-s", "nan"], "--request-timeout-s nan must be positive"),
+        (["--max-head", "1000"], "--max-request-line 8192 must be at most --max-head 1000"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            parse_settings(GOOD_ARGS + extra)
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_file_plan_raises_the_soft_limit_within_the_hard_one():
+    plan = plan_files(asked=4096, in_use=40, soft=1024, hard=20_000)
+    assert plan.soft == 4096 + 40 + FILE_HEADROOM and plan.max_connections == 4096
+    assert "raised from 1024 to 4264 (hard 20000): 4096 connections" in plan.describe()
+    plan = plan_files(asked=4096, in_use=40, soft=1024, hard=1024)
+    assert plan.soft == 1024 and plan.max_connections == 1024 - 40 - FILE_HEADROOM
+    assert "not the 4096 of --max-connections" in plan.describe()
+    assert "ulimit -Hn" in plan.describe()
+    plan = plan_files(asked=100, in_use=40, soft=50_000, hard=50_000)
+    assert plan.soft == 50_000 and plan.max_connections == 100  # never lowered
+    inf = resource.RLIM_INFINITY
+    assert plan_files(4096, 40, 1024, inf).soft == 4096 + 40 + FILE_HEADROOM
+    assert plan_files(100, 40, inf, inf).max_connections == 100
+    with pytest.raises(ValueError, match="leaves no room for client connections"):
+        plan_files(asked=100, in_use=40, soft=100, hard=100)
 
 
 # ---- the command line (``serve-gateway``): bad values exit 2 naming the option
