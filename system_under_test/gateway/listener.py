@@ -142,6 +142,8 @@ class HttpServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._resume: asyncio.TimerHandle | None = None
+        shortest = min(limits.idle_timeout_s, limits.request_timeout_s, LINGER_S)
+        self._interval = min(max(shortest / 4, 0.01), 0.5)
         busy = error_response(
             503,
             f"the gateway has {self.max_connections} connections open, every one with a "
@@ -226,7 +228,8 @@ class HttpServer:
         """Close the connection idle the longest (one lingering after an error first)."""
         for waiting in (self.states.closing, self.states.idle):
             if waiting:
-                conn, _ = waiting.popitem(last=False)
+                conn = next(iter(waiting))
+                del waiting[conn]
                 conn.close_now()
                 self.states.open.discard(conn)
                 self.evicted_total += 1
@@ -276,36 +279,36 @@ class HttpServer:
     # ---- timeouts
 
     def _schedule_sweep(self) -> None:
-        shortest = min(self.limits.idle_timeout_s, self.limits.request_timeout_s, LINGER_S)
-        interval = min(max(shortest / 4, 0.01), 0.5)
         assert self._loop is not None
-        self._sweeper = self._loop.call_later(interval, self._sweep)
+        self._sweeper = self._loop.call_later(self._interval, self._sweep)
 
     def _sweep(self) -> None:
         now = time.monotonic()
         states = self.states
-        for conn in _expired(states.reading, now - self.limits.request_timeout_s):
+        states.now = now
+        # Stamps lag the real time by up to one interval: never close early, at most two
+        # intervals late.
+        late = now - self._interval
+        for conn in _expired(states.reading, late - self.limits.request_timeout_s):
             conn.timed_out()
-        for conn in _expired(states.idle, now - self.limits.idle_timeout_s):
+        for conn in _expired(states.idle, late - self.limits.idle_timeout_s):
             conn.close_now()
-        for conn in _expired(states.closing, now - LINGER_S):
+        for conn in _expired(states.closing, late - LINGER_S):
             conn.close_now()
         while self.refused and self.refused[0][0] <= now - LINGER_S:
             self.refused.popleft()[1].close()
         self._schedule_sweep()
 
 
-def _expired(
-    since: collections.OrderedDict[HttpProtocol, float], cutoff: float
-) -> list[HttpProtocol]:
-    """Remove and return the entries older than ``cutoff`` (the map is ordered by age)."""
+def _expired(since: dict[HttpProtocol, float], cutoff: float) -> list[HttpProtocol]:
+    """Remove and return the entries stamped at or before ``cutoff`` (oldest first)."""
     out = []
-    while since:
-        conn, t = next(iter(since.items()))
-        if t > cutoff:
+    for conn, stamp in since.items():
+        if stamp > cutoff:
             break
-        del since[conn]
         out.append(conn)
+    for conn in out:
+        del since[conn]
     return out
 
 

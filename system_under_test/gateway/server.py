@@ -134,6 +134,11 @@ async def serve(service, settings, stop: asyncio.Event, log: logging.Logger) -> 
     )
     await stop.wait()
     server.close()
+    log.info(
+        "connections at the cap: %d refused with 503, %d idle ones closed to make room",
+        server.refused_total,
+        server.evicted_total,
+    )
     await service.close()
     return 0
 
