@@ -53,8 +53,10 @@ class HttpLimits:
     # first byte: slow-header and slow-body clients. (HAProxy: timeout http-request)
     request_timeout_s: float = 10.0
     # A connection with no request in progress is closed after this long: a fresh one that
-    # never sends, or a keep-alive one between requests. (HAProxy: timeout http-keep-alive)
-    idle_timeout_s: float = 30.0
+    # never sends, or a keep-alive one between requests. Long, because clients keep pools of
+    # connections that sit unused for a while; at the cap, idle connections make room for new
+    # ones anyway. (HAProxy: timeout http-keep-alive)
+    idle_timeout_s: float = 60.0
     # Open client connections. Beyond it the longest-idle connection is closed to make room, or,
     # when every connection is in the middle of a request, the new one gets a fast 503 and is
     # closed. The process raises its file limit to fit this many; a lower hard limit lowers the
