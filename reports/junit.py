@@ -36,7 +36,8 @@ def _text(v: Any) -> str:
 
 
 def properties(record: dict[str, Any]) -> list[tuple[str, str]]:
-    """``[(name, value), ...]``: scenario, seed, verdict, replay, then per window and check."""
+    """``[(name, value), ...]``: scenario, seed, verdict, replay, then per window and check,
+    the halt (when a guard tripped) and per fault."""
     scenario = record.get("scenario") or {}
     out = [
         ("scenario", scenario.get("name", "")),
@@ -62,6 +63,11 @@ def properties(record: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(
             (f"check[{i}].{c.get('metric', '')}", f"{c.get('verdict')}: {c.get('message', '')}")
         )
+    halt = record.get("halt")
+    if isinstance(halt, dict):
+        trip = halt.get("trip_ns")
+        at = f" at {trip / 1e9:.3f} s" if isinstance(trip, int) else ""
+        out.append(("halt", f"{halt.get('guard')}: {halt.get('rule')}{at}"))
     for i, e in enumerate(record.get("timeline") or []):
         heal = e.get("heal_ns")
         span = f"{e.get('inject_ns', 0) / 1e9:.3f}-" + (

@@ -122,6 +122,23 @@ def check_record(doc: dict[str, Any]) -> None:
         check_window(obj(w, f"windows[{i}]"), f"windows[{i}]")
     for i, c in enumerate(seq(doc.get("checks", []), "checks")):
         check_check(obj(c, f"checks[{i}]"), f"checks[{i}]")
+    if doc.get("halt") is not None:
+        check_halt(obj(doc["halt"], "halt"), "halt")
+
+
+def check_halt(h: dict[str, Any], where: str) -> None:
+    """A guard's halt (``run.json``'s ``halt``, null when no guard tripped)."""
+    for key in ("guard", "rule", "kind", "evidence"):
+        text(need(h, key), f"{where}.{key}")
+    for key in ("value", "limit"):
+        number(h.get(key), f"{where}.{key}")
+    real(need(h, "since_s"), f"{where}.since_s")
+    integer(need(h, "trip_ns"), f"{where}.trip_ns")
+    real(need(h, "trip_wall"), f"{where}.trip_wall")
+    integer(h.get("healed_ns"), f"{where}.healed_ns", null=True)
+    for key in ("healed", "heal_errors", "not_applied"):
+        for i, item in enumerate(seq(h.get(key, []), f"{where}.{key}")):
+            text(item, f"{where}.{key}[{i}]")
 
 
 def check_fault(e: dict[str, Any], where: str) -> None:

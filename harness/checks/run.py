@@ -4,7 +4,8 @@
 windows, statistics, failover times, check results and one verdict: the runner only collects
 the data. Every SLO yields at least one result (an SLO with nothing to judge is INCONCLUSIVE),
 every fault that was not shown to take effect adds an INCONCLUSIVE result of its own, and so
-does every problem of the run itself (:mod:`harness.checks.integrity`).
+does every problem of the run itself (:mod:`harness.checks.integrity`). A run a guard halted
+gets a FAIL of its own (:func:`harness.checks.guards.halt_check`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.checks.guards import halt_check
 from harness.checks.integrity import RunProblems, problem_checks, run_verdict
 from harness.checks.judge import evidence_problem, judge, judge_fault
 from harness.checks.verdict import CheckResult, Verdict
@@ -21,7 +23,7 @@ from harness.metrics.failover import Failover, Recovery, time_to_failover, time_
 from harness.metrics.stats import WindowStats, window_stats
 from harness.metrics.windows import Window, windows_for
 from harness.model.faults import FAULT_KINDS
-from harness.model.record import FaultEvent
+from harness.model.record import FaultEvent, Halt
 from harness.model.scenario import Scenario
 from harness.model.slo import SLOSpec
 
@@ -47,13 +49,17 @@ def evaluate(
     run_end_s: float,
     run_start_s: float = 0.0,
     problems: RunProblems | None = None,
+    halt: Halt | None = None,
 ) -> Evaluation:
-    """The run judged: its SLO checks, then one check per problem of the run itself."""
+    """The run judged: its SLO checks, then one check per problem of the run itself, then the
+    halt (a guard that tripped), if any."""
     problems = problems or RunProblems()
     wins = windows_for(timeline, run_start_s, run_end_s, scenario.warmup_s, scenario.settle_s)
     stats = tuple(window_stats(requests, w, scenario.sla_ms) for w in wins)
     times = fault_times(requests, timeline, run_end_s, scenario.sla_ms)
     checks = judge_run(scenario, stats, timeline, times) + problem_checks(problems)
+    if halt is not None:
+        checks += (halt_check(halt, scenario.where(halt.guard)),)
     return Evaluation(stats, times, checks, run_verdict(checks, problems))
 
 

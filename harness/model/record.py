@@ -55,6 +55,59 @@ class FaultEvent:
 
 
 @dataclass(frozen=True)
+class Halt:
+    """A guard tripped and the harness halted the experiment: which guard, on what evidence,
+    when (``trip_ns``: monotonic ns since the run's origin, the clock of the timeline, taken
+    when the harness decided), what it healed at once and which planned faults it never
+    applied."""
+
+    guard: str  # where the guard is written: "guards[0]"
+    rule: str  # "error ratio above 0.5 for 3 s"
+    kind: str
+    value: float | None  # the measured value over the breach (error ratio), if any
+    limit: float | None
+    evidence: str  # what was seen, e.g. "error ratio 0.97 (1,203 of 1,240) from 6.0 s to 9.0 s"
+    since_s: float  # when the condition began to hold
+    trip_ns: int
+    trip_wall: float
+    healed: tuple[str, ...] = ()  # labels of the faults active at the trip, healed at once
+    healed_ns: int | None = None  # when the last of them was healed
+    heal_errors: tuple[str, ...] = ()
+    not_applied: tuple[str, ...] = ()  # planned, never applied: "kill(shard-1-primary) at 12 s"
+
+    @property
+    def trip_s(self) -> float:
+        return self.trip_ns / 1e9
+
+    def message(self) -> str:
+        """One line for logs and the verdict: the guard, when, why, and what the halt did."""
+        healed = ", ".join(self.healed) if self.healed else "no fault was active"
+        took = (
+            f" (all healed {(self.healed_ns - self.trip_ns) / 1e6:.0f} ms after the trip)"
+            if self.healed and self.healed_ns is not None
+            else ""
+        )
+        skipped = (
+            f"; {len(self.not_applied)} planned fault{'s' * (len(self.not_applied) != 1)} not "
+            f"applied: {', '.join(self.not_applied)}"
+            if self.not_applied
+            else ""
+        )
+        failed = f"; heal failed: {'; '.join(self.heal_errors)}" if self.heal_errors else ""
+        return (
+            f"guard {self.rule} ({self.guard}) tripped at {self.trip_s:.1f} s: {self.evidence};"
+            f" the run was halted: healed {healed}{took}{skipped}{failed}"
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Halt:
+        kw = _known(cls, d)
+        for key in ("healed", "heal_errors", "not_applied"):
+            kw[key] = tuple(d.get(key, ()))
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """Everything about one run that a report or a replay needs."""
 
@@ -77,11 +130,13 @@ class RunRecord:
     verdict: str | None = None
     errors: tuple[str, ...] = ()
     files: dict[str, str] = field(default_factory=dict)
+    halt: Halt | None = None  # set when a guard tripped (the run was halted)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["timeline"] = [asdict(e) for e in self.timeline]
+        d["halt"] = None if self.halt is None else asdict(self.halt)
         for key in ("windows", "checks", "errors"):
             d[key] = list(d[key])
         return d
@@ -96,6 +151,8 @@ class RunRecord:
             )
         kw = _known(cls, d)
         kw["timeline"] = tuple(FaultEvent.from_dict(e) for e in d.get("timeline", ()))
+        halt = d.get("halt")
+        kw["halt"] = Halt.from_dict(halt) if isinstance(halt, dict) else None
         for key in ("windows", "checks", "errors"):
             kw[key] = tuple(d.get(key, ()))
         return cls(**kw)

@@ -26,6 +26,7 @@ from harness.model.faults import (
     read_random_schedule,
     resolve_targets,
 )
+from harness.model.guards import GuardSpec, read_guard
 from harness.model.load import LoadPhase, read_mix, read_phase, total_duration_s
 from harness.model.profiles import apply_profile, read_profiles, relocate
 from harness.model.schedule import RequestSchedule, random_fault_schedule, request_schedule
@@ -56,6 +57,7 @@ class Scenario:
     description: str = ""
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     profile: str | None = None
+    guards: tuple[GuardSpec, ...] = ()
     source: str = field(default="<python>", compare=False)
 
     @property
@@ -93,6 +95,7 @@ class Scenario:
             "faults": [f.to_dict() for f in self.faults],
             "fault_schedule": self.fault_schedule.to_dict() if self.fault_schedule else None,
             "slos": [s.to_dict() for s in self.slos],
+            "guards": [g.to_dict() for g in self.guards],
             "evidence": self.evidence.to_dict(),
             "profiles": {k: dict(v) for k, v in self.profiles.items()},
             "profile": self.profile,
@@ -202,11 +205,12 @@ def _read(data: Any, source: str, problems: list[Problem]) -> Scenario | None:
     sched = f.raw("fault_schedule")
     sched = read_random_schedule(sched, "fault_schedule", problems, target) if sched else None
     slos = _read_list(f, "slos", lambda d, p: read_slo(d, p, problems, p))
+    guards = _read_list(f, "guards", lambda d, p: read_guard(d, p, problems, p))
     evidence = read_evidence(f.raw("evidence", {}), "evidence", problems)
     f.raw("profiles")
     f.get("profile", string(), None)
     f.finish()
-    parts = (name, description, seed, warmup, settle, sla, load, faults, slos)
+    parts = (name, description, seed, warmup, settle, sla, load, faults, slos, guards)
     if len(problems) > before or target is None or evidence is None or None in parts:
         return None
     s = Scenario(
@@ -222,6 +226,7 @@ def _read(data: Any, source: str, problems: list[Problem]) -> Scenario | None:
         sla,
         evidence,
         description,
+        guards=guards or (),
         source=source,
     )
     cross_check(s, problems)

@@ -2,6 +2,9 @@
 ``at_s + duration_s`` (or at the end of the load), every fault on one :class:`FaultStack` so that
 whatever happens, everything applied is healed in reverse order.
 
+A guard that trips sets the same ``stop`` event the end of the load does; :meth:`FaultPlanRun.halt`
+then heals everything at once and names the planned faults never applied.
+
 Times are offsets from the load's start (the shared CLOCK_MONOTONIC origin the load workers use,
 which is the stack's ``origin_ns``), so the recorded inject and heal times line up with the
 request log.
@@ -38,6 +41,7 @@ class FaultPlanRun:
     on_change: Callable[[], None] = lambda: None
     problems: list[str] = field(default_factory=list)
     injectors: dict[int, Injector] = field(default_factory=dict)
+    tried: set[int] = field(default_factory=set)  # plan indices whose apply was attempted
 
     def actions(self) -> list[tuple[float, int, str]]:
         """(time_s, fault index, 'apply' | 'heal'), in time order; heals before applies on ties."""
@@ -58,7 +62,7 @@ class FaultPlanRun:
         """Run the actions until done or ``stop`` is set (the caller then heals everything)."""
         for at_s, index, what in self.actions():
             delay = self.origin_ns / 1e9 + at_s - time.monotonic()
-            if delay > 0 and stop.wait(delay):
+            if stop.is_set() or (delay > 0 and stop.wait(delay)):
                 return
             if what == "apply":
                 self._apply(index)
@@ -73,6 +77,7 @@ class FaultPlanRun:
     def _apply(self, index: int) -> None:
         spec = self.plan[index]
         where = spec.origin or f"faults[{index}]"
+        self.tried.add(index)
         try:
             injector = make_injector(spec.kind, spec.target, dict(spec.params), self.ctx)
             self.injectors[index] = injector
@@ -93,6 +98,24 @@ class FaultPlanRun:
     def heal_all(self) -> list[str]:
         """Heal everything still applied, in reverse order; the errors of the heals that failed."""
         return self.stack.heal_all()
+
+    def halt(self) -> tuple[tuple[str, ...], int | None, list[str], tuple[str, ...]]:
+        """A guard tripped: heal every active fault now. Returns the labels healed, when the
+        last of them was (ns since the origin), the heal errors, and the planned faults that
+        were never applied (``kill(shard-1-primary) at 12 s``)."""
+        active = [e for e in list(self.stack.entries) if e.active]
+        errors = self.stack.heal_all()
+        heal_times = [e.event.heal_ns for e in active if e.event and e.event.heal_ns is not None]
+        for entry in active:
+            self.log(f"healed {entry.label} (halt)")
+        not_applied = tuple(
+            f"{spec.label} at {spec.at_s:g} s"
+            for i, spec in enumerate(self.plan)
+            if i not in self.tried
+        )
+        self.on_change()
+        healed_ns = max(heal_times) if heal_times else None
+        return tuple(e.label for e in active), healed_ns, errors, not_applied
 
     def timeline(self) -> tuple[FaultEvent, ...]:
         """The run record's timeline: every fault that took effect, in the order applied."""

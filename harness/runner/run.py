@@ -1,5 +1,7 @@
 """The run lifecycle, the one place that knows it: target up, steady state, load plus faults,
 heal, settle, judge, write the record, tear down. Small phase functions, one per step.
+The scenario's guards are watched during the load (:mod:`harness.runner.guards`): one that trips
+halts the run, healing every fault at once and applying no more.
 
 :func:`run` starts the scenario's own target and stops it again (``recchaos run``, a pytest
 scenario item); :func:`run_against` runs the same phases against a target that is already up
@@ -46,12 +48,13 @@ from harness.model.errors import (
     SutFailure,
     UsageError,
 )
-from harness.model.record import FaultEvent, RecordFile, RunRecord
+from harness.model.record import FaultEvent, Halt, RecordFile, RunRecord
 from harness.model.requestlog import TIERS, succeeded
 from harness.model.scenario import Scenario
 from harness.model.target import GenericTarget, RecommenderTarget
 from harness.runner import provenance
 from harness.runner.faults import FaultPlanRun
+from harness.runner.guards import GuardWatch, halt
 from harness.runner.hdrfiles import write_hdr_files
 from harness.runner.progress import ProgressDisplay
 from harness.runner.scrape import METRICS_AFTER, METRICS_BEFORE, cross_check, scrape_tiers
@@ -97,6 +100,8 @@ class FaultPlan(Protocol):
     def timeline(self) -> tuple[FaultEvent, ...]: ...
 
     def active(self) -> list[str]: ...
+
+    def halt(self) -> tuple[tuple[str, ...], int | None, list[str], tuple[str, ...]]: ...
 
 
 def new_run_dir(root: Path, scenario: Scenario) -> Path:
@@ -223,30 +228,53 @@ def load_with_faults(
     settings: RunSettings,
     display: ProgressDisplay,
     load_fn: LoadFunction = _run_load,
+    guards: GuardWatch | None = None,
+    on_halt: Callable[[Halt], None] = lambda halt: None,
 ) -> LoadResult:
-    """Load in a background thread, faults on this one; both bounded by the load's length."""
+    """Load in a background thread, faults on this one; both bounded by the load's length.
+    A guard that trips wakes this thread, which heals every fault at once (``on_halt``)."""
     result: dict[str, Any] = {}
     timeout = START_LEAD_S + job.duration_s + 60.0
+    stop = threading.Event()
+    watch = guards or GuardWatch((), job.target, job.start_mono_ns or 0)
+    watch.on_trip = lambda trip: stop.set()
+
+    def progress(line: dict[str, Any]) -> None:
+        watch.on_progress(line)
+        display.on_progress(line)
 
     def load() -> None:
         try:
-            result["load"] = load_fn(job, timeout, display.on_progress, settings.load_workers)
+            result["load"] = load_fn(job, timeout, progress, settings.load_workers)
         except BaseException as exc:  # re-raised on the main thread
             result["error"] = exc
 
     thread = threading.Thread(target=load, name="load", daemon=True)
-    stop = threading.Event()
     thread.start()
+    watch.start()
+    halted = False
     try:
         faults.run(stop)
+        halted = _halt_if_tripped(watch, faults, on_halt, halted)
         thread.join(timeout)
+        _halt_if_tripped(watch, faults, on_halt, halted)  # a trip after the last fault action
     finally:
         stop.set()
+        watch.stop()
     if thread.is_alive():
         raise HarnessError(f"the load driver did not return within {timeout:.0f} s")
     if "error" in result:
         raise result["error"]
     return result["load"]
+
+
+def _halt_if_tripped(
+    watch: GuardWatch, faults: FaultPlan, on_halt: Callable[[Halt], None], done: bool
+) -> bool:
+    if done or watch.trip is None:
+        return done
+    on_halt(halt(watch, faults))
+    return True
 
 
 def client_tiers(log: np.ndarray) -> Counter[str]:
@@ -277,7 +305,8 @@ def judge(
         unaccounted=tuple(result.unaccounted()),
         heal_errors=tuple(heal_errors),
     )
-    ev = evaluate(scenario, result.log, timeline, end_s, problems=problems)
+    halt = record.record.halt
+    ev = evaluate(scenario, result.log, timeline, end_s, problems=problems, halt=halt)
     record.update(
         timeline=timeline,
         windows=tuple(w.to_dict() for w in ev.windows),
@@ -483,7 +512,8 @@ def run_phases(
     record.update(
         origin_mono_ns=job.start_mono_ns or 0, files={"cluster": str(target.manifest_path.parent)}
     )
-    result, heal_errors = load_and_heal(job, faults, settings, display, record, fx.load)
+    guards = fx.guards(scenario, target.base_url, job.start_mono_ns or 0)
+    result, heal_errors = load_and_heal(job, faults, settings, display, record, fx.load, guards)
     fx.sleep(min(scenario.settle_s, 2.0))
     cross = cross_check(
         before,
@@ -531,11 +561,17 @@ def load_and_heal(
     display: ProgressDisplay,
     record: RecordFile,
     load_fn: LoadFunction = _run_load,
+    guards: GuardWatch | None = None,
 ) -> tuple[LoadResult, list[str]]:
-    """The load with its faults; then every fault healed, whatever happened."""
+    """The load with its faults (and guards); then every fault healed, whatever happened."""
     heal_errors: list[str] = []
+
+    def on_halt(h: Halt) -> None:
+        display.note(f"HALT: {h.message()}")
+        record.update(halt=h, timeline=faults.timeline())
+
     try:
-        result = load_with_faults(job, faults, settings, display, load_fn)
+        result = load_with_faults(job, faults, settings, display, load_fn, guards, on_halt)
     finally:
         heal_errors = faults.heal_all()
         for err in heal_errors:
@@ -558,6 +594,11 @@ def _extra_components(target: RunningTarget) -> list[Any]:
 # -- the side effects a run sequences ---------------------------------------------------------
 
 
+def watch_guards(scenario: Scenario, base_url: str, origin_ns: int) -> GuardWatch:
+    """The scenario's guards, watched against the target at ``base_url`` from ``origin_ns``."""
+    return GuardWatch(scenario.guards, base_url, origin_ns)
+
+
 def _watchdog(journal: Path, manifest: Path | None, log_path: Path) -> WatchdogHandle:
     return start_watchdog(journal, manifest, log_path=log_path)
 
@@ -576,5 +617,6 @@ class Effects:
         [Scenario, RunningTarget, Path, Journal, LoadJob, ProgressDisplay], FaultPlan
     ] = plan_faults
     load: LoadFunction = _run_load
+    guards: Callable[[Scenario, str, int], GuardWatch] = watch_guards
     monotonic_ns: Callable[[], int] = time.monotonic_ns
     sleep: Callable[[float], None] = time.sleep

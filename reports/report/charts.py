@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness.metrics.histogram import LatencyHistogram
-from harness.model.record import FaultEvent
+from harness.model.record import FaultEvent, Halt
 from reports.report.series import Series, spectrum, spectrum_x
 from reports.report.stages import StageRow
 from reports.svg import FAULT_FILL, PALETTE, Chart, finite_max, fmt
@@ -39,7 +39,13 @@ def shade_faults(chart: Chart, timeline: Sequence[FaultEvent], end_s: float) -> 
         chart.shade(e.inject_s, heal, e.label + mark, tip)
 
 
-def latency_chart(s: Series, timeline: Sequence[FaultEvent], end_s: float, sla_ms: float) -> str:
+def latency_chart(
+    s: Series,
+    timeline: Sequence[FaultEvent],
+    end_s: float,
+    sla_ms: float,
+    halt: Halt | None = None,
+) -> str:
     top = max(finite_max(s.quantiles[99.0].tolist(), sla_ms), sla_ms) * 1.15
     log = top > 8 * sla_ms
     lo = max(
@@ -57,6 +63,8 @@ def latency_chart(s: Series, timeline: Sequence[FaultEvent], end_s: float, sla_m
         css_class="chart latency",
     )
     shade_faults(chart, timeline, end_s)
+    if halt is not None:
+        chart.vline(halt.trip_s, f"halt ({halt.guard})", "#b00020", halt.message(), label_dy=12)
     chart.hline(sla_ms, f"SLA {sla_ms:g} ms", "#b00020")
     mid = s.t_s + s.bin_s / 2
     for (q, name), color in zip(

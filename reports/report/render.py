@@ -1,7 +1,7 @@
 """The run report as one self-contained HTML file: inline CSS, inline SVG, a few lines of JS.
 
 Order follows what a reader needs first: the verdict and the SLO table, then latency over time
-with the fault windows shaded, tier shares, the percentile spectrum per window, the per-stage
+with the fault windows shaded (and a guard's halt marked), tier shares, the percentile spectrum per window, the per-stage
 budget, generator health, the fault timeline, and how to replay the run. Nothing is fetched from
 the network; the page opens from a file or a CI artifact as is.
 """
@@ -50,6 +50,11 @@ def header(run: RunDir) -> str:
         out.append(
             f'<div class="partial"><b>PARTIAL RUN</b>: this report shows what was saved; '
             f"its verdict (if any) is not a full result.<ul>{items}</ul></div>"
+        )
+    if r.halt is not None:
+        out.append(
+            f'<div class="partial halt" id="halt"><b>HALTED by a guard</b>: '
+            f"{esc(r.halt.message())}</div>"
         )
     if r.errors:
         items = "".join(f"<li><code>{esc(e)}</code></li>" for e in r.errors)
@@ -151,7 +156,7 @@ def series_sections(run: RunDir, s: Series | None) -> str:
         '<p class="note">p50/p95/p99 per second of intended send time; shaded bands are '
         "fault windows (inject to heal); red squares at the top: failures reach that "
         "percentile.</p>"
-        + charts.latency_chart(s, r.timeline, run.end_s, run.sla_ms)
+        + charts.latency_chart(s, r.timeline, run.end_s, run.sla_ms, r.halt)
         + '<h2 id="tiers">Tier shares over time</h2>'
         + charts.tier_chart(s, r.timeline, run.end_s)
         + '<div id="rates">'
@@ -244,10 +249,32 @@ def generator_section(run: RunDir, s: Series | None) -> str:
     return "".join(out)
 
 
+def halt_note(run: RunDir) -> str:
+    """The halt under the fault timeline: when the guard tripped, how fast each heal followed."""
+    h = run.record.halt
+    if h is None:
+        return ""
+    late = [
+        f"{e.label} {(e.heal_ns - h.trip_ns) / 1e6:.0f} ms"
+        for e in run.record.timeline
+        if e.label in h.healed and e.heal_ns is not None
+    ]
+    skipped = ", ".join(h.not_applied) or "none"
+    return (
+        f'<p class="note"><b>Halt</b> ({esc(h.guard)}, {esc(h.rule)}): the condition held from '
+        f"{h.since_s:.2f} s; the harness knew at {h.trip_s:.3f} s and healed at once: "
+        f"{esc(', '.join(late) or 'no fault was active')} after the trip. Planned faults not "
+        f"applied: {esc(skipped)}.</p>"
+    )
+
+
 def timeline_section(run: RunDir) -> str:
     tl = run.record.timeline
     if not tl:
-        return '<h2 id="faults">Fault timeline</h2><p class="note">No faults were injected.</p>'
+        return (
+            '<h2 id="faults">Fault timeline</h2><p class="note">No faults were injected.</p>'
+            + halt_note(run)
+        )
     rows = [
         [
             i,
@@ -282,6 +309,7 @@ def timeline_section(run: RunDir) -> str:
             rows,
             "faults",
         )
+        + halt_note(run)
     )
 
 

@@ -42,6 +42,8 @@ def run_summary(run: RunDir, html_name: str = "report.html") -> str:
     out.append("")
     if run.partial:
         out += [f"- partial: {n}" for n in run.notes] + [""]
+    if r.halt is not None:
+        out += [f"**HALTED**: {r.halt.message()}", ""]
     out += [f"- harness error: `{e}`" for e in r.errors]
     bad = [c for c in r.checks if c.get("verdict") != "PASS"]
     passed = len(r.checks) - len(bad)

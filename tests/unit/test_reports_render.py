@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 
 from harness.cli import main
-from harness.model.record import read_record
+from harness.model.record import Halt, read_record
 from reports.history import store as history
 from reports.junit import properties
 from reports.prom import parse_histograms
@@ -151,3 +152,35 @@ def test_junit_properties(tmp_path):
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in props.items())
     # the parsed run.json works as well (infinities arrive as "inf" text)
     assert dict(properties(json.loads((run / "run.json").read_text()))) == props
+
+
+HALT = Halt(
+    guard="guards[0]",
+    rule="error ratio above 0.5 for 1 s",
+    kind="error_ratio",
+    value=0.98,
+    limit=0.5,
+    evidence="error ratio 0.98 (196 of 200 completed requests failed) from 6.0 s to 7.0 s",
+    since_s=6.0,
+    trip_ns=7_012_000_000,
+    trip_wall=0.0,
+    healed=("kill(shard-0-primary)",),
+    healed_ns=7_015_000_000,
+    not_applied=("kill(shard-1-primary) at 20 s",),
+)
+
+
+def test_a_halted_run_shows_the_halt_in_the_html_the_summary_and_junit(tmp_path):
+    run = write_run(tmp_path / "r", Synth())
+    doc = json.loads((run / "run.json").read_text())
+    doc["halt"] = asdict(HALT)
+    (run / "run.json").write_text(json.dumps(doc))
+    out = write_report(run)
+    html = out.html.read_text()
+    assert "HALTED by a guard" in html and HALT.message() in html
+    assert "halt (guards[0])" in html  # the marker on the latency chart
+    assert "the harness knew at 7.012 s and healed at once" in html
+    assert "kill(shard-1-primary) at 20 s" in html
+    assert f"**HALTED**: {HALT.message()}" in out.markdown.read_text()
+    props = dict(properties(doc))
+    assert props["recchaos.halt"] == "guards[0]: error ratio above 0.5 for 1 s at 7.012 s"

@@ -21,6 +21,7 @@ from harness.model.errors import EXIT_INTERRUPTED, SutFailure
 from harness.model.record import FaultEvent
 from harness.model.requestlog import TIERS, empty_log
 from harness.model.scenario import Scenario, scenario_from_dict
+from harness.runner.guards import GuardWatch
 from harness.runner.run import Effects, RunOutcome, execute
 from harness.runner.settings import RunSettings
 
@@ -29,7 +30,9 @@ CLOCK_NS = 7_000_000_000  # the fake CLOCK_MONOTONIC: the load starts START_LEAD
 KILL = {"kind": "kill", "target": "shard-0-primary", "at_s": 4, "duration_s": 3}
 
 
-def scenario(faults: Sequence[dict[str, Any]] = ()) -> Scenario:
+def scenario(
+    faults: Sequence[dict[str, Any]] = (), guards: Sequence[dict[str, Any]] = ()
+) -> Scenario:
     data = {
         "name": "lifecycle",
         "seed": 3,
@@ -39,6 +42,7 @@ def scenario(faults: Sequence[dict[str, Any]] = ()) -> Scenario:
         "load": [{"name": "main", "rate": RATE, "duration_s": SECONDS}],
         "faults": list(faults),
         "slos": [{"metric": "p99", "at_most": 20}],
+        "guards": list(guards),
     }
     return scenario_from_dict(data, "lifecycle.yaml")
 
@@ -109,11 +113,18 @@ class FakeFaultPlan:
     problems: list[str] = field(default_factory=list)
     heal_errors: list[str] = field(default_factory=list)
     interrupt: bool = False
+    wait: bool = False  # wait for the stop, as a plan with a fault still to heal does
 
     def run(self, stop: threading.Event) -> None:
         self.story("faults run")
         if self.interrupt:
             raise KeyboardInterrupt  # Ctrl-C lands on the main thread, which runs the faults
+        if self.wait:
+            assert stop.wait(10), "the plan was never stopped"
+
+    def halt(self) -> tuple[tuple[str, ...], int | None, list[str], tuple[str, ...]]:
+        self.story("halt")
+        return ("freeze(gateway)",), 6_001_000_000, [], ("kill(shard-0-primary) at 9 s",)
 
     def heal_all(self) -> list[str]:
         self.story("heal all")
@@ -145,6 +156,7 @@ class Harness:
     crash: BaseException | None = None
     plan: FakeFaultPlan | None = None
     lines: list[str] = field(default_factory=list)
+    progress: list[dict[str, Any]] = field(default_factory=list)  # the load's progress lines
 
     def effects(self) -> Effects:
         story = self.story
@@ -161,6 +173,8 @@ class Harness:
             story("load")
             if self.crash is not None:
                 raise self.crash
+            for line in self.progress:
+                on_progress(line)
             return load_result(job, self.latency_ms)
 
         def fault_plan(*args: Any) -> FakeFaultPlan:
@@ -179,12 +193,12 @@ class Harness:
             sleep=lambda s: story(f"sleep {s:g}"),
         )
 
-    def run(self, s: Scenario) -> RunOutcome:
+    def run(self, s: Scenario, effects: Effects | None = None) -> RunOutcome:
         self.plan = self.plan or FakeFaultPlan(self.story)
         target = FakeTarget("http://target.invalid", self.tmp_path / "cluster" / "manifest.json")
         settings = RunSettings("lifecycle.yaml", out_dir=self.tmp_path / "runs", progress=False)
         return execute(
-            settings, s, FakeWhere(self.story, target), self.lines.append, self.effects()
+            settings, s, FakeWhere(self.story, target), self.lines.append, effects or self.effects()
         )
 
 
@@ -345,3 +359,44 @@ def test_a_failed_steady_state_stops_the_target_before_any_load(tmp_path):
         "journal closed",
     ]
     assert outcome.exit_code == 1 and saved(outcome)["status"] == "incomplete"
+
+
+def test_a_guard_that_trips_halts_heals_at_once_records_the_halt_and_fails(tmp_path):
+    failing = [
+        {"worker": 0, "elapsed_s": t, "answered": 100, "failed": 100 * (t - 1), "missed": 0}
+        for t in (1, 2, 3)
+    ]  # every request failed from 1 s on
+    h = Harness(tmp_path, progress=failing)
+    h.plan = FakeFaultPlan(h.story, wait=True)
+    origin = CLOCK_NS + 3_000_000_000
+
+    def guards(s: Scenario, url: str, origin_ns: int) -> GuardWatch:
+        assert (url, origin_ns) == ("http://target.invalid", origin)
+        return GuardWatch(s.guards, url, origin_ns, clock=lambda: origin_ns + 6_000_000_000)
+
+    s = scenario([KILL], guards=[{"kind": "error_ratio", "above": 0.5, "for_s": 2}])
+    outcome = h.run(s, replace(h.effects(), guards=guards))
+    assert h.story.main() == COMPLETE[:6] + ["halt"] + COMPLETE[6:]
+    assert outcome.verdict is Verdict.FAIL and outcome.exit_code == 1
+    record = saved(outcome)
+    assert record["verdict"] == "FAIL" and record["status"] == "complete"
+    halt = record["halt"]
+    assert (halt["guard"], halt["trip_ns"], halt["healed_ns"]) == (
+        "guards[0]",
+        6_000_000_000,
+        6_001_000_000,
+    )
+    assert halt["healed"] == ["freeze(gateway)"]
+    assert halt["not_applied"] == ["kill(shard-0-primary) at 9 s"]
+    guard = record["checks"][-1]
+    assert (guard["verdict"], guard["metric"], guard["where"]) == (
+        "FAIL",
+        "guard",
+        "lifecycle.yaml, guards[0]",
+    )
+    assert guard["message"].startswith(
+        "guard error ratio above 0.5 for 2 s (guards[0]) tripped at 6.0 s: error ratio 1.00 "
+        "(200 of 200 completed requests failed) from 1.0 s to 3.0 s; the run was halted: "
+        "healed freeze(gateway) (all healed 1 ms after the trip)"
+    )
+    assert any(line.startswith("  * HALT: guard error ratio") for line in h.lines)
