@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from harness.model.errors import EXIT_INTERRUPTED, EXIT_USAGE, RecchaosError, ScenarioError
@@ -156,19 +157,40 @@ def _run(sub: Any) -> None:
         help="also write JUnit XML (one test case, the recchaos.* properties the pytest plugin "
         "writes) to FILE",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve the scenario and profile, start the target without load or faults (or "
+        "read --manifest), check that every fault target exists, print the fault plan and "
+        "the load's totals, and exit 0 (or 2 naming what is missing)",
+    )
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="PATH",
+        help="with --dry-run: check against the running target whose manifest this is "
+        "(`recchaos sut up --manifest PATH`) instead of starting one",
+    )
     p.set_defaults(func=run_scenario)
 
 
 def run_scenario(args: argparse.Namespace) -> int:
     from harness.runner.run import run
-    from harness.runner.settings import RUN_OPTIONS, RunSettings
+    from harness.runner.settings import RUN_OPTIONS, RunSettings, check_dry_run
 
     settings = RunSettings(
         scenario_path=args.scenario,
         progress=args.progress,
         load_workers=args.load_workers,
+        dry_run=args.dry_run,
+        manifest=args.manifest,
         **{opt.name: getattr(args, opt.name) for opt in RUN_OPTIONS},
     )
+    check_dry_run(settings)
+    if settings.dry_run:
+        from harness.runner.dryrun import dry_run
+
+        return dry_run(settings, settings.manifest)
     outcome = run(settings)
     print(f"run record: {outcome.run_dir / 'run.json'}")
     if args.junit and outcome.record is not None:

@@ -1,5 +1,7 @@
 """What one ``recchaos run`` (or one pytest scenario item) was asked to do: a frozen settings
 object built once from options, and the scenario with those overrides applied and re-validated.
+``dry_run`` and ``manifest`` are the CLI's ``--dry-run`` and ``--manifest``
+(:mod:`harness.runner.dryrun`).
 
 The option table :data:`RUN_OPTIONS` is shared by the CLI and the pytest plugin, so both speak
 the same names, defaults and help. The plugin also reads each option from an environment
@@ -165,6 +167,17 @@ class RunSettings:
     load_workers: int = 1
     replay: str | None = None  # the replay command to record (default: the `recchaos run` one)
     backend: str | None = None  # process | docker (default: the scenario's target)
+    dry_run: bool = False  # resolve and check, start nothing that injects (harness.runner.dryrun)
+    manifest: Path | None = None  # with dry_run: a running target's manifest (nothing started)
+
+
+def check_dry_run(settings: RunSettings) -> None:
+    """``--manifest`` names a running target to check against: a dry run's option only."""
+    if settings.manifest is not None and not settings.dry_run:
+        raise UsageError(
+            f"--manifest {settings.manifest} is only for --dry-run: a run starts (and stops) "
+            "its own target; add --dry-run to check the scenario against that running target"
+        )
 
 
 def resolve_scenario(settings: RunSettings) -> Scenario:
