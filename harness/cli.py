@@ -135,7 +135,8 @@ def _run(sub: Any) -> None:
         "3 INCONCLUSIVE, 2 usage error, 4 harness error, 130 interrupted by Ctrl-C)",
         description="Run a chaos scenario and judge it. Exit codes: 0 PASS, 1 FAIL, "
         "3 INCONCLUSIVE, 2 usage error, 4 harness error, 130 interrupted (Ctrl-C: faults "
-        "healed, target stopped, partial record written).",
+        "healed, target stopped, partial record written). With --dry-run nothing is loaded or "
+        "injected: 0 when every fault target exists, 2 naming what does not.",
     )
     p.add_argument("scenario", metavar="SCENARIO", help="scenario YAML file")
     for opt in RUN_OPTIONS:
