@@ -22,6 +22,11 @@ COMMANDS = {
         "run the degraded region (internal)",
     ),
     "serve-gateway": ("system_under_test.gateway", "main", "run the HTTP gateway (internal)"),
+    "probe": (
+        "system_under_test.probe",
+        "main",
+        "check that one component answers (container health checks)",
+    ),
 }
 
 

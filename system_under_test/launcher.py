@@ -25,11 +25,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from system_under_test.probe import http_get, ping
 
 DEFAULT_MANIFEST = Path(".sut/manifest.json")
 MANIFEST_VERSION = 1
@@ -160,32 +160,10 @@ def spawn(comp: Component) -> None:
     comp.pid = comp.proc.pid
 
 
-async def _ping(address: str, timeout_s: float) -> bool:
-    from system_under_test import protocol
-
-    host, port = address.rsplit(":", 1)
-    client = protocol.Client(host, int(port))
-    try:
-        await client.call("ping", timeout_s)
-        return True
-    except protocol.CallError:
-        return False
-    finally:
-        await client.close()
-
-
-def _http_ok(url: str, timeout_s: float) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def is_ready(comp: Component) -> bool:
     if comp.role == "gateway":
-        return _http_ok(f"http://{comp.address}/readyz", 1.0)
-    return asyncio.run(_ping(comp.address, 1.0))
+        return http_get(f"http://{comp.address}/readyz", 1.0) is None
+    return asyncio.run(ping(comp.address, 1.0)) is None
 
 
 def wait_ready(comps: list[Component], timeout_s: float, log=print) -> None:

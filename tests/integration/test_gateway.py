@@ -10,6 +10,8 @@ with users 0..23, which ``test_both_copies_dead`` relies on for its best-effort 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -221,3 +223,30 @@ def test_redis_down_still_serves(cluster, redis_proc):
         assert Counter(r.tier for r in replies)["primary"] >= 18
         assert max(r.body["timings_ms"]["total"] for r in replies) < 50
         assert cluster.metric("recchaos_redis_errors_total") >= 1
+
+
+def probe(*args: str) -> subprocess.CompletedProcess[str]:
+    """The container health check's command (deploy/compose.yaml), run here."""
+    return subprocess.run(
+        [sys.executable, "-m", "system_under_test", "probe", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_the_container_health_probe_answers_for_every_component_and_fails_a_frozen_one(cluster):
+    for name, comp in cluster.comps.items():
+        args = [comp.address] + (["--http", "/healthz"] if comp.role == "gateway" else [])
+        done = probe(*args)
+        assert done.returncode == 0, f"{name}: {done.stderr}"
+    replica = cluster.comps["shard-1-replica"]
+    cluster.freeze("shard-1-replica")
+    try:
+        done = probe(replica.address, "--timeout", "0.5")
+    finally:
+        cluster.thaw("shard-1-replica")
+    assert done.returncode == 1 and f"ping {replica.address}" in done.stderr, done.stderr
+    gateway = cluster.comps["gateway"].address
+    missing = probe(gateway, "--http", "/nope", "--timeout", "2")
+    assert missing.returncode == 1 and "HTTP 404" in missing.stderr, missing.stderr
