@@ -3,9 +3,13 @@
 Routing, the gateway's L1 row-cache lookup, the ranker forward pass (tiny preset), histogram
 recording, and one whole gateway request in process (the real ``RecommendService`` with its shard
 calls answered by in-process ``ShardService`` objects, frames encoded and decoded as on the wire,
-no sockets). Not collected by the default test run (``testpaths = ["tests"]``); the nightly job
-runs ``pytest benchmarks/test_components.py --benchmark-json=FILE`` once per round and compares
-the rounds with ``recchaos compare`` (see docs/reports.md).
+no sockets). The gateway's metrics, side by side: the metric updates one real request makes,
+replayed on the hand-written exporter (``system_under_test/gateway/metrics.py``) and on the same
+metrics in ``prometheus_client``, and one ``/metrics`` scrape of each (group ``exporter-*``): the
+figures behind keeping the hand-written exporter (docs/recommender.md). Not collected by the
+default test run (``testpaths = ["tests"]``); the nightly job runs
+``pytest benchmarks/test_components.py --benchmark-json=FILE`` once per round and compares the
+rounds with ``recchaos compare`` (see docs/reports.md).
 """
 
 from __future__ import annotations
@@ -181,3 +185,155 @@ def test_gateway_request(benchmark, gateway) -> None:
     result = benchmark(request)
     assert result.tier == "primary", result.payload
     assert len(result.payload["items"]) == 10
+
+
+# -- the gateway's exporter: hand-written vs prometheus_client ------------------------------------
+
+UPDATES = ("inc", "observe", "set")
+
+
+def record_updates(metrics, request) -> list[tuple[str, str, tuple, dict]]:
+    """The metric updates ``request()`` makes: (attribute of GatewayMetrics, method, args, kw)."""
+    calls: list[tuple[str, str, tuple, dict]] = []
+    patched = []
+    for attr, metric in vars(metrics).items():
+        for method in UPDATES:
+            real = getattr(metric, method, None)
+            if attr == "registry" or real is None:
+                continue
+
+            def spy(*args, _real=real, _key=(attr, method), **kw):
+                calls.append((*_key, args, kw))
+                return _real(*args, **kw)
+
+            setattr(metric, method, spy)  # an instance attribute shadows the method
+            patched.append((metric, method))
+    try:
+        request()
+    finally:
+        for metric, method in patched:
+            delattr(metric, method)
+    return calls
+
+
+def _hand(metric, method, labels, value):
+    if method == "observe":
+        metric.observe(value, *labels)
+    elif method == "set":
+        metric.set(*labels, value=value)
+    else:
+        metric.inc(*labels, amount=value)
+
+
+def _client(metric, method, labels, value):
+    child = metric.labels(*labels) if labels else metric
+    getattr(child, method)(value)
+
+
+def prometheus_twin(hand):
+    """The same metrics (names, help, labels, buckets) in a prometheus_client registry."""
+    import prometheus_client as pc
+
+    registry = pc.CollectorRegistry()
+    twin = {}
+    for m in hand.registry.metrics:
+        if m.kind == "histogram":
+            made = pc.Histogram(m.name, m.help, m.label_names, registry=registry, buckets=m.buckets)
+        else:
+            cls = pc.Counter if m.kind == "counter" else pc.Gauge
+            made = cls(m.name, m.help, m.label_names, registry=registry)
+        twin[m.name] = made
+    return registry, twin
+
+
+def replay_ops(calls, target: str):
+    """One request's updates as ``(function, metric, method, labels, value)`` for ``target``."""
+    from system_under_test.gateway.metrics import GatewayMetrics
+
+    hand = GatewayMetrics()
+    registry, twin = prometheus_twin(hand)
+    ops = []
+    for attr, method, args, kw in calls:
+        metric = getattr(hand, attr)
+        if method == "observe":
+            value, labels = args[0], args[1:]
+        else:
+            value, labels = kw.get("value", kw.get("amount", 1.0)), args
+        if target == "hand-written":
+            ops.append((_hand, metric, method, labels, value))
+        else:
+            ops.append((_client, twin[metric.name], method, labels, value))
+    return ops, hand, registry
+
+
+@pytest.fixture(scope="module")
+def request_updates(gateway):
+    service, loop = gateway
+    for i in range(60):  # warm: L1 hit, tier primary, as test_gateway_request measures
+        loop.run_until_complete(service.recommend(i % 57 * 7, 10, f"warm-{i}"))
+    calls = record_updates(
+        service.metrics,
+        lambda: loop.run_until_complete(service.recommend(14, 10, "record")),
+    )
+    assert calls, "the request updated no metric"
+    return calls
+
+
+def scraped(text: str) -> dict[tuple, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def label(k: str, v: str) -> tuple[str, str]:
+        return (k, repr(float(v))) if k == "le" else (k, v)  # "1" and "1.0" are one bound
+
+    return {
+        (s.name, tuple(sorted(label(k, v) for k, v in s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if not s.name.endswith("_created") and s.value  # a series never touched: 0 or absent
+    }
+
+
+@pytest.mark.parametrize("exporter", ["hand-written", "prometheus_client"])
+def test_exporter_per_request(benchmark, request_updates, exporter) -> None:
+    """One request's metric updates (about a dozen), on each exporter; same samples after."""
+    ops, hand, registry = replay_ops(request_updates, exporter)
+    benchmark.group = "exporter-per-request"
+    benchmark.extra_info["updates_per_request"] = len(ops)
+
+    def replay():
+        for fn, metric, method, labels, value in ops:
+            fn(metric, method, labels, value)
+
+    benchmark(replay)
+    if exporter == "prometheus_client":
+        assert_same_samples(request_updates)
+
+
+def assert_same_samples(calls) -> None:
+    """The twin is the same exporter: one request replayed on each scrapes to equal samples."""
+    import prometheus_client as pc
+
+    hand_ops, hand, _ = replay_ops(calls, "hand-written")
+    client_ops, _, registry = replay_ops(calls, "prometheus_client")
+    for fn, *rest in hand_ops + client_ops:
+        fn(*rest)
+    assert scraped(hand.registry.render()) == scraped(pc.generate_latest(registry).decode())
+
+
+@pytest.mark.parametrize("exporter", ["hand-written", "prometheus_client"])
+def test_exporter_scrape(benchmark, request_updates, exporter) -> None:
+    """One ``/metrics`` text after 1,000 requests' updates."""
+    import prometheus_client as pc
+
+    ops, hand, registry = replay_ops(request_updates, exporter)
+    for _ in range(1000):
+        for fn, *rest in ops:
+            fn(*rest)
+    benchmark.group = "exporter-scrape"
+    render = (
+        hand.registry.render
+        if exporter == "hand-written"
+        else (lambda: pc.generate_latest(registry).decode())
+    )
+    text = benchmark(render)
+    assert "recchaos_requests_total" in text
