@@ -79,6 +79,8 @@ def _summary(s: Any) -> str:
         + (f" + {generated} generated" if generated else ""),
         f"{len(s.slos)} SLO{'s' * (len(s.slos) != 1)}",
     ]
+    if s.guards:
+        parts.append(f"{len(s.guards)} guard{'s' * (len(s.guards) != 1)}")
     if s.profiles:
         parts.append("profiles " + ", ".join(s.profiles))
     if s.profile:

@@ -3,7 +3,8 @@
 Written incrementally during a run (``status: running``), always by atomic replace, and
 finished as ``complete`` or ``incomplete``; reports read it back with :func:`read_record`.
 Fault timeline times are monotonic nanoseconds since the run's origin (the same clock and origin
-as the request log, see :mod:`harness.model.requestlog`) plus wall-clock epoch seconds.
+as the request log, see :mod:`harness.model.requestlog`) plus wall-clock epoch seconds, and so is
+the trip time of a :class:`Halt` (a guard that tripped), so a heal's delay is a subtraction.
 Window statistics and check results are stored as the plain mappings their own layers produce.
 """
 
@@ -81,12 +82,12 @@ class Halt:
 
     def message(self) -> str:
         """One line for logs and the verdict: the guard, when, why, and what the halt did."""
-        healed = ", ".join(self.healed) if self.healed else "no fault was active"
         took = (
             f" (all healed {(self.healed_ns - self.trip_ns) / 1e6:.0f} ms after the trip)"
-            if self.healed and self.healed_ns is not None
+            if self.healed_ns is not None
             else ""
         )
+        healed = f"healed {', '.join(self.healed)}{took}" if self.healed else "no fault was active"
         skipped = (
             f"; {len(self.not_applied)} planned fault{'s' * (len(self.not_applied) != 1)} not "
             f"applied: {', '.join(self.not_applied)}"
@@ -96,7 +97,7 @@ class Halt:
         failed = f"; heal failed: {'; '.join(self.heal_errors)}" if self.heal_errors else ""
         return (
             f"guard {self.rule} ({self.guard}) tripped at {self.trip_s:.1f} s: {self.evidence};"
-            f" the run was halted: healed {healed}{took}{skipped}{failed}"
+            f" the run was halted: {healed}{skipped}{failed}"
         )
 
     @classmethod

@@ -111,3 +111,12 @@ def test_every_dependency_waits_for_a_healthy_service(compose):
             assert dep in services, f"{name} depends on an unknown service {dep}"
             assert how == {"condition": "service_healthy"}, f"{name} -> {dep}: {how}"
             assert "healthcheck" in services[dep], f"{dep} has no health check to wait for"
+
+
+def test_the_probe_refuses_an_address_that_is_not_host_port(capsys):
+    from system_under_test.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["probe", "shard-0-primary"])
+    assert info.value.code == 2
+    assert "'shard-0-primary' is not HOST:PORT (a port from 1 to 65535)" in capsys.readouterr().err

@@ -359,3 +359,19 @@ def test_a_halted_run_fails_even_when_every_slo_holds():
 def test_a_short_probe_interval_shortens_the_default_timeout():
     s = scenario_from_dict(with_guards({"kind": "health", "every_s": 0.2}), "g.yaml")
     assert s.guards[0].timeout_ms == 200.0
+
+
+def test_a_halt_with_no_active_fault_says_so():
+    h = halted(healed=(), healed_ns=None)
+    assert "; the run was halted: no fault was active" in h.message()
+
+
+def test_scenarios_validate_counts_the_guards(tmp_path, capsys):
+    import yaml
+
+    from harness import cli
+
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(with_guards(RATIO, HEALTH)))
+    assert cli.main(["scenarios", "validate", str(path)]) == 0
+    assert capsys.readouterr().out.strip().endswith("1 SLO, 2 guards")
