@@ -1,0 +1,58 @@
+"""Bounded waits for something the harness started: poll until ready, show the log tail if not.
+
+Also the two socket checks every launcher needs: a free loopback port and "does it listen".
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.model.errors import HarnessError
+
+
+class StartError(HarnessError):
+    """Something the harness started did not come up; the message carries its last log lines."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of ``path``, indented; says so when there is no log."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"    | (no log at {path}: {exc})"
+    return "\n".join(f"    | {line}" for line in text[-lines:]) or "    | (empty log)"
+
+
+def wait_until(
+    check: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.02,
+    log: Path | None = None,
+) -> None:
+    """Poll ``check`` until it is true; raise StartError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if check():
+            return
+        if time.monotonic() > deadline:
+            tail = f"; last log lines ({log}):\n{log_tail(log)}" if log else ""
+            raise StartError(f"{what} not within {timeout_s:.1f} s{tail}")
+        time.sleep(interval_s)
+
+
+def tcp_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
