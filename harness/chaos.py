@@ -28,7 +28,7 @@ PRESET_USERS = {"tiny": 4000}
 class RunContext:
     """What a test's runs share: the cluster, where runs go, the seed, SLA, profile, names."""
 
-    target: Any  # harness.runner.target.RunningTarget
+    target: Any  # harness.sut.target.Target
     out_dir: Path
     seed: int
     sla_ms: float
@@ -39,7 +39,7 @@ class RunContext:
 
     @property
     def options(self) -> Any:
-        return self.target.cluster.options
+        return self.target.options
 
     @property
     def name(self) -> str:

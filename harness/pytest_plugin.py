@@ -401,6 +401,7 @@ def _run_settings(
         sla_ms=v["sla_ms"],
         replay=replay,
         backend=v["backend"],
+        redis_address=v["redis_address"],
     )
 
 
@@ -603,14 +604,22 @@ def recommender_options(pytestconfig: pytest.Config) -> Any:
     from harness.sut.recommender import RecommenderOptions
     from harness.sut.redis import redis_available
 
-    sla = session_settings(pytestconfig).values["sla_ms"] or DEFAULT_SLA_MS
-    return RecommenderOptions(shards=4, preset="tiny", redis=redis_available(), sla_ms=sla)
+    values = session_settings(pytestconfig).values
+    sla = values["sla_ms"] or DEFAULT_SLA_MS
+    return RecommenderOptions(
+        shards=4,
+        preset="tiny",
+        redis=redis_available(),
+        sla_ms=sla,
+        redis_address=values["redis_address"],
+    )
 
 
 @pytest.fixture(scope="session")
 def recommender(recommender_options: Any, pytestconfig: pytest.Config) -> Iterator[Any]:
-    """The recommender, started once for the session (``RunningTarget``: ``base_url``,
-    ``cluster``, ``manifest_path``) and always stopped at the end."""
+    """The recommender, started once for the session (a :class:`harness.sut.target.Target`:
+    ``base_url``, ``manifest_path``, ``options``, ``component()``, ``restart()``) and always
+    stopped at the end."""
     from harness.runner.session import session_workdir, shared_recommender
 
     out = Path(session_settings(pytestconfig).values["out_dir"])

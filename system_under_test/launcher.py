@@ -3,15 +3,22 @@
 ``up`` trains (or reuses) the artifacts, starts 2 x S shard copies, the degraded region and the
 gateway as separate processes in sessions of their own (so they outlive ``up`` and a terminal's
 Ctrl-C), waits until each answers (bounded; on a timeout it shows the failing component's last log
-lines and stops everything it started), then writes the manifest. ``down`` stops the processes a
-manifest names, checking first that each PID is still the process that was started.
+lines and stops everything it started), then writes the manifest. Until the manifest is written
+``up`` owns its children: SIGTERM, SIGINT or SIGHUP stops every one started so far, and ``up``
+exits with 128 + the signal's number. Every child inherits ``up``'s environment, so a tool that
+starts ``up`` can find them all by a variable it sets, even if ``up`` itself is SIGKILLed.
+``down`` stops the processes a manifest names, checking first that each PID is still the process
+that was started (its start time, or its command line in a manifest without start times).
 
 The manifest is a public interface read by other tools; its keys stay stable::
 
     {"gateway_url": "http://127.0.0.1:PORT",
      "components": [{"name": "shard-0-primary", "role": "primary", "shard": 0,
-                     "pid": 1234, "address": "127.0.0.1:PORT", "log": PATH, "command": [...]}, ...],
+                     "pid": 1234, "start_time": 1733469553.12, "address": "127.0.0.1:PORT",
+                     "log": PATH, "command": [...]}, ...],
      ...}
+
+``start_time`` is the process's start in seconds since the epoch (psutil's ``create_time``).
 """
 
 from __future__ import annotations
@@ -22,21 +29,37 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from system_under_test.probe import http_get, ping
+from system_under_test.process import (
+    ManagedProcess,
+    ProcessRef,
+    StartError,
+    stop_processes,
+)
 
 DEFAULT_MANIFEST = Path(".sut/manifest.json")
 MANIFEST_VERSION = 1
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-class LaunchError(Exception):
+class LaunchError(StartError):
     """A component did not start or did not become ready."""
+
+
+class Interrupted(BaseException):
+    """``up`` was told to stop (SIGTERM, SIGINT, SIGHUP) before the cluster was up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass
@@ -47,8 +70,9 @@ class Component:
     address: str
     command: list[str]
     log: Path
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    proc: ManagedProcess | None = field(default=None, repr=False)
     pid: int | None = None
+    start_time: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +80,7 @@ class Component:
             "role": self.role,
             "shard": self.shard,
             "pid": self.pid,
+            "start_time": self.start_time,
             "address": self.address,
             "log": str(self.log),
             "command": self.command,
@@ -66,14 +91,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError as exc:
-        return f"(no log at {path}: {exc})"
-    return "\n".join(f"    | {line}" for line in text[-lines:]) or "    | (empty log)"
 
 
 def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
@@ -146,18 +163,11 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
     return comps
 
 
-def spawn(comp: Component) -> None:
-    comp.log.parent.mkdir(parents=True, exist_ok=True)
-    with open(comp.log, "ab") as log:
-        comp.proc = subprocess.Popen(
-            comp.command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-    comp.pid = comp.proc.pid
+def spawn(comp: Component, env: dict[str, str] | None = None) -> None:
+    """Start ``comp`` in a session of its own (it outlives ``up``), output to its log."""
+    comp.proc = ManagedProcess(comp.command, comp.log, name=comp.name, env=env).start()
+    assert comp.proc.ref is not None
+    comp.pid, comp.start_time = comp.proc.pid, comp.proc.ref.create_time
 
 
 def is_ready(comp: Component) -> bool:
@@ -167,23 +177,20 @@ def is_ready(comp: Component) -> bool:
 
 
 def wait_ready(comps: list[Component], timeout_s: float, log=print) -> None:
-    """Poll each component in start order until it answers; fail fast if one exits."""
+    """Poll each component in start order until it answers, all within ``timeout_s``; fail
+    fast (LaunchError with its last log lines) if one exits first."""
     deadline = time.monotonic() + timeout_s
     for comp in comps:
-        while not is_ready(comp):
-            assert comp.proc is not None
-            code = comp.proc.poll()
-            if code is not None:
-                raise LaunchError(
-                    f"{comp.name} exited with code {code} before it was ready; last log lines "
-                    f"({comp.log}):\n{log_tail(comp.log)}"
-                )
-            if time.monotonic() > deadline:
-                raise LaunchError(
-                    f"{comp.name} was not ready within {timeout_s:.0f} s (--timeout); last log "
-                    f"lines ({comp.log}):\n{log_tail(comp.log)}"
-                )
-            time.sleep(0.05)
+        assert comp.proc is not None, f"{comp.name} was never started"
+        try:
+            comp.proc.wait_ready(
+                lambda c=comp: is_ready(c),  # type: ignore[misc]
+                max(deadline - time.monotonic(), 0.0),
+                f"{comp.name} ready on {comp.address} (--timeout {timeout_s:g} s)",
+                interval_s=0.05,
+            )
+        except StartError as exc:
+            raise LaunchError(str(exc)) from None
         log(f"  ready: {comp.name:<18} {comp.address}  pid {comp.pid}")
 
 
@@ -206,52 +213,81 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return data
 
 
-def _still_ours(pid: int, command: list[str]) -> bool:
-    """True when ``pid`` runs the command we started (guards against a reused PID)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    if state == "Z":
-        return False
-    return [c.decode(errors="replace") for c in cmdline if c] == command
+def component_ref(comp: dict[str, Any]) -> ProcessRef | None:
+    """The live process a manifest entry names: by PID and start time, or (a manifest without
+    start times) by PID and the exact command line; None when it is gone or was reused."""
+    pid = comp.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    start = comp.get("start_time")
+    if isinstance(start, int | float):
+        ref = ProcessRef(pid, float(start))
+        return ref if ref.alive() else None
+    found = ProcessRef.of_pid(pid)
+    if found is None or found.cmdline() != list(comp.get("command") or []):
+        return None
+    return found
 
 
-def stop_pids(targets: list[tuple[str, int, list[str]]], timeout_s: float, log=print) -> list[str]:
-    """SIGTERM (and SIGCONT, for frozen ones), then SIGKILL after the timeout. Returns leftovers."""
-    live = [(n, p, c) for n, p, c in targets if _still_ours(p, c)]
-    for _, pid, _ in live:
-        for sig in (signal.SIGTERM, signal.SIGCONT):
+def _stop_started(comps: list[Component]) -> None:
+    """Stop every component started so far, newest first (each one reaped)."""
+    for comp in reversed(comps):
+        if comp.proc is not None:
             try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_still_ours(p, c) for _, p, c in live):
-        time.sleep(0.05)
-    left = []
-    for name, pid, cmd in live:
-        if _still_ours(pid, cmd):
-            log(f"  {name} (pid {pid}) ignored SIGTERM for {timeout_s:.0f} s: SIGKILL")
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    kill_deadline = time.monotonic() + 5
-    while time.monotonic() < kill_deadline and any(_still_ours(p, c) for _, p, c in live):
-        time.sleep(0.05)
-    for name, pid, cmd in live:
-        if _still_ours(pid, cmd):
-            left.append(f"{name} (pid {pid})")
-    return left
+                comp.proc.stop()
+            except StartError as exc:
+                print(f"warning: {exc}", file=sys.stderr)
 
 
-def _reap(comps: list[Component]) -> None:
-    for comp in comps:
-        if comp.proc is not None and comp.proc.poll() is None:
-            comp.proc.kill()
-            comp.proc.wait(timeout=10)
+class _StopRequests:
+    """While the cluster starts, SIGTERM, SIGINT and SIGHUP raise :class:`Interrupted`: at once,
+    or right after a step that must not be cut in half (a spawn, writing the manifest), so no
+    child is started without a handle to stop it. Only the first counts: a second signal cannot
+    cut the clean-up short. :meth:`release` ends the ownership: the cluster is up."""
+
+    def __init__(self) -> None:
+        self.deferring = False
+        self.pending: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def handle(self, signum: int, frame: object) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        if self.deferring:
+            self.pending = signum
+            return
+        raise Interrupted(signum)
+
+    @contextmanager
+    def owning_children(self) -> Iterator[None]:
+        self._previous = {sig: signal.signal(sig, self.handle) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending is not None:
+            raise Interrupted(self.pending)
+
+
+_STOPS = _StopRequests()
+
+
+def _spawn_owned(comp: Component) -> None:
+    with _STOPS.deferred():
+        spawn(comp)
 
 
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
@@ -349,11 +385,7 @@ def start(args: argparse.Namespace, log=print) -> dict[str, Any]:
     t0 = time.monotonic()
     if args.manifest.exists():
         existing = json.loads(args.manifest.read_text() or "{}")
-        alive = [
-            c["name"]
-            for c in existing.get("components", [])
-            if c.get("pid") and _still_ours(c["pid"], c.get("command", []))
-        ]
+        alive = [c["name"] for c in existing.get("components", []) if component_ref(c)]
         if alive:
             raise LaunchError(
                 f"manifest {args.manifest} names running components ({', '.join(alive)});"
@@ -364,16 +396,34 @@ def start(args: argparse.Namespace, log=print) -> dict[str, Any]:
     log_dir = args.log_dir or args.manifest.parent / "logs"
     comps = plan_cluster(args, log_dir)
     log(f"starting {len(comps)} processes (model {meta['version']}, logs in {log_dir})")
+    wrote = False
     try:
         for comp in comps[:-1]:
-            spawn(comp)
+            _spawn_owned(comp)
         wait_ready(comps[:-1], args.timeout, log)
-        spawn(comps[-1])
+        _spawn_owned(comps[-1])
         wait_ready(comps[-1:], max(args.timeout - (time.monotonic() - t0), 5.0), log)
+        manifest = _manifest(args, comps, meta, log_dir, time.monotonic() - t0)
+        with _STOPS.deferred():
+            write_manifest(args.manifest, manifest)
+            wrote = True
+            _STOPS.release()  # the cluster is up: from here on it outlives `up`
     except BaseException:
-        _reap(comps)
+        _stop_started(comps)
+        if wrote:
+            args.manifest.unlink(missing_ok=True)
         raise
-    manifest = {
+    return manifest
+
+
+def _manifest(
+    args: argparse.Namespace,
+    comps: list[Component],
+    meta: dict[str, Any],
+    log_dir: Path,
+    startup_s: float,
+) -> dict[str, Any]:
+    return {
         "manifest_version": MANIFEST_VERSION,
         "gateway_url": f"http://{comps[-1].address}",
         "model_version": meta["version"],
@@ -384,22 +434,22 @@ def start(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "redis": args.redis,
         "log_dir": str(log_dir),
         "started_at": time.time(),
-        "startup_seconds": round(time.monotonic() - t0, 3),
+        "startup_seconds": round(startup_s, 3),
         "components": [c.to_json() for c in comps],
         "routes": dict(args.routes or {}),
     }
-    write_manifest(args.manifest, manifest)
-    return manifest
 
 
 def stop(manifest_path: Path, timeout_s: float = 10.0, log=print) -> list[str]:
+    """Stop every live process the manifest names (SIGKILL after ``timeout_s``); returns those
+    still running. The manifest is removed once nothing is left."""
     data = read_manifest(manifest_path)
-    targets = [
-        (c["name"], int(c["pid"]), list(c.get("command", [])))
-        for c in reversed(data["components"])
-        if c.get("pid")
-    ]
-    left = stop_pids(targets, timeout_s, log)
+    targets = []
+    for comp in reversed(data["components"]):
+        ref = component_ref(comp)
+        if ref is not None:
+            targets.append((str(comp.get("name")), ref))
+    left = stop_processes(targets, timeout_s, log=lambda line: log(f"  {line}")).left
     if not left:
         manifest_path.unlink(missing_ok=True)
     return left
@@ -416,13 +466,14 @@ def main_up(argv: list[str]) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
-        manifest = start(args)
-    except LaunchError as exc:
+        with _STOPS.owning_children():
+            manifest = start(args)
+    except StartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: stopped every process started so far", file=sys.stderr)
-        return 130
+    except Interrupted as exc:
+        print(f"{exc}: stopped every process started so far", file=sys.stderr)
+        return 128 + exc.signum
     print(
         f"cluster up in {manifest['startup_seconds']:.1f} s: {manifest['gateway_url']} "
         f"(manifest {args.manifest})"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.sut.procs import free_port
+from harness.process import free_port
 from harness.sut.redis import RedisServer, redis_available
 
 __all__ = ["free_port"]

@@ -51,11 +51,14 @@ def read_stat(pid: int) -> tuple[str, int] | None:
 
 
 def read_cmdline(pid: int) -> list[str] | None:
+    """The arguments, empty ones included (``--save ""``); the NUL padding a retitled server
+    leaves after its title is not an argument."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    args = raw.rstrip(b"\0")
+    return [part.decode(errors="replace") for part in args.split(b"\0")] if args else []
 
 
 def runs_command(pid: int, command: Sequence[str]) -> bool:

@@ -1,7 +1,8 @@
 """Runs load worker processes for the harness's main process and merges what they record.
 
 :func:`run_load` writes one :class:`~harness.load.spec.LoadJob` per worker, starts
-``python -m harness.load.worker`` for each (its own process group, stderr to a file), waits
+``python -m harness.load.worker`` for each as a :class:`~harness.process.ManagedProcess` (its
+own process group, stderr to a file, registered with the run's watchdog when given one), waits
 (bounded) until every worker is ready, hands them one common start time on stdin, relays their
 progress lines, and enforces a timeout: on expiry or on any exception the workers get SIGTERM
 (they write partial results), then SIGKILL, and every child is reaped. It then merges the
@@ -20,7 +21,6 @@ import logging
 import os
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -36,6 +36,7 @@ from harness.load.spec import LoadJob
 from harness.metrics.histogram import LatencyHistogram
 from harness.model.errors import HarnessError
 from harness.model.requestlog import merge_logs, read_log, write_log
+from harness.process import ManagedProcess, Registry, StartError, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0  # importing locust and opening connections
@@ -101,18 +102,13 @@ class LoadResult:
 @dataclass
 class _Proc:
     name: str
-    popen: subprocess.Popen[bytes]
-    stderr_path: Path
+    proc: ManagedProcess
     reader: threading.Thread
     ready: bool = False
     done: dict[str, Any] | None = None
 
     def tail(self, n: int = 25) -> str:
-        try:
-            text = self.stderr_path.read_text(errors="replace").splitlines()
-        except OSError as exc:
-            return f"    | (no stderr at {self.stderr_path}: {exc})"
-        return "\n".join(f"    | {line}" for line in text[-n:]) or "    | (empty stderr)"
+        return self.proc.tail(n)
 
 
 def run_load(
@@ -122,13 +118,15 @@ def run_load(
     *,
     workers: int = 1,
     mode: str = "local",
+    registry: Registry | None = None,
 ) -> LoadResult:
     """Run ``job`` split over ``workers`` processes; return the merged result.
 
     ``timeout_s`` bounds the whole call (start-up included); on expiry the workers are stopped
-    (within ``TERM_GRACE_S`` more) and the result is partial. ``on_progress`` gets each worker's progress line (a dict with
-    ``worker``, ``elapsed_s``, ``rate``, ``p99_ms``, ``tiers``, ``errors``, ...). Raises
-    :class:`LoadError` when a worker fails without leaving a result.
+    (within ``TERM_GRACE_S`` more) and the result is partial. ``on_progress`` gets each
+    worker's progress line (a dict with ``worker``, ``elapsed_s``, ``rate``, ``p99_ms``,
+    ``tiers``, ``errors``, ...). ``registry`` (the run's watchdog) hears of every worker as it
+    starts. Raises :class:`LoadError` when a worker fails without leaving a result.
     """
     if mode not in ("local", "locust"):
         raise ValueError(f"mode must be 'local' or 'locust', got {mode!r}")
@@ -145,7 +143,7 @@ def run_load(
     lines: Lines = queue.Queue()
     start_ns = 0
     try:
-        procs = _spawn(job, out, workers, mode, lines)
+        procs = _spawn(job, out, workers, mode, lines, registry)
         if mode == "locust":
             go = None  # the Locust master starts the workers and prints the start time
         elif job.start_mono_ns is not None:
@@ -158,54 +156,59 @@ def run_load(
     return _merge(job, out, workers, procs, start_ns, errors)
 
 
-def _spawn(job: LoadJob, out: Path, workers: int, mode: str, lines: Lines) -> list[_Proc]:
+def _spawn(
+    job: LoadJob, out: Path, workers: int, mode: str, lines: Lines, registry: Registry | None
+) -> list[_Proc]:
     procs: list[_Proc] = []
     extra: list[str] = []
-    if mode == "locust":
-        from harness.sut.procs import free_port
 
+    def start(name: str, job_path: Path, args: list[str]) -> None:
+        procs.append(_start(name, job_path, out, args, lines, registry))
+
+    if mode == "locust":
         port = free_port()
         master_job = job.for_worker(0, workers)
-        procs.append(
-            _start(
-                "master",
-                master_job.write(out / "job-master.json"),
-                out,
-                ["--locust-master-bind", str(port), "--expect-workers", str(workers)],
-                lines,
-            )
-        )
+        master_args = ["--locust-master-bind", str(port), "--expect-workers", str(workers)]
+        start("master", master_job.write(out / "job-master.json"), master_args)
         extra = ["--locust-master", f"127.0.0.1:{port}"]
     for i in range(workers):
         wjob = job.for_worker(i, workers)
         args = extra or (["--go-stdin"] if job.start_mono_ns is None else [])
-        procs.append(_start(f"worker-{i}", wjob.write(out / f"job-{i}.json"), out, args, lines))
+        start(f"worker-{i}", wjob.write(out / f"job-{i}.json"), args)
     return procs
 
 
-def _start(name: str, job_path: Path, out: Path, args: list[str], lines: Lines) -> _Proc:
+def _start(
+    name: str,
+    job_path: Path,
+    out: Path,
+    args: list[str],
+    lines: Lines,
+    registry: Registry | None,
+) -> _Proc:
     stderr_path = out / f"{name}.stderr"
+    stderr_path.unlink(missing_ok=True)  # this run's stderr only
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    with open(stderr_path, "wb") as err:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "harness.load.worker", str(job_path), *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            cwd=str(REPO_ROOT),
-            env=env,
-            start_new_session=True,
-        )
-    assert popen.stdout is not None
+    proc = ManagedProcess(
+        [sys.executable, "-m", "harness.load.worker", str(job_path), *args],
+        stderr_path,
+        name=f"load {name}",
+        env=env,
+        cwd=REPO_ROOT,
+        registry=registry,
+        pipes=True,
+        group=True,
+    ).start()
+    assert proc.popen is not None and proc.popen.stdout is not None
     reader = threading.Thread(
         target=_read_lines,
-        args=(name, popen.stdout, lines),
+        args=(name, proc.popen.stdout, lines),
         name=f"load-{name}-stdout",
         daemon=True,
     )
     reader.start()
-    return _Proc(name, popen, stderr_path, reader)
+    return _Proc(name, proc, reader)
 
 
 def _read_lines(name: str, stream: IO[bytes], lines: Lines) -> None:
@@ -259,15 +262,14 @@ def _supervise(
         if obj is None:
             del open_streams[name]
             try:
-                proc.popen.wait(timeout=TERM_GRACE_S)
-            except subprocess.TimeoutExpired:
+                code = proc.proc.wait(TERM_GRACE_S)
+            except StartError:
                 raise LoadError(
                     f"{name} closed its stdout but did not exit; its stderr:\n{proc.tail()}"
                 ) from None
-            if proc.done is None and proc.popen.returncode != 0:
+            if proc.done is None and code != 0:
                 raise LoadError(
-                    f"{name} exited with code {proc.popen.returncode} before "
-                    f"finishing; its stderr:\n{proc.tail()}"
+                    f"{name} exited with code {code} before finishing; its stderr:\n{proc.tail()}"
                 )
             continue
         event = obj.get("event")
@@ -302,33 +304,34 @@ def _go(procs: list[_Proc]) -> int:
     start_ns = time.monotonic_ns() + START_LEAD_NS
     line = (json.dumps({"start_mono_ns": start_ns}) + "\n").encode()
     for p in procs:
-        if p.popen.stdin is not None:
+        stdin = p.proc.popen.stdin if p.proc.popen is not None else None
+        if stdin is not None:
             try:
-                p.popen.stdin.write(line)
-                p.popen.stdin.flush()
+                stdin.write(line)
+                stdin.flush()
             except OSError:
                 pass  # the worker is gone; its exit is reported by _supervise
     return start_ns
 
 
 def _reap(procs: list[_Proc], errors: list[str], lines: Lines) -> None:
-    """Stop what still runs (EOF on stdin, SIGTERM, SIGKILL after a grace); wait for all."""
+    """Stop what still runs (EOF on stdin, SIGTERM, SIGKILL after a grace); wait for all.
+    SIGTERM goes to every worker at once (each writes its partial results meanwhile)."""
     for p in procs:
-        _close(p.popen.stdin)  # a worker still waiting for its start line sees EOF and exits
-    alive = [p for p in procs if p.popen.poll() is None]
+        if p.proc.popen is not None:
+            _close(p.proc.popen.stdin)  # a worker waiting for its start line sees EOF and exits
+    alive = [p for p in procs if not p.proc.exited()]
     for p in alive:
-        _signal_group(p.popen, signal.SIGTERM)
+        p.proc.signal(signal.SIGTERM)
     end = time.monotonic() + TERM_GRACE_S
     for p in alive:
-        try:
-            p.popen.wait(timeout=max(end - time.monotonic(), 0.01))
-        except subprocess.TimeoutExpired:
+        while not p.proc.exited() and time.monotonic() < end:
+            time.sleep(0.02)
+        if not p.proc.exited():
             errors.append(f"{p.name} ignored SIGTERM for {TERM_GRACE_S:.0f} s; killed")
-            _signal_group(p.popen, signal.SIGKILL)
-            p.popen.wait(timeout=TERM_GRACE_S)
     for p in procs:
+        p.proc.stop(grace_s=0.0, kill_wait_s=TERM_GRACE_S)  # SIGKILL what is left; reap all
         p.reader.join(timeout=2.0)  # the pipe is at EOF once the process is gone
-        _close(p.popen.stdout)
     by_name = {p.name: p for p in procs}
     while not lines.empty():  # 'done' lines written while the workers were being stopped
         name, obj = lines.get_nowait()
@@ -342,15 +345,6 @@ def _close(stream: IO[bytes] | None) -> None:
             stream.close()
         except OSError:
             pass
-
-
-def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
-    """Signal the child's process group; only called before the child is reaped, so its
-    pid (== its group id, it leads its own session) cannot have been reused."""
-    try:
-        os.killpg(popen.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _merge(

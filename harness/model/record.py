@@ -1,7 +1,9 @@
 """The run record (``run.json``): what ran, with which seed, what was injected, what was measured.
 
 Written incrementally during a run (``status: running``), always by atomic replace, and
-finished as ``complete`` or ``incomplete``; reports read it back with :func:`read_record`.
+finished as ``complete`` or ``incomplete``; when the harness dies before finishing it, its
+watchdog marks it ``killed`` (``ended_wall`` is when it noticed; ``errors`` say what it did).
+Reports read it back with :func:`read_record`.
 Fault timeline times are monotonic nanoseconds since the run's origin (the same clock and origin
 as the request log, see :mod:`harness.model.requestlog`) plus wall-clock epoch seconds, and so is
 the trip time of a :class:`Halt` (a guard that tripped), so a heal's delay is a subtraction.
@@ -20,7 +22,7 @@ from typing import Any
 from harness.model.errors import UsageError
 
 SCHEMA_VERSION = 1
-STATUSES = ("running", "complete", "incomplete")
+STATUSES = ("running", "complete", "incomplete", "killed")
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ standard library (every call has a timeout)::
     client.remove_fault("shard-0-primary", fid)   # idempotent
     client.clear()                                # every fault on every route
 
-:func:`start_proxy` starts ``python -m harness.proxy`` in its own process group, waits
-(bounded) until its control API answers, and returns a :class:`ProxyProcess` context manager
-that always terminates and reaps it (SIGKILL after a timeout). A proxy that fails to start
-raises :class:`~harness.sut.procs.StartError` with the last lines of its log.
+:func:`start_proxy` starts ``python -m harness.proxy`` as a
+:class:`~harness.process.ManagedProcess` (its own session; registered with the run's watchdog
+when given one), waits (bounded) until its control API answers, and returns a
+:class:`ProxyProcess` context manager that always stops and reaps it (SIGKILL after a timeout).
+A proxy that fails to start raises :class:`~harness.process.StartError` with the last lines of
+its log.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.model.errors import HarnessError, UsageError
+from harness.process import ManagedProcess, ProcessRef, Registry, StartError
 from harness.proxy.config import Address, Route, check_routes, route_from_fields
-from harness.sut.procs import StartError, log_tail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT_S = 2.0
@@ -155,7 +155,7 @@ class ProxyProcess:
     A context manager; ``stop()`` is idempotent and always reaps the process.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, ready_path: Path) -> None:
+    def __init__(self, proc: ManagedProcess, log_path: Path, ready_path: Path) -> None:
         self.proc = proc
         self.log_path = log_path
         self.ready_path = ready_path
@@ -167,8 +167,12 @@ class ProxyProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def ref(self) -> ProcessRef | None:
+        return self.proc.ref
+
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc.alive()
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -187,33 +191,24 @@ class ProxyProcess:
                 time.sleep(0.02)
 
     def _check_running(self, deadline: float, timeout_s: float, what: str) -> None:
-        if self.proc.poll() is not None:
+        if self.proc.exited():
+            code = self.proc.stop()
             raise StartError(
-                f"fault proxy exited with code {self.proc.returncode} before "
-                f"{what} was there; last log lines ({self.log_path}):\n"
-                f"{log_tail(self.log_path)}"
+                f"fault proxy exited with code {code} before {what} was there; "
+                f"{self.proc.tail_text()}"
             )
         if time.monotonic() > deadline:
             raise StartError(
                 f"fault proxy (pid {self.pid}) not ready ({what}) within "
-                f"{timeout_s:.1f} s; last log lines ({self.log_path}):\n"
-                f"{log_tail(self.log_path)}"
+                f"{timeout_s:.1f} s; {self.proc.tail_text()}"
             )
 
     def stop(self, timeout_s: float = 5.0) -> int | None:
-        """SIGTERM, wait up to ``timeout_s``, then SIGKILL; returns the exit code."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-                self.proc.send_signal(signal.SIGCONT)  # a frozen proxy cannot act on SIGTERM
-                self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout_s)
-        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+        """SIGCONT + SIGTERM, SIGKILL after ``timeout_s``; always reaped; returns the exit code."""
+        code = self.proc.stop(grace_s=timeout_s, kill_wait_s=timeout_s)
+        with contextlib.suppress(FileNotFoundError):
             self.ready_path.unlink()
-        return self.proc.returncode
+        return code
 
     def __enter__(self) -> ProxyProcess:
         return self
@@ -247,12 +242,14 @@ def start_proxy(
     control_port: int = 0,
     seed: int | None = None,
     exit_with_parent: bool = True,
+    registry: Registry | None = None,
 ) -> ProxyProcess:
     """Start one proxy process serving ``routes`` and wait until its control API answers.
 
     ``routes`` maps a name to ``(listen, upstream)``; a listen port of 0 picks a free port
     (see ``ProxyProcess.listen``). The proxy's output is appended to ``log_path``. With
-    ``exit_with_parent`` the proxy stops by itself within a second if this process dies.
+    ``exit_with_parent`` the proxy stops by itself within a second if this process dies;
+    ``registry`` (the run's watchdog) hears of it the moment it exists.
     """
     built = build_routes(routes)
     log_path = Path(log_path)
@@ -266,19 +263,16 @@ def start_proxy(
             p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
         ),
     }
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            proxy_command(
-                built, ready_path, control_port, seed, os.getpid() if exit_with_parent else None
-            ),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
-    handle = ProxyProcess(proc, log_path, ready_path)
+    proc = ManagedProcess(
+        proxy_command(
+            built, ready_path, control_port, seed, os.getpid() if exit_with_parent else None
+        ),
+        log_path,
+        name="fault proxy",
+        env=env,
+        registry=registry,
+    )
+    handle = ProxyProcess(proc.start(), log_path, ready_path)
     try:
         handle.wait_ready(timeout_s)
     except BaseException:

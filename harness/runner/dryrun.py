@@ -46,7 +46,7 @@ def dry_run(settings: RunSettings, manifest: Path | None = None, log: Log = prin
         found = read_components(manifest)
     else:
         log(f"starting the target to read its manifest ({_what(scenario)}; no load, no faults)")
-        found = started_components(scenario)
+        found = started_components(scenario, settings.redis_address)
     missing = missing_targets(scenario.fault_plan(), found)
     for line in describe(scenario, found):
         log(line)
@@ -82,7 +82,7 @@ def read_components(path: Path) -> Components:
     return Components(names, f"the manifest {path} (a running target, --manifest)")
 
 
-def started_components(scenario: Scenario) -> Components:
+def started_components(scenario: Scenario, redis_address: str | None = None) -> Components:
     """Start the scenario's target (no load, no fault), read its manifest, stop it."""
     from harness.runner.target import start_target, watched
     from harness.watchdog import start_watchdog
@@ -93,9 +93,12 @@ def started_components(scenario: Scenario) -> Components:
         journal.touch()
         manifest = work / "cluster" / "manifest.json"
         with start_watchdog(journal, manifest, log_path=work / "watchdog.log") as watchdog:
-            with watched(start_target(scenario, work, log=lambda _line: None), watchdog) as t:
+            target = start_target(scenario, work, watchdog, lambda _line: None, redis_address)
+            with watched(target, watchdog) as t:
                 found = read_components(t.manifest_path)
-                extra = ("redis",) if t.redis is not None and "redis" not in found.names else ()
+                extra = tuple(
+                    c["name"] for c in t.extra_components() if c["name"] not in found.names
+                )
         return Components(found.names + extra, "the manifest of the target started for this check")
 
 

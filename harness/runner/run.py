@@ -9,7 +9,8 @@ and stays up (the pytest plugin's session ``recommender``). Both go through :fun
 
 Whatever happens (a failed start, a crash, Ctrl-C), every fault is healed, the target is stopped
 and ``run.json`` is left behind: ``complete`` with a verdict, or ``incomplete`` with the reason.
-A watchdog process heals and tears down if this process dies without getting to do that.
+A watchdog process, started before anything else, heals and tears down if this process dies
+without getting to do that, and marks ``run.json`` ``killed``.
 
 The runner only sequences: the verdict, the run's own problems included, is
 :func:`harness.checks.evaluate`'s. Every side effect the phases sequence (watchdog, journal,
@@ -59,7 +60,8 @@ from harness.runner.hdrfiles import write_hdr_files
 from harness.runner.progress import ProgressDisplay
 from harness.runner.scrape import METRICS_AFTER, METRICS_BEFORE, cross_check, scrape_tiers
 from harness.runner.settings import RunSettings, resolve_scenario
-from harness.runner.target import RunningTarget, start_target, watched
+from harness.runner.target import start_target, watched
+from harness.sut.target import Target
 from harness.watchdog import WatchdogHandle, start_watchdog
 
 START_LEAD_S = 3.0  # load workers import locust and open connections before the common start
@@ -150,7 +152,7 @@ def run_provenance() -> dict[str, Any]:
     }
 
 
-def steady_state(target: RunningTarget, scenario: Scenario, timeout_s: float = 30.0) -> None:
+def steady_state(target: Target, scenario: Scenario, timeout_s: float = 30.0) -> None:
     """Before any fault: STEADY_REQUESTS answers in a row succeed (at tier primary for the
     recommender). Cold caches and first calls may need a few tries; bounded by ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -195,7 +197,7 @@ def _probe(base_url: str, scenario: Scenario, user: int) -> tuple[int, str]:
         raise SutFailure(f"steady state not reached: {base_url}{path} unreachable: {exc}") from None
 
 
-def build_job(scenario: Scenario, target: RunningTarget, run_dir: Path, now_ns: int) -> LoadJob:
+def build_job(scenario: Scenario, target: Target, run_dir: Path, now_ns: int) -> LoadJob:
     """The load job; it starts START_LEAD_S after ``now_ns`` (CLOCK_MONOTONIC)."""
     request = (
         scenario.target.request
@@ -212,14 +214,21 @@ def build_job(scenario: Scenario, target: RunningTarget, run_dir: Path, now_ns: 
     )
 
 
-LoadFunction = Callable[[LoadJob, float, Callable[[dict[str, Any]], None], int], LoadResult]
-"""``(job, timeout_s, on_progress, workers) -> LoadResult``: :func:`harness.load.driver.run_load`."""
+LoadFunction = Callable[
+    [LoadJob, float, Callable[[dict[str, Any]], None], int, WatchdogHandle | None], LoadResult
+]
+"""``(job, timeout_s, on_progress, workers, watchdog) -> LoadResult``:
+:func:`harness.load.driver.run_load`, its workers registered with the watchdog."""
 
 
 def _run_load(
-    job: LoadJob, timeout_s: float, on_progress: Callable[[dict[str, Any]], None], workers: int
+    job: LoadJob,
+    timeout_s: float,
+    on_progress: Callable[[dict[str, Any]], None],
+    workers: int,
+    watchdog: WatchdogHandle | None,
 ) -> LoadResult:
-    return run_load(job, timeout_s, on_progress, workers=workers)
+    return run_load(job, timeout_s, on_progress, workers=workers, registry=watchdog)
 
 
 def load_with_faults(
@@ -230,9 +239,11 @@ def load_with_faults(
     load_fn: LoadFunction = _run_load,
     guards: GuardWatch | None = None,
     on_halt: Callable[[Halt], None] = lambda halt: None,
+    watchdog: WatchdogHandle | None = None,
 ) -> LoadResult:
     """Load in a background thread, faults on this one; both bounded by the load's length.
-    A guard that trips wakes this thread, which heals every fault at once (``on_halt``)."""
+    A guard that trips wakes this thread, which heals every fault at once (``on_halt``). The
+    load workers are registered with ``watchdog``."""
     result: dict[str, Any] = {}
     timeout = START_LEAD_S + job.duration_s + 60.0
     stop = threading.Event()
@@ -245,7 +256,7 @@ def load_with_faults(
 
     def load() -> None:
         try:
-            result["load"] = load_fn(job, timeout, progress, settings.load_workers)
+            result["load"] = load_fn(job, timeout, progress, settings.load_workers, watchdog)
         except BaseException as exc:  # re-raised on the main thread
             result["error"] = exc
 
@@ -352,8 +363,12 @@ def finish_record(record: RecordFile, status: str, log=print) -> None:
 # -- where the target comes from -------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class OwnTarget:
-    """The run starts the scenario's target and stops it at its end (``recchaos run``)."""
+    """The run starts the scenario's target and stops it at its end (``recchaos run``);
+    ``redis_address``: where the Redis it starts listens (``--redis-address``)."""
+
+    redis_address: str | None = None
 
     def manifest(self, run_dir: Path) -> Path | None:
         return run_dir / "cluster" / "manifest.json"
@@ -361,8 +376,9 @@ class OwnTarget:
     @contextmanager
     def up(
         self, scenario: Scenario, run_dir: Path, watchdog: WatchdogHandle, log
-    ) -> Iterator[RunningTarget]:
-        with watched(start_target(scenario, run_dir, log), watchdog) as target:
+    ) -> Iterator[Target]:
+        target = start_target(scenario, run_dir, watchdog, log, self.redis_address)
+        with watched(target, watchdog):
             yield target
 
 
@@ -371,7 +387,7 @@ class SharedTarget:
     """A target started before the run and left running after it (the pytest session's
     recommender). Its own watchdog stops it; the run's watchdog only heals the run's faults."""
 
-    target: RunningTarget
+    target: Target
 
     def manifest(self, run_dir: Path) -> Path | None:
         return None
@@ -379,21 +395,21 @@ class SharedTarget:
     @contextmanager
     def up(
         self, scenario: Scenario, run_dir: Path, watchdog: WatchdogHandle, log
-    ) -> Iterator[RunningTarget]:
+    ) -> Iterator[Target]:
         check_shared(self.target, scenario)
         yield self.target
 
 
-def check_shared(target: RunningTarget, scenario: Scenario) -> None:
+def check_shared(target: Target, scenario: Scenario) -> None:
     """A scenario run against a running recommender must describe that recommender."""
-    cluster = target.cluster
+    options = target.options
     t = scenario.target
-    if cluster is None or not isinstance(t, RecommenderTarget):
+    if options is None or not isinstance(t, RecommenderTarget):
         raise UsageError(
             f"{scenario.source}: a run against a running target needs the bundled "
             "recommender target (kind: recommender)"
         )
-    have = (cluster.options.shards, cluster.options.preset, cluster.options.redis)
+    have = (options.shards, options.preset, options.redis)
     if (t.shards, t.preset, t.redis) != have:
         raise UsageError(
             f"{scenario.source}: target shards={t.shards} preset={t.preset} "
@@ -407,12 +423,10 @@ def check_shared(target: RunningTarget, scenario: Scenario) -> None:
 
 def run(settings: RunSettings, log=print) -> RunOutcome:
     """One whole run. Usage errors (bad scenario, bad options) raise before anything starts."""
-    return execute(settings, resolve_scenario(settings), OwnTarget(), log)
+    return execute(settings, resolve_scenario(settings), OwnTarget(settings.redis_address), log)
 
 
-def run_against(
-    target: RunningTarget, scenario: Scenario, settings: RunSettings, log=print
-) -> RunOutcome:
+def run_against(target: Target, scenario: Scenario, settings: RunSettings, log=print) -> RunOutcome:
     """The run's phases against ``target``, which is already up and is left up."""
     return execute(settings, scenario, SharedTarget(target), log)
 
@@ -424,86 +438,100 @@ def execute(
     log=print,
     effects: Effects | None = None,
 ) -> RunOutcome:
-    """Record, target, phases; every ending (verdict, error, Ctrl-C) leaves ``run.json``.
+    """Watchdog, record, target, phases; every ending (verdict, error, Ctrl-C) leaves
+    ``run.json``, and a death of this process leaves it to the watchdog (``killed``).
     ``effects``: the side effects to sequence (default: the real ones)."""
     fx = effects or Effects()
     run_dir = new_run_dir(settings.out_dir, scenario)
-    record = open_record(settings, scenario, run_dir, fx.provenance())
-    replay = record.record.replay
-    log(f"run {run_dir} (seed {scenario.seed}); replay with: {replay}")
-    display = ProgressDisplay(enabled=settings.progress, log=log)
+    journal = fx.journal(run_dir / "faults.journal", run_dir.name)
+    with ExitStack() as stack:
+        stack.callback(journal.close)
+        # The watchdog comes first, so no run record ever exists unwatched (a death at any
+        # moment, start-up included, is covered), and is the last told that the run ended
+        # normally: only once run.json says how it ended.
+        watchdog = stack.enter_context(
+            fx.watchdog(
+                journal.path,
+                where.manifest(run_dir),
+                run_dir / "watchdog.log",
+                run_dir / "run.json",
+            )
+        )
+        record = open_record(settings, scenario, run_dir, fx.provenance())
+        log(f"run {run_dir} (seed {scenario.seed}); replay with: {record.record.replay}")
+        phases = Phases(settings, scenario, run_dir, record, journal, watchdog, fx)
+        return _ending(phases, where, ProgressDisplay(enabled=settings.progress, log=log))
+
+
+@dataclass(frozen=True)
+class Phases:
+    """One run's fixed parts: what it runs, where it writes, who watches, which effects."""
+
+    settings: RunSettings
+    scenario: Scenario
+    run_dir: Path
+    record: RecordFile
+    journal: Journal
+    watchdog: WatchdogHandle
+    fx: Effects
+
+
+def _ending(p: Phases, where: OwnTarget | SharedTarget, display: ProgressDisplay) -> RunOutcome:
+    """The run's outcome, and ``run.json`` closed with it: ``complete``, or ``incomplete``
+    with the reason (an error, Ctrl-C)."""
+    record, replay = p.record, p.record.record.replay
     try:
-        ev = _lifecycle(settings, scenario, where, run_dir, record, display, fx)
+        with where.up(p.scenario, p.run_dir, p.watchdog, display.log) as target:
+            ev = run_phases(
+                p.settings,
+                p.scenario,
+                target,
+                p.run_dir,
+                record,
+                display,
+                p.journal,
+                p.fx,
+                p.watchdog,
+            )
     except KeyboardInterrupt:
         record.add_error("interrupted (Ctrl-C): faults healed, target stopped")
         record.finish("incomplete", ended_wall=time.time())
+        message = "interrupted; partial record written"
         return RunOutcome(
-            run_dir,
-            None,
-            EXIT_INTERRUPTED,
-            "interrupted; partial record written",
-            replay,
-            scenario,
-            record=record.record,
+            p.run_dir, None, EXIT_INTERRUPTED, message, replay, p.scenario, record=record.record
         )
     except Exception as exc:
         code = getattr(exc, "exit_code", EXIT_HARNESS)
         record.add_error(f"{type(exc).__name__}: {exc}")
         record.finish("incomplete", ended_wall=time.time())
-        return RunOutcome(
-            run_dir,
-            None,
-            code,
-            f"{type(exc).__name__}: {exc}",
-            replay,
-            scenario,
-            record=record.record,
-        )
+        message = f"{type(exc).__name__}: {exc}"
+        return RunOutcome(p.run_dir, None, code, message, replay, p.scenario, record=record.record)
     record.finish("complete", ended_wall=time.time())
     return RunOutcome(
-        run_dir,
+        p.run_dir,
         ev.verdict,
         ev.verdict.exit_code,
         f"verdict {ev.verdict.value}",
         replay,
-        scenario,
+        p.scenario,
         ev,
         record.record,
     )
 
 
-def _lifecycle(
-    settings: RunSettings,
-    scenario: Scenario,
-    where: OwnTarget | SharedTarget,
-    run_dir: Path,
-    record: RecordFile,
-    display: ProgressDisplay,
-    fx: Effects,
-) -> Evaluation:
-    """Watchdog first (it covers a death during start-up), then the target, then the phases;
-    on the way out an own target is stopped before the watchdog hears the run ended normally."""
-    journal = fx.journal(run_dir / "faults.journal", run_dir.name)
-    with ExitStack() as stack:
-        stack.callback(journal.close)
-        watchdog = stack.enter_context(
-            fx.watchdog(journal.path, where.manifest(run_dir), run_dir / "watchdog.log")
-        )
-        target = stack.enter_context(where.up(scenario, run_dir, watchdog, display.log))
-        return run_phases(settings, scenario, target, run_dir, record, display, journal, fx)
-
-
 def run_phases(
     settings: RunSettings,
     scenario: Scenario,
-    target: RunningTarget,
+    target: Target,
     run_dir: Path,
     record: RecordFile,
     display: ProgressDisplay,
     journal: Journal,
     effects: Effects | None = None,
+    watchdog: WatchdogHandle | None = None,
 ) -> Evaluation:
-    """Steady state, load plus faults, heal, settle, judge: against a target that is up."""
+    """Steady state, load plus faults, heal, settle, judge: against a target that is up. The
+    load workers are registered with ``watchdog``."""
     fx = effects or Effects()
     fx.steady_state(target, scenario)
     before = fx.scrape_tiers(target.base_url, run_dir / METRICS_BEFORE)
@@ -513,7 +541,9 @@ def run_phases(
         origin_mono_ns=job.start_mono_ns or 0, files={"cluster": str(target.manifest_path.parent)}
     )
     guards = fx.guards(scenario, target.base_url, job.start_mono_ns or 0)
-    result, heal_errors = load_and_heal(job, faults, settings, display, record, fx.load, guards)
+    result, heal_errors = load_and_heal(
+        job, faults, settings, display, record, fx.load, guards, watchdog
+    )
     fx.sleep(min(scenario.settle_s, 2.0))
     cross = cross_check(
         before,
@@ -528,7 +558,7 @@ def run_phases(
 
 def plan_faults(
     scenario: Scenario,
-    target: RunningTarget,
+    target: Target,
     run_dir: Path,
     journal: Journal,
     job: LoadJob,
@@ -562,6 +592,7 @@ def load_and_heal(
     record: RecordFile,
     load_fn: LoadFunction = _run_load,
     guards: GuardWatch | None = None,
+    watchdog: WatchdogHandle | None = None,
 ) -> tuple[LoadResult, list[str]]:
     """The load with its faults (and guards); then every fault healed, whatever happened."""
     heal_errors: list[str] = []
@@ -571,7 +602,9 @@ def load_and_heal(
         record.update(halt=h, timeline=faults.timeline())
 
     try:
-        result = load_with_faults(job, faults, settings, display, load_fn, guards, on_halt)
+        result = load_with_faults(
+            job, faults, settings, display, load_fn, guards, on_halt, watchdog
+        )
     finally:
         heal_errors = faults.heal_all()
         for err in heal_errors:
@@ -580,15 +613,12 @@ def load_and_heal(
     return result, heal_errors
 
 
-def _extra_components(target: RunningTarget) -> list[Any]:
+def _extra_components(target: Target) -> list[Any]:
     from harness.inject.base import Component
 
-    if target.redis is None:
-        return []
     # Read afresh: a restart of Redis (a cold start) changes its PID, and a shared target
     # outlives the run that restarted it.
-    redis = target.cluster.component("redis") if target.cluster is not None else target.redis
-    return [Component.from_manifest(redis)]
+    return [Component.from_manifest(comp) for comp in target.extra_components()]
 
 
 # -- the side effects a run sequences ---------------------------------------------------------
@@ -599,8 +629,8 @@ def watch_guards(scenario: Scenario, base_url: str, origin_ns: int) -> GuardWatc
     return GuardWatch(scenario.guards, base_url, origin_ns)
 
 
-def _watchdog(journal: Path, manifest: Path | None, log_path: Path) -> WatchdogHandle:
-    return start_watchdog(journal, manifest, log_path=log_path)
+def _watchdog(journal: Path, manifest: Path | None, log_path: Path, record: Path) -> WatchdogHandle:
+    return start_watchdog(journal, manifest, log_path=log_path, record=record)
 
 
 @dataclass(frozen=True)
@@ -610,12 +640,12 @@ class Effects:
 
     provenance: Callable[[], dict[str, Any]] = run_provenance
     journal: Callable[[Path, str], Journal] = Journal
-    watchdog: Callable[[Path, Path | None, Path], AbstractContextManager[Any]] = _watchdog
-    steady_state: Callable[[RunningTarget, Scenario], None] = steady_state
+    watchdog: Callable[[Path, Path | None, Path, Path], AbstractContextManager[Any]] = _watchdog
+    steady_state: Callable[[Target, Scenario], None] = steady_state
     scrape_tiers: Callable[[str, Path | None], Counter[str] | None] = scrape_tiers
-    fault_plan: Callable[
-        [Scenario, RunningTarget, Path, Journal, LoadJob, ProgressDisplay], FaultPlan
-    ] = plan_faults
+    fault_plan: Callable[[Scenario, Target, Path, Journal, LoadJob, ProgressDisplay], FaultPlan] = (
+        plan_faults
+    )
     load: LoadFunction = _run_load
     guards: Callable[[Scenario, str, int], GuardWatch] = watch_guards
     monotonic_ns: Callable[[], int] = time.monotonic_ns

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.model.target import RecommenderTarget
-from harness.runner.target import RunningTarget, start_recommender, watched
+from harness.runner.target import start_recommender, watched
 from harness.sut.recommender import RecommenderOptions
+from harness.sut.target import Target
 from harness.watchdog import start_watchdog
 
 if TYPE_CHECKING:
@@ -33,16 +34,14 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def shared_recommender(
-    options: RecommenderOptions, workdir: Path, log=print
-) -> Iterator[RunningTarget]:
+def shared_recommender(options: RecommenderOptions, workdir: Path, log=print) -> Iterator[Target]:
     """The recommender up in ``workdir/cluster``; stopped (and the watchdog released) after."""
     workdir.mkdir(parents=True, exist_ok=True)
     cluster_dir = workdir / "cluster"
     with start_watchdog(
         workdir / "faults.journal", cluster_dir / "manifest.json", log_path=workdir / "watchdog.log"
     ) as watchdog:
-        with watched(start_recommender(options, cluster_dir, log), watchdog) as target:
+        with watched(start_recommender(options, cluster_dir, log, watchdog), watchdog) as target:
             yield target
 
 
@@ -65,7 +64,7 @@ def ends_clean(outcome: RunOutcome) -> bool:
     )
 
 
-StartCluster = Callable[[RecommenderOptions, Path, Any], AbstractContextManager[RunningTarget]]
+StartCluster = Callable[[RecommenderOptions, Path, Any], AbstractContextManager[Target]]
 
 
 class ClusterPool:
@@ -83,20 +82,27 @@ class ClusterPool:
     def __init__(self, out_dir: Path, start: StartCluster = shared_recommender) -> None:
         self.out_dir = out_dir
         self._start = start
-        self._up: dict[RecommenderOptions, tuple[RunningTarget, AbstractContextManager[Any]]] = {}
+        self._up: dict[RecommenderOptions, tuple[Target, AbstractContextManager[Any]]] = {}
         self._started = 0
 
     @staticmethod
-    def options_for(scenario: Scenario) -> RecommenderOptions | None:
-        """The cluster options for a scenario that can share one; None when it cannot."""
+    def options_for(
+        scenario: Scenario, redis_address: str | None = None
+    ) -> RecommenderOptions | None:
+        """The cluster options for a scenario that can share one; None when it cannot.
+        ``redis_address``: where the Redis the cluster starts listens (``--redis-address``)."""
         t = scenario.target
         if not isinstance(t, RecommenderTarget) or t.backend != "process" or t.args:
             return None
         return RecommenderOptions(
-            shards=t.shards, preset=t.preset, redis=t.redis, sla_ms=scenario.sla_ms
+            shards=t.shards,
+            preset=t.preset,
+            redis=t.redis,
+            sla_ms=scenario.sla_ms,
+            redis_address=redis_address,
         )
 
-    def get(self, options: RecommenderOptions, log: Any) -> RunningTarget:
+    def get(self, options: RecommenderOptions, log: Any) -> Target:
         """The cluster for ``options``, started now if none is up."""
         if options not in self._up:
             self._started += 1
@@ -132,7 +138,7 @@ def run_scenario(settings: RunSettings, pool: ClusterPool | None, log=print) -> 
     if pool is None:
         return run(settings, log=log)
     scenario = resolve_scenario(settings)
-    options = pool.options_for(scenario)
+    options = pool.options_for(scenario, settings.redis_address)
     if options is None:
         return run(settings, log=log)
     outcome = run_against(pool.get(options, log), scenario, settings, log=log)

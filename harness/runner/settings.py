@@ -20,6 +20,7 @@ from typing import Any
 from harness.model.errors import Problem, ScenarioError, UsageError
 from harness.model.scenario import MAX_SEED, Scenario, load_scenario, scenario_from_dict
 from harness.model.target import BACKENDS
+from harness.sut.redis import parse_address
 
 DEFAULT_RUNS_DIR = Path("runs")
 DEFAULT_SLA_MS = 20.0
@@ -28,6 +29,14 @@ PYTEST_PROFILES = ("pr", "nightly")
 
 def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def _address(value: Any) -> bool:
+    try:
+        parse_address(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,18 @@ RUN_OPTIONS: tuple[Option, ...] = (
         valid=lambda v: v in BACKENDS,
         pytest_choices=BACKENDS,
     ),
+    Option(
+        "redis_address",
+        "--redis-address",
+        "--chaos-redis-address",
+        str,
+        None,
+        "HOST:PORT of the Redis the harness starts for a scenario with redis: true (process "
+        "backend; default 127.0.0.1 and a free port; PORT 0 picks a free one)",
+        env="RECCHAOS_REDIS_ADDRESS",
+        allowed="HOST:PORT with PORT 0-65535, e.g. 127.0.0.1:6390",
+        valid=_address,
+    ),
 )
 OPTIONS_BY_NAME: dict[str, Option] = {opt.name: opt for opt in RUN_OPTIONS}
 
@@ -167,6 +188,7 @@ class RunSettings:
     load_workers: int = 1
     replay: str | None = None  # the replay command to record (default: the `recchaos run` one)
     backend: str | None = None  # process | docker (default: the scenario's target)
+    redis_address: str | None = None  # HOST:PORT of the Redis the harness starts
     dry_run: bool = False  # resolve and check, start nothing that injects (harness.runner.dryrun)
     manifest: Path | None = None  # with dry_run: a running target's manifest (nothing started)
 
@@ -181,9 +203,17 @@ def check_dry_run(settings: RunSettings) -> None:
 
 
 def resolve_scenario(settings: RunSettings) -> Scenario:
-    """Load, apply the overrides, validate again. Raises ScenarioError naming the option."""
+    """Load, apply the overrides, validate again. Raises ScenarioError naming the option (a
+    UsageError for an option that does not change the scenario)."""
+    check_redis_address(settings.redis_address)
     scenario = load_scenario(settings.scenario_path, profile=settings.profile)
     return apply_overrides(scenario, settings)
+
+
+def check_redis_address(value: str | None) -> None:
+    if value is not None and not _address(value):
+        opt = OPTIONS_BY_NAME["redis_address"]
+        raise UsageError(f"invalid value {value!r} for {opt.cli}; allowed: {opt.allowed}")
 
 
 def apply_overrides(scenario: Scenario, settings: RunSettings) -> Scenario:

@@ -20,8 +20,10 @@ Two ways to get an image:
   (with ``/usr``, ``/lib``, ``/lib64`` and ``/bin``). Needs the engine on this host.
 
 Every container, the network and an imported image carry the label ``recchaos.cluster=<id>``
-and are removed by ``stop()`` (idempotent). Nothing is published beyond loopback unless
-``RECCHAOS_DOCKER_PUBLISH`` says so.
+(the image: the repository ``<id>``) and are removed by ``stop()`` (idempotent). The cluster id is
+registered with the run's watchdog before the first of them exists, and :func:`remove_cluster`
+is how the watchdog removes them all if the harness dies. Nothing is published beyond loopback
+unless ``RECCHAOS_DOCKER_PUBLISH`` says so.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import io
 import json
 import os
 import secrets
-import subprocess
 import sys
 import tarfile
 import threading
@@ -44,7 +45,7 @@ from typing import Any
 
 from harness.docker_engine import docker_client, engine_is_local
 from harness.model.errors import UsageError
-from harness.sut.procs import StartError, log_tail, wait_until
+from harness.process import ManagedProcess, ProcessRef, StartError, wait_until
 from harness.sut.recommender import RecommenderOptions
 
 INTERNAL_PORT = 7000  # every shard copy and the region listen here, each in its own netns
@@ -130,6 +131,45 @@ def import_rootfs_image(client: Any, repository: str, tag: str = "latest") -> st
     return str(client.images.get(f"{repository}:{tag}").id)
 
 
+def remove_cluster(docker_host: str | None, cluster_id: str) -> tuple[list[str], list[str]]:
+    """Remove every container and network labelled ``recchaos.cluster=<cluster_id>`` and every
+    image of the repository ``<cluster_id>`` (each even if another failed). Returns what was
+    removed (counted by kind) and what could not be."""
+    import docker
+
+    client = docker_client(docker_host)
+    counts = {"container": 0, "network": 0, "image": 0}
+    errors: list[str] = []
+    label = f"{LABEL}={cluster_id}"
+    try:
+        for c in client.containers.list(all=True, filters={"label": label}):
+            errors += _removed(lambda c=c: c.remove(force=True), f"container {c.name}", counts)
+        for n in client.networks.list(filters={"label": label}):
+            errors += _removed(n.remove, f"network {n.name}", counts)
+        for image in client.images.list(name=cluster_id):
+            remove = lambda i=image: client.images.remove(i.id, force=True)  # noqa: E731
+            errors += _removed(remove, f"image {image.id}", counts)
+    except docker.errors.DockerException as exc:
+        errors.append(f"docker cluster {cluster_id}: {exc}")
+    finally:
+        client.close()
+    removed = [f"{n} {kind}(s)" for kind, n in counts.items() if n]
+    return removed, errors
+
+
+def _removed(remove: Any, what: str, counts: dict[str, int]) -> list[str]:
+    import docker
+
+    try:
+        remove()
+    except docker.errors.NotFound:
+        return []
+    except docker.errors.DockerException as exc:
+        return [f"{what}: {exc}"]
+    counts[what.split()[0]] += 1
+    return []
+
+
 def host_mounts(artifacts: Path, extra: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
     """Read-only binds that let a container run this host's interpreter and project."""
     paths = [d for d in HOST_DIRS if os.path.isdir(d) and not os.path.islink(d)]
@@ -182,14 +222,18 @@ class DockerCluster:
         docker: DockerOptions,
         workdir: Path,
         log=print,
+        registry: Any = None,
     ) -> None:
+        """``registry``: the run's watchdog (a :class:`harness.process.Registry` with
+        ``add_docker``), told the cluster id before the first container exists."""
         self.options = options
         self.docker = docker
         self.workdir = workdir
         self.manifest_path = workdir / "manifest.json"
         self.log = log
+        self.registry = registry
         self.cluster_id = f"recchaos-{secrets.token_hex(4)}"
-        self.manifest: dict[str, Any] = {}
+        self._manifest: dict[str, Any] = {}
         self.proxy = None  # no userspace fault proxy in front of containers
         self.proxy_url: str | None = None
         self.redis = None
@@ -251,6 +295,8 @@ class DockerCluster:
     def start(self) -> DockerCluster:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
+        if self.registry is not None:
+            self.registry.add_docker(self.cluster_id, self.docker.docker_host)
         try:
             self._prepare_image()
             self._ensure_artifacts()
@@ -310,21 +356,13 @@ class DockerCluster:
         root = self._artifact_root()
         out = self.workdir / "logs" / "train.log"
         cmd = [sys.executable, "-m", "system_under_test", "train", "--preset", self.options.preset]
-        with open(out, "ab") as fh:
-            try:
-                proc = subprocess.run(
-                    cmd + ["--artifacts", str(root)],
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    timeout=self.options.startup_timeout_s,
-                )
-            except subprocess.TimeoutExpired:
-                raise StartError(
-                    f"training the artifacts timed out; log:\n{log_tail(out)}"
-                ) from None
-        if proc.returncode != 0:
-            raise StartError(f"training the artifacts failed:\n{log_tail(out)}")
+        train = ManagedProcess(
+            cmd + ["--artifacts", str(root)], out, name="train", registry=self.registry
+        )
+        with train:
+            code = train.start().wait(self.options.startup_timeout_s)
+        if code != 0:
+            raise StartError(f"training the artifacts failed with code {code}; {train.tail_text()}")
 
     def _container_kwargs(self, p: Planned) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -416,7 +454,7 @@ class DockerCluster:
     def _write_manifest(self, startup_s: float) -> None:
         comps = [self._component_json(p) for p in self._planned.values()]
         gateway = next(c for c in comps if c["name"] == "gateway")
-        self.manifest = {
+        self._manifest = {
             "manifest_version": 1,
             "backend": "docker",
             "docker_host": self.docker.docker_host,
@@ -435,7 +473,7 @@ class DockerCluster:
 
     def _save_manifest(self) -> None:
         tmp = self.manifest_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
+        tmp.write_text(json.dumps(self._manifest, indent=2) + "\n")
         os.replace(tmp, self.manifest_path)
 
     def _wait_gateway_ready(self, timeout_s: float) -> None:
@@ -457,14 +495,27 @@ class DockerCluster:
     # -- queries -------------------------------------------------------------------------------
     @property
     def gateway_url(self) -> str:
-        return str(self.manifest["gateway_url"])
+        return str(self._manifest["gateway_url"])
+
+    @property
+    def base_url(self) -> str:
+        return self.gateway_url
+
+    def manifest(self) -> dict[str, Any]:
+        return self._manifest
 
     def component(self, name: str) -> dict[str, Any]:
-        for comp in self.manifest.get("components", []):
+        for comp in self._manifest.get("components", []):
             if comp["name"] == name:
                 return dict(comp)
-        known = [c["name"] for c in self.manifest.get("components", [])]
+        known = [c["name"] for c in self._manifest.get("components", [])]
         raise KeyError(f"no component {name!r} in this cluster; known: {', '.join(known)}")
+
+    def extra_components(self) -> list[dict[str, Any]]:
+        return []  # Redis is a container the manifest lists
+
+    def extra_pids(self) -> list[tuple[str, ProcessRef]]:
+        return []  # containers go by their label (add_docker), their processes by the manifest
 
     def container(self, name: str) -> Any:
         return self._planned[name].container
@@ -491,52 +542,31 @@ class DockerCluster:
         self._wait_listening(p, timeout_s)
         with self._lock:
             fresh = self._component_json(p)
-            for comp in self.manifest["components"]:
+            for comp in self._manifest["components"]:
                 if comp["name"] == name:
                     comp.update(fresh)
             if name == "gateway":
-                self.manifest["gateway_url"] = f"http://{fresh['address']}"
+                self._manifest["gateway_url"] = f"http://{fresh['address']}"
             self._save_manifest()
         return int(fresh["pid"] or 0)
 
     # -- stop ----------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Remove every container, the network and an imported image (each even if another
-        failed); the manifest is kept as ``components.json`` for the record."""
-        import docker
-
-        errors: list[str] = []
-        if self.manifest:
+        """Remove every container, the network and an imported image: everything labelled with
+        this cluster's id, even one created by a start that was interrupted half-way; the
+        manifest is kept as ``components.json`` for the record."""
+        if self._manifest:
             (self.workdir / "components.json").write_text(
-                json.dumps({"components": self.manifest.get("components", [])}, indent=2) + "\n"
+                json.dumps({"components": self._manifest.get("components", [])}, indent=2) + "\n"
             )
         if self._client is None:
             return
-        for name, p in list(self._planned.items()):
+        for name in list(self._planned):
             self._save_log(name)
-            try:
-                p.container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.DockerException as exc:
-                errors.append(f"container {name}: {exc}")
+        _, errors = remove_cluster(self.docker.docker_host, self.cluster_id)
         self._planned.clear()
-        if self._network is not None:
-            try:
-                self._network.remove()
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.DockerException as exc:
-                errors.append(f"network {self._network.name}: {exc}")
-            self._network = None
-        if self._imported is not None:
-            try:
-                self.client.images.remove(self._imported, force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.DockerException as exc:
-                errors.append(f"image {self._imported}: {exc}")
-            self._imported = None
+        self._network = None
+        self._imported = None
         self.manifest_path.unlink(missing_ok=True)
         if errors:
             raise StartError("could not remove everything: " + "; ".join(errors))

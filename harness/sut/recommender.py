@@ -5,15 +5,17 @@ Start-up goes through the recommender's own command line (``python -m system_und
 with ``--port`` pinning each component's real port and ``--route`` pointing the gateway at the
 proxy's listener for it, so network faults (latency, blackhole, reset, ...) sit between the
 gateway and that component. The manifest the recommender writes is the one source of truth for
-names, PIDs and commands; a restart updates it in place.
+names, PIDs, start times and commands; a restart updates it in place.
+
+Every process it starts (Redis, the proxy, ``up`` and through it every component, a restarted
+component, ``down``) goes through :class:`harness.process.ManagedProcess` with the run's
+registry, so the watchdog knows each one from the moment it exists.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 from contextlib import ExitStack
@@ -21,12 +23,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.sut.procs import StartError, free_port, log_tail, tcp_open, wait_until
-from harness.sut.redis import RedisServer
+from harness.process import (
+    ManagedProcess,
+    ProcessRef,
+    Registry,
+    StartError,
+    free_port,
+    tcp_open,
+    wait_until,
+)
+from harness.sut.redis import RedisServer, parse_address
+
+DOWN_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
 class RecommenderOptions:
+    """How to run the bundled recommender. ``redis_address``: ``HOST:PORT`` for the Redis the
+    harness starts when ``redis`` is set (default: loopback, a free port)."""
+
     shards: int = 4
     preset: str = "default"
     redis: bool = False
@@ -35,6 +50,7 @@ class RecommenderOptions:
     artifacts: str | None = None
     proxy: bool = True
     startup_timeout_s: float = 600.0
+    redis_address: str | None = None
 
 
 def _sut_command(*args: str) -> list[str]:
@@ -42,19 +58,27 @@ def _sut_command(*args: str) -> list[str]:
 
 
 class RecommenderCluster:
-    """One run's recommender. Use as a context manager; ``stop()`` is idempotent."""
+    """One run's recommender (a :class:`harness.sut.target.Target`). Use as a context manager;
+    ``stop()`` is idempotent."""
 
-    def __init__(self, options: RecommenderOptions, workdir: Path, log=print) -> None:
+    def __init__(
+        self,
+        options: RecommenderOptions,
+        workdir: Path,
+        log=print,
+        registry: Registry | None = None,
+    ) -> None:
         self.options = options
         self.workdir = workdir
         self.manifest_path = workdir / "manifest.json"
         self.log = log
-        self.manifest: dict[str, Any] = {}
+        self.registry = registry
+        self._manifest: dict[str, Any] = {}
         self.redis: RedisServer | None = None
         self.proxy: Any = None
         self.proxy_url: str | None = None
         self._stack = ExitStack()
-        self._restarted: list[subprocess.Popen[bytes]] = []
+        self._restarted: list[ManagedProcess] = []
         self._up = False
         self._manifest_lock = threading.Lock()  # restarts run in parallel (a cold start)
 
@@ -73,7 +97,9 @@ class RecommenderCluster:
             for name, port in real_ports.items()
         }
         self.proxy = self._stack.enter_context(
-            start_proxy(routes, self.workdir / "logs" / "proxy.log", timeout_s=20.0)
+            start_proxy(
+                routes, self.workdir / "logs" / "proxy.log", timeout_s=20.0, registry=self.registry
+            )
         )
         self.proxy_url = self.proxy.control_url
         return {name: listen for name, (listen, _) in routes.items()}
@@ -83,7 +109,7 @@ class RecommenderCluster:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         try:
             if opts.redis:
-                self.redis = self._stack.enter_context(RedisServer(self.workdir / "redis"))
+                self.redis = self._stack.enter_context(self._redis_server())
             real_ports = {name: free_port() for name in self._names()}
             routes = self._start_proxy(real_ports) if opts.proxy else {}
             args = [
@@ -115,52 +141,65 @@ class RecommenderCluster:
             raise
         return self
 
+    def _redis_server(self) -> RedisServer:
+        if self.options.redis_address is None:
+            return RedisServer(self.workdir / "redis", registry=self.registry)
+        host, port = parse_address(self.options.redis_address)
+        return RedisServer(self.workdir / "redis", port or None, host, registry=self.registry)
+
     def _run_up(self, args: list[str]) -> None:
+        """``up`` as a child of ours: every component inherits the registry's environment, so
+        the watchdog finds them even if this process or ``up`` dies before the manifest."""
         out = self.workdir / "logs" / "sut-up.log"
         self.log(
             f"starting the recommender ({self.options.shards} shards, preset "
             f"{self.options.preset}); log {out}"
         )
-        with open(out, "ab") as fh:
-            try:
-                proc = subprocess.run(
-                    _sut_command(*args),
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    timeout=self.options.startup_timeout_s + 60,
-                )
-            except subprocess.TimeoutExpired:
-                raise StartError(
-                    f"`system_under_test up` did not return; log:\n{log_tail(out)}"
-                ) from None
-        if proc.returncode != 0:
-            raise StartError(
-                f"`system_under_test up` failed with code {proc.returncode}:\n{log_tail(out, 30)}"
-            )
-        self.manifest = json.loads(self.manifest_path.read_text())
+        up = ManagedProcess(_sut_command(*args), out, name="launcher", registry=self.registry)
+        # Interrupted while waiting: stop() stops `up`, which stops what it started (SIGTERM).
+        self._stack.enter_context(up)
+        code = up.wait(self.options.startup_timeout_s + 60)
+        if code != 0:
+            raise StartError(f"`system_under_test up` failed with code {code}; {up.tail_text(30)}")
+        self._manifest = json.loads(self.manifest_path.read_text())
         self._up = True
 
     # -- queries -----------------------------------------------------------------------------
     @property
-    def gateway_url(self) -> str:
-        return str(self.manifest["gateway_url"])
+    def base_url(self) -> str:
+        return str(self._manifest["gateway_url"])
+
+    def manifest(self) -> dict[str, Any]:
+        return self._manifest
 
     def component(self, name: str) -> dict[str, Any]:
-        for comp in self.manifest.get("components", []):
+        for comp in self._manifest.get("components", []) + self.extra_components():
             if comp["name"] == name:
                 return dict(comp)
-        if name == "redis" and self.redis is not None:
-            return {
+        known = [c["name"] for c in self._manifest.get("components", [])]
+        raise KeyError(f"no component {name!r} in this cluster; known: {', '.join(known)}")
+
+    def extra_components(self) -> list[dict[str, Any]]:
+        """Redis, when the harness started one (it is not the recommender's own process)."""
+        if self.redis is None:
+            return []
+        ref = self.redis.ref
+        return [
+            {
                 "name": "redis",
                 "role": "redis",
                 "shard": None,
                 "pid": self.redis.pid,
-                "address": f"127.0.0.1:{self.redis.port}",
+                "start_time": ref.create_time if ref is not None else None,
+                "address": f"{self.redis.host}:{self.redis.port}",
                 "command": self.redis.command,
             }
-        known = [c["name"] for c in self.manifest.get("components", [])]
-        raise KeyError(f"no component {name!r} in this cluster; known: {', '.join(known)}")
+        ]
+
+    def extra_pids(self) -> list[tuple[str, ProcessRef]]:
+        found = [("fault proxy", self.proxy.ref if self.proxy else None)]
+        found.append(("redis", self.redis.ref if self.redis else None))
+        return [(name, ref) for name, ref in found if ref is not None]
 
     # -- supervision -------------------------------------------------------------------------
     def restart(self, name: str, timeout_s: float = 60.0) -> int:
@@ -179,50 +218,41 @@ class RecommenderCluster:
             return int(self.redis.pid or 0)
         comp = self.component(name)
         log_path = Path(comp.get("log") or self.workdir / "logs" / f"{name}.log")
-        with open(log_path, "ab") as fh:
-            proc = subprocess.Popen(
-                comp["command"],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self._restarted.append(proc)
+        proc = ManagedProcess(comp["command"], log_path, name=name, registry=self.registry)
+        self._restarted.append(proc.start())
         niced = _set_nice(proc.pid, STARTUP_NICE) if os.geteuid() == 0 else False
-        self._set_pid(name, proc.pid)
+        assert proc.ref is not None
+        self._set_pid(name, proc.ref)
         host, port = comp["address"].rsplit(":", 1)
-        wait_until(
-            lambda: proc.poll() is not None or tcp_open(host, int(port)),
-            timeout_s,
-            f"{name} listening again on {comp['address']}",
-            log=log_path,
+        proc.wait_ready(
+            lambda: tcp_open(host, int(port)), timeout_s, f"{name} listening again on {host}:{port}"
         )
-        if proc.poll() is not None:
-            raise StartError(
-                f"{name} exited with code {proc.returncode} on restart:\n{log_tail(log_path)}"
-            )
         if niced:
             _set_nice(proc.pid, 0)
         return proc.pid
 
-    def _set_pid(self, name: str, pid: int) -> None:
+    def _set_pid(self, name: str, ref: ProcessRef) -> None:
         with self._manifest_lock:
-            for comp in self.manifest["components"]:
+            for comp in self._manifest["components"]:
                 if comp["name"] == name:
-                    comp["pid"] = pid
+                    comp["pid"], comp["start_time"] = ref.pid, ref.create_time
             tmp = self.manifest_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
+            tmp.write_text(json.dumps(self._manifest, indent=2) + "\n")
             os.replace(tmp, self.manifest_path)
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
+        if not self._up and self.manifest_path.exists():
+            # Interrupted after `up` wrote the manifest but before we read it.
+            self._manifest = json.loads(self.manifest_path.read_text())
+            self._up = True
         if self._up:
             self._up = False
             # `down` removes the manifest once everything is stopped; keep what ran for the record.
             (self.workdir / "components.json").write_text(
                 json.dumps(
                     {
-                        "components": self.manifest.get("components", []),
+                        "components": self._manifest.get("components", []),
                         "proxy_pid": self.proxy.pid if self.proxy else None,
                         "redis_pid": self.redis.pid if self.redis else None,
                     },
@@ -230,23 +260,27 @@ class RecommenderCluster:
                 )
                 + "\n"
             )
-            out = self.workdir / "logs" / "sut-down.log"
-            with open(out, "ab") as fh:
-                code = subprocess.run(
-                    _sut_command("down", "--manifest", str(self.manifest_path)),
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    timeout=60,
-                ).returncode
-            if code != 0:
-                self.log(f"warning: `system_under_test down` exited {code}:\n{log_tail(out)}")
+            self._run_down()
         for proc in self._restarted:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-            proc.wait(timeout=10)
+            proc.stop()
         self._restarted.clear()
         self._stack.close()
+
+    def _run_down(self) -> None:
+        out = self.workdir / "logs" / "sut-down.log"
+        down = ManagedProcess(
+            _sut_command("down", "--manifest", str(self.manifest_path)),
+            out,
+            name="sut down",
+            registry=self.registry,
+        )
+        try:
+            code = down.start().wait(DOWN_TIMEOUT_S)
+        except StartError as exc:
+            self.log(f"warning: {exc}")
+            return
+        if code != 0:
+            self.log(f"warning: `system_under_test down` exited {code}; {down.tail_text()}")
 
     def __enter__(self) -> RecommenderCluster:
         return self.start()

@@ -1,33 +1,63 @@
-"""A redis-server the harness starts for a run (or a test): loopback, no persistence, reaped."""
+"""A redis-server the harness starts for a run (or a test): no persistence, always reaped.
+
+It binds to ``127.0.0.1`` on a free port unless given an address (``--redis-address`` /
+``RECCHAOS_REDIS_ADDRESS``, see :func:`parse_address`). It keeps its command line as started
+(``--set-proc-title no``): the watchdog and the signal faults recognise it by that command line
+and find it by the environment it was started with, which a retitling server overwrites.
+"""
 
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
-import subprocess
 from pathlib import Path
 
-from harness.sut.procs import StartError, free_port, wait_until
+from harness.process import ManagedProcess, ProcessRef, Registry, StartError, free_port
 
 
 def redis_available() -> bool:
     return shutil.which("redis-server") is not None
 
 
-class RedisServer:
-    """A redis-server child on a free loopback port. ``stop()`` is idempotent."""
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6; PORT 0 picks a free one) as (host, port);
+    ValueError naming the text and what is allowed otherwise."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(
+            f"{text!r} is not HOST:PORT with PORT 0-65535 (0: a free port), e.g. 127.0.0.1:6390"
+        )
+    return host, int(port)
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+
+class RedisServer:
+    """A redis-server child on ``host:port`` (default: loopback, a free port).
+    ``stop()`` is idempotent; ``start()`` again after it starts a fresh one on the same port."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        registry: Registry | None = None,
+    ) -> None:
         self.workdir = workdir
-        self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.host = host
+        self.port = port or free_port(host)
+        self.registry = registry
+        url_host = f"[{host}]" if ":" in host else host
+        self.url = f"redis://{url_host}:{self.port}/0"
         self.log = workdir / f"redis-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ManagedProcess | None = None
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
+
+    @property
+    def ref(self) -> ProcessRef | None:
+        return self.proc.ref if self.proc is not None else None
 
     @property
     def command(self) -> list[str]:
@@ -36,10 +66,12 @@ class RedisServer:
             "--port",
             str(self.port),
             "--bind",
-            "127.0.0.1",
+            self.host,
             "--save",
             "",
             "--appendonly",
+            "no",
+            "--set-proc-title",
             "no",
             "--dir",
             str(self.workdir),
@@ -47,7 +79,7 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+            with socket.create_connection((self.host, self.port), timeout=0.2) as sock:
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
@@ -57,36 +89,15 @@ class RedisServer:
         if not redis_available():
             raise StartError("redis-server is not installed (scripts/setup.sh installs it as root)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        try:
-            wait_until(
-                self.ping,
-                timeout_s,
-                f"redis-server on port {self.port} answering PING",
-                log=self.log,
-            )
-        except StartError:
-            self.stop()
-            raise
+        self.proc = ManagedProcess(self.command, self.log, name="redis", registry=self.registry)
+        self.proc.start().wait_ready(
+            self.ping, timeout_s, f"redis-server on {self.host}:{self.port} answering PING"
+        )
         return self
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        if self.proc is not None:
+            self.proc.stop()
 
     def __enter__(self) -> RedisServer:
         return self.start()

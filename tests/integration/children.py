@@ -1,22 +1,30 @@
-"""Processes an integration test starts itself: all continued, killed and reaped at the end."""
+"""Processes an integration test starts itself: each a :class:`harness.process.ManagedProcess`,
+all continued, killed and reaped at the end, whatever happened."""
 
 from __future__ import annotations
 
 import contextlib
-import signal
-import subprocess
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.process import ManagedProcess
+
+
+class Children(list[ManagedProcess]):
+    def spawn(self, argv: Sequence[str], log: Path | None = None, **kw: Any) -> ManagedProcess:
+        """Start ``argv`` (output to ``log``, default discarded) and keep it for the clean-up."""
+        proc = ManagedProcess(argv, log or Path(os.devnull), **kw).start()
+        self.append(proc)
+        return proc
 
 
 @contextlib.contextmanager
-def children() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
+def children() -> Iterator[Children]:
+    procs = Children()
     try:
         yield procs
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGCONT)
-                    proc.kill()
-            proc.wait(timeout=10)
+            proc.stop(grace_s=0.0)  # SIGCONT + SIGKILL at once: a test's leftovers need no grace

@@ -2,10 +2,11 @@
 
 The processes and their command lines come from the launcher's own plan
 (``launcher.plan_cluster``), so they are exactly what ``python -m system_under_test up`` starts.
-Unlike ``up``, :func:`start_cluster` keeps every ``Popen`` handle, so a test can SIGKILL,
-SIGSTOP/SIGCONT and restart one component by name, and it always reaps everything it started
-(SIGCONT + SIGTERM, then SIGKILL), even when start-up fails half-way. Failures carry the last log
-lines of every component (:meth:`Cluster.diagnose`).
+Unlike ``up``, :func:`start_cluster` keeps every process handle (the recommender's own
+:class:`~system_under_test.process.ManagedProcess`), so a test can SIGKILL, SIGSTOP/SIGCONT and
+restart one component by name, and it always reaps everything it started (SIGCONT + SIGTERM,
+then SIGKILL), even when start-up fails half-way. Failures carry the last log lines of every
+component (:meth:`Cluster.diagnose`).
 
 A later version may swap this for ``harness/sut`` or the launcher's ``up``/``down``; tests use only
 ``gateway_url``, ``kill``, ``freeze``, ``thaw``, ``restart``, ``diagnose`` and ``recommend``.
@@ -19,7 +20,6 @@ import http.client
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from system_under_test import launcher
+from system_under_test.process import ManagedProcess, log_tail
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +48,7 @@ class Reply:
 class Cluster:
     comps: dict[str, launcher.Component]
     log_dir: Path
-    extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    extra: list[ManagedProcess] = field(default_factory=list)
 
     @property
     def gateway_address(self) -> tuple[str, int]:
@@ -60,25 +61,19 @@ class Cluster:
 
     # ---- faults
 
-    def _proc(self, name: str) -> subprocess.Popen[bytes]:
+    def _proc(self, name: str) -> ManagedProcess:
         proc = self.comps[name].proc
         assert proc is not None, f"{name} was never started"
         return proc
 
     def kill(self, name: str) -> None:
-        proc = self._proc(name)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
-            proc.kill()
-        proc.wait(timeout=10)
+        self._proc(name).stop(grace_s=0.0)  # SIGCONT + SIGKILL, reaped
 
     def freeze(self, name: str) -> None:
-        self._proc(name).send_signal(signal.SIGSTOP)
+        self._proc(name).signal(signal.SIGSTOP)
 
     def thaw(self, name: str) -> None:
-        proc = self._proc(name)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
+        self._proc(name).signal(signal.SIGCONT)
 
     def restart(self, name: str, timeout_s: float = 60.0) -> None:
         """Start ``name`` again with its original command (same port) and wait until it answers."""
@@ -88,30 +83,24 @@ class Cluster:
         launcher.wait_ready([comp], timeout_s, log=lambda _: None)
 
     def alive(self, name: str) -> bool:
-        return self._proc(name).poll() is None
+        return self._proc(name).alive()
 
     # ---- teardown and diagnostics
 
     def stop_all(self, timeout_s: float = 10.0) -> None:
+        """SIGCONT + SIGTERM to every process at once, SIGKILL after ``timeout_s``; reaped."""
         procs = [c.proc for c in reversed(list(self.comps.values())) if c.proc is not None]
         procs += self.extra
         for proc in procs:
-            if proc.poll() is None:
-                for sig in (signal.SIGCONT, signal.SIGTERM):
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.send_signal(sig)
+            proc.signal(signal.SIGCONT)
+            proc.signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         for proc in procs:
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            proc.stop(grace_s=max(deadline - time.monotonic(), 0.1))
 
     def tails(self, lines: int = 15) -> str:
         return "\n".join(
-            f"--- {name} ({c.log}):\n{launcher.log_tail(c.log, lines)}"
-            for name, c in self.comps.items()
+            f"--- {name} ({c.log}):\n{log_tail(c.log, lines)}" for name, c in self.comps.items()
         )
 
     @contextlib.contextmanager
@@ -169,18 +158,8 @@ class Cluster:
 
 
 def _spawn(comp: launcher.Component) -> None:
-    comp.log.parent.mkdir(parents=True, exist_ok=True)
-    with open(comp.log, "ab") as log:
-        comp.proc = subprocess.Popen(
-            comp.command,
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    comp.proc = ManagedProcess(comp.command, comp.log, name=comp.name, env=env, cwd=REPO).start()
     comp.pid = comp.proc.pid
 
 

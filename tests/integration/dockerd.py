@@ -1,6 +1,7 @@
 """A private Docker engine for the tests marked ``docker``: started, checked, and removed again.
 
-:class:`PrivateDockerd` runs Debian's ``dockerd`` as a child in a process group of its own,
+:class:`PrivateDockerd` runs Debian's ``dockerd`` as a child in a process group of its own
+(a :class:`harness.process.ManagedProcess`),
 with its data root, exec root, PID file and socket in a fresh directory, no default bridge
 (``--bridge=none``), and hands-off host networking (``--iptables=false --ip-forward=false``):
 published ports go through docker-proxy on 127.0.0.1, so the engine needs no host rules.
@@ -8,8 +9,8 @@ It waits (bounded) for the socket; if the engine cannot start here, :attr:`failu
 failed (the first storage driver that works is used: overlay2, then vfs).
 
 On the way out it removes every container, network and image the engine holds, stops dockerd
-by PID (SIGTERM, SIGKILL after a grace period, then its process group), unmounts what is left
-under its directory, removes the directory, and restores the host to what it recorded before:
+and its process group (containerd and the shims: SIGTERM, SIGKILL after a grace period),
+unmounts what is left under its directory, removes the directory, and restores the host to what it recorded before:
 the network links (a bridge the engine made is deleted), iptables chains named ``DOCKER*``
 (and the rules that jump to them, and the FORWARD policy) and ``net.ipv4.ip_forward``.
 :meth:`leftovers` says what still differs.
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from harness.process import ManagedProcess
 
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 15.0
@@ -84,7 +86,7 @@ class PrivateDockerd:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="rcd-", dir="/tmp"))  # short: socket path limit
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ManagedProcess | None = None
         self.failure: str | None = None
         self.driver: str | None = None
         self.log = self.dir / "dockerd.log"
@@ -128,17 +130,11 @@ class PrivateDockerd:
         return self
 
     def _try(self, driver: str) -> str | None:
-        with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(
-                self.command(driver),
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.proc = ManagedProcess(self.command(driver), self.log, name="dockerd", group=True)
+        self.proc.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.proc.exited():
                 break
             if self._ping():
                 return None
@@ -206,19 +202,8 @@ class PrivateDockerd:
 
     def _stop_daemon(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        try:  # containerd and shims it started, in dockerd's own process group
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if proc is not None:  # with containerd and the shims, in dockerd's process group
+            proc.stop(grace_s=STOP_GRACE_S, kill_wait_s=10.0)
 
     def _unmount(self) -> None:
         prefix = str(self.dir) + "/"
@@ -233,7 +218,7 @@ class PrivateDockerd:
     def stop(self) -> list[str]:
         """Everything removed, the daemon stopped, the host restored; what failed."""
         errors: list[str] = []
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None and self.proc.alive():
             try:
                 errors += self.remove_everything()
             except Exception as exc:  # noqa: BLE001 - still stop the daemon and clean up

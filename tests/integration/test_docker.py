@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from harness.inject.base import Component, InjectContext, make_injector
+from harness.process import wait_until
 from harness.sut.containers import (
     LABEL,
     docker_client,
@@ -32,7 +33,6 @@ from harness.sut.containers import (
     import_rootfs_image,
     read_listening_ports,
 )
-from harness.sut.procs import wait_until
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dockerd import PrivateDockerd  # noqa: E402

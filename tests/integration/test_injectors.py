@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import socketserver
-import subprocess
 import sys
 import threading
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from children import children
+from children import Children, children
 
 from harness.inject import appfaults, cgroups, netfilter
 from harness.inject.base import (
@@ -34,7 +33,7 @@ from harness.inject.base import (
     make_injector,
 )
 from harness.inject.signals import ProcessRef, read_stat
-from harness.sut.procs import free_port
+from harness.process import ManagedProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +57,8 @@ def runs(pid: int, timeout_s: float = 2.0) -> bool:
     return True
 
 
-def spawn(procs: list[subprocess.Popen[bytes]], argv: list[str]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    procs.append(proc)
+def spawn(procs: Children, argv: list[str]) -> ManagedProcess:
+    proc = procs.spawn(argv)
     deadline = time.monotonic() + 5
     while (ProcessRef.of_pid(proc.pid) is None or _cmdline(proc.pid) != argv) and (
         time.monotonic() < deadline
@@ -76,9 +74,7 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def component(
-    name: str, proc: subprocess.Popen[bytes], argv: list[str], port: int = 1
-) -> Component:
+def component(name: str, proc: ManagedProcess, argv: list[str], port: int = 1) -> Component:
     return Component(name, "primary", proc.pid, f"127.0.0.1:{port}", tuple(argv))
 
 
@@ -104,7 +100,7 @@ def test_freeze_is_verified_by_proc_state_and_healed_by_sigcont():
             inj.heal()
         assert runs(proc.pid)
         inj.heal()  # a second heal is harmless
-        assert runs(proc.pid) and proc.poll() is None
+        assert runs(proc.pid) and proc.alive()
 
 
 def test_kill_is_verified_and_healed_by_the_restart_hook():
@@ -118,7 +114,7 @@ def test_kill_is_verified_and_healed_by_the_restart_hook():
         inj = make_injector("kill", "victim", {}, ctx)
         fault = FaultStack().apply(inj)
         assert fault.verified and "gone" in fault.verify_note
-        assert proc.wait(timeout=5) == -signal.SIGKILL
+        assert proc.wait(5) == -signal.SIGKILL
         inj.heal()
         inj.heal()
         new_pid = ctx.component("victim").pid
@@ -130,9 +126,9 @@ def test_terminate_sends_sigkill_after_the_grace_time():
                 "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
                 " print('ready', flush=True); time.sleep(60)"]  # fmt: skip
     with children() as procs:
-        proc = subprocess.Popen(stubborn, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        procs.append(proc)
-        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        proc = procs.spawn(stubborn, pipes=True)
+        assert proc.popen is not None and proc.popen.stdout is not None
+        assert proc.popen.stdout.readline() == b"ready\n"
         ctx = context(
             component("victim", proc, stubborn), restart=lambda n: spawn(procs, SLEEP).pid
         )
@@ -141,7 +137,7 @@ def test_terminate_sends_sigkill_after_the_grace_time():
         with stack:
             fault = stack.apply(inj)
             assert fault.verified, fault.verify_note
-            assert proc.wait(timeout=5) == -signal.SIGKILL
+            assert proc.wait(5) == -signal.SIGKILL
         assert stack.entries[0].healed
 
 
@@ -152,7 +148,7 @@ def test_restart_kills_then_brings_the_component_back_after_the_delay():
         inj = make_injector("restart", "victim", {"delay_s": 0.2}, ctx)
         try:
             FaultStack().apply(inj)
-            assert proc.wait(timeout=5) == -signal.SIGKILL
+            assert proc.wait(5) == -signal.SIGKILL
             deadline = time.monotonic() + 5
             while ctx.component("victim").pid == proc.pid and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -430,19 +426,9 @@ def shard(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "2", "--role", "primary", "--host", "127.0.0.1", "--port", str(port), "--preset",
             "tiny", "--artifacts", str(tiny_artifacts.parent)]  # fmt: skip
     log = tmp_path_factory.mktemp("shard") / "shard.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while " ready " not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"shard did not start:\n{log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.05)
+    with ManagedProcess(argv, log, name="shard", cwd=REPO) as proc:
+        proc.wait_ready(lambda: " ready " in log.read_text(errors="replace"), 60, "its ready line")
         yield Component("shard-0-primary", "primary", proc.pid, f"127.0.0.1:{port}", tuple(argv))
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def lookup_code(address: str) -> str:
@@ -488,9 +474,9 @@ def test_restart_priority_is_set_on_every_thread_and_back():
         "for _ in range(3): threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
         "print('ready', flush=True); time.sleep(30)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    with ManagedProcess([sys.executable, "-c", code], Path(os.devnull), pipes=True) as proc:
+        assert proc.popen is not None and proc.popen.stdout is not None
+        assert proc.popen.stdout.readline().strip() == b"ready"
 
         def nices() -> list[int]:
             tids = os.listdir(f"/proc/{proc.pid}/task")
@@ -501,7 +487,4 @@ def test_restart_priority_is_set_on_every_thread_and_back():
         assert set(nices()) == {STARTUP_NICE}
         assert _set_nice(proc.pid, 0)
         assert set(nices()) == {0}
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
     assert not _set_nice(proc.pid, 0)  # gone: nothing to change

@@ -17,7 +17,6 @@ test shows the worker's stderr tail.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -42,7 +41,7 @@ from harness.metrics.histogram import LatencyHistogram
 from harness.model.load import LoadPhase, RequestMix
 from harness.model.requestlog import ERROR_KINDS, TIERS, read_log
 from harness.model.target import RequestTemplate
-from harness.sut.procs import free_port
+from harness.process import ManagedProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -59,28 +58,17 @@ REQUEST = RequestTemplate(
 # ---- helpers --------------------------------------------------------------------------------
 
 
-def read_json_line(proc: subprocess.Popen[bytes], timeout_s: float, what: str) -> dict:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+def read_json_line(proc: ManagedProcess, timeout_s: float, what: str) -> dict:
+    """The next JSON line on the child's stdout (``pipes=True``); AssertionError with its log
+    tail when none comes within ``timeout_s``."""
+    assert proc.popen is not None and proc.popen.stdout is not None
+    ready, _, _ = select.select([proc.popen.stdout], [], [], timeout_s)
     if not ready:
-        raise AssertionError(f"{what}: no line within {timeout_s} s")
-    line = proc.stdout.readline()
+        raise AssertionError(f"{what}: no line within {timeout_s} s; {proc.tail_text()}")
+    line = proc.popen.stdout.readline()
     if not line:
-        raise AssertionError(f"{what}: exited ({proc.poll()}) without a line")
+        raise AssertionError(f"{what}: exited ({proc.poll()}) without a line; {proc.tail_text()}")
     return json.loads(line)
-
-
-def reap(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    for stream in (proc.stdout, proc.stdin):
-        if stream is not None:
-            stream.close()
 
 
 class Stub:
@@ -97,37 +85,12 @@ class Stub:
 
 
 @pytest.fixture(scope="module")
-def stub() -> Iterator[Stub]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harness.load.stub",
-            "--port",
-            "0",
-            "--service-ms",
-            "2",
-            "--tier",
-            "primary",
-            "--realtime",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        try:
-            line = read_json_line(proc, STUB_READY_S, "stub")
-        except AssertionError as exc:
-            reap(proc)
-            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-            raise AssertionError(f"{exc}; stub stderr:\n{err}") from None
-        yield Stub(line["port"])
-    finally:
-        reap(proc)
-        if proc.stderr is not None:
-            proc.stderr.close()
+def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stub]:
+    argv = [sys.executable, "-m", "harness.load.stub", "--port", "0", "--service-ms", "2",
+            "--tier", "primary", "--realtime"]  # fmt: skip
+    log = tmp_path_factory.mktemp("stub") / "stub.stderr"
+    with ManagedProcess(argv, log, name="stub", cwd=REPO, pipes=True) as proc:
+        yield Stub(read_json_line(proc, STUB_READY_S, "stub")["port"])
 
 
 @pytest.fixture
@@ -399,29 +362,18 @@ def check_merged_percentiles_equal_the_raw_logs(res: LoadResult) -> None:
 def test_sigterm_leaves_a_partial_but_valid_log(configured: Stub, tmp_path: Path):
     job = make_job(configured, tmp_path, rate=200, seconds=20.0, max_in_flight=20)
     job_path = job.write(tmp_path / "job.json")
-    err_path = tmp_path / "worker.stderr"
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.load.worker", str(job_path)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
+    argv = [sys.executable, "-m", "harness.load.worker", str(job_path)]
+    with ManagedProcess(argv, tmp_path / "worker.stderr", cwd=REPO, pipes=True) as proc:
         lines = []
         deadline = time.monotonic() + 30
         while not any(x.get("event") == "progress" for x in lines):
-            assert time.monotonic() < deadline, f"no progress line; stderr:\n{err_path.read_text()}"
+            assert time.monotonic() < deadline, f"no progress line; {proc.tail_text()}"
             lines.append(read_json_line(proc, 30, "worker"))
         configured.control("/_stub/freeze", {"ms": 1500})
         time.sleep(0.5)  # 20 requests go out and hang, the rest are misses
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        assert proc.returncode == 0, f"exit {proc.returncode}; stderr:\n{err_path.read_text()}"
-    finally:
-        reap(proc)
+        proc.signal(signal.SIGTERM)
+        code = proc.wait(10)
+        assert code == 0, f"exit {code}; {proc.tail_text()}"
     summary = json.loads((tmp_path / "summary-0.json").read_text())
     rows = read_log(tmp_path / "requests-0.npy")
     kinds = {k: int((rows["error_kind"] == i).sum()) for i, k in enumerate(ERROR_KINDS)}

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.process import ManagedProcess, free_port
 from harness.proxy.client import ProxyFaultRejected, ProxyProcess, start_proxy
-from harness.sut.procs import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -392,7 +392,7 @@ def test_sigterm_stops_within_a_second(echo: int, tmp_path: Path) -> None:
 
 
 def test_start_failure_shows_the_log(echo: int, tmp_path: Path) -> None:
-    from harness.sut.procs import StartError
+    from harness.process import StartError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -432,22 +432,16 @@ def test_cli_routes_file_and_ready_file(echo: int, tmp_path: Path) -> None:
         json.dumps({"routes": {"e": {"listen": "127.0.0.1:0", "upstream": f"127.0.0.1:{echo}"}}})
     )
     ready = tmp_path / "ready.json"
-    proc = subprocess.Popen(
-        _proxy_cli("--control-port", "0", "--routes-file", str(routes), "--ready-file", str(ready)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+    argv = _proxy_cli(
+        "--control-port", "0", "--routes-file", str(routes), "--ready-file", str(ready)
+    )
+    with ManagedProcess(argv, tmp_path / "proxy.log", name="proxy", cwd=REPO) as proc:
+        proc.wait_ready(ready.exists, 20, "its ready file")
         info = json.loads(ready.read_text())
         assert info["pid"] == proc.pid and set(info["routes"]) == {"e"}
         host, port = info["routes"]["e"].rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=IO_TIMEOUT_S) as sock:
             assert len(round_trips(sock, 2)) == 2
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
     assert proc.returncode == 0
 
 

@@ -117,7 +117,8 @@ def test_sigkill_of_the_harness_leaves_the_watchdog_to_clean_up(tmp_path):
         # The load workers run in the harness's process group: gone with it or by the watchdog.
         assert _wait_gone(pids, 30) == [], (run_dir / "watchdog.log").read_text()[-2000:]
         record = json.loads((run_dir / "run.json").read_text())
-        assert record["status"] == "running"  # the harness never got to finish it
+        assert record["status"] == "killed", record["status"]  # closed by the watchdog
+        assert record["ended_wall"] and any("killed:" in e for e in record["errors"])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

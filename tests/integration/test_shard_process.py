@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from system_under_test import protocol, sharding
+from system_under_test.process import ManagedProcess, StartError
 
 pytestmark = pytest.mark.integration
 
@@ -35,53 +36,37 @@ READY = re.compile(r" ready .*\bport=(\d+)")
 
 @dataclass
 class Server:
-    proc: subprocess.Popen[bytes]
+    proc: ManagedProcess
     log: Path
     port: int = 0
 
     def tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log.read_text(errors="replace").splitlines()
-        except OSError as exc:
-            return f"(no log at {self.log}: {exc})"
-        return "\n".join(f"    | {line}" for line in text[-lines:]) or "    | (empty log)"
+        return self.proc.tail(lines)
 
 
 def spawn(args: list[str], log: Path) -> Server:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "system_under_test", *args],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return Server(proc, log)
+    log.unlink(missing_ok=True)  # the ready line searched for must be this process's
+    argv = [sys.executable, "-m", "system_under_test", *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return Server(ManagedProcess(argv, log, name=log.stem, env=env, cwd=REPO).start(), log)
 
 
 def wait_ready(server: Server, timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         match = READY.search(server.log.read_text(errors="replace"))
-        if match:
-            server.port = int(match.group(1))
-            return
-        if server.proc.poll() is not None:
-            pytest.fail(f"{server.log.name} exited with {server.proc.returncode}:\n{server.tail()}")
-        time.sleep(0.05)
-    pytest.fail(f"{server.log.name}: no ready line within {timeout_s} s:\n{server.tail()}")
+        server.port = int(match.group(1)) if match else 0
+        return match is not None
 
-
-def reap(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.kill()
-    server.proc.wait(timeout=10)
+    try:
+        server.proc.wait_ready(ready, timeout_s, "its ready line", interval_s=0.05)
+    except StartError as exc:
+        pytest.fail(str(exc))
 
 
 @contextlib.contextmanager
 def running(commands: dict[str, list[str]], log_dir: Path) -> Iterator[dict[str, Server]]:
-    """Start every command at once (start-up is mostly importing torch), wait for all."""
+    """Start every command at once (start-up is mostly importing torch), wait for all; stop
+    and reap every one at the end."""
     servers: dict[str, Server] = {}
     try:
         for name, args in commands.items():
@@ -95,7 +80,7 @@ def running(commands: dict[str, list[str]], log_dir: Path) -> Iterator[dict[str,
         raise
     finally:
         for server in servers.values():
-            reap(server)
+            server.proc.stop(grace_s=0.0)  # SIGKILL: what a test leaves is not graceful work
 
 
 def shard_args(shard: int, shards: int, role: str, artifacts: Path) -> list[str]:
@@ -244,7 +229,7 @@ def test_malformed_frames_and_bad_ops_do_not_kill_the_server(cluster):
         return ping
 
     assert run(scenario()).header["shard"] == 0
-    assert cluster["shard-0"].proc.poll() is None
+    assert cluster["shard-0"].proc.alive()
 
 
 def test_fault_points_are_switched_over_the_wire(cluster):
@@ -302,8 +287,8 @@ def test_sigterm_stops_a_shard_promptly(artifact_root, tmp_path):
         # A client holding an open connection must not keep the server alive.
         with socket.create_connection(("127.0.0.1", server.port), timeout=5):
             start = time.monotonic()
-            server.proc.send_signal(signal.SIGTERM)
-            code = server.proc.wait(timeout=10)
+            server.proc.signal(signal.SIGTERM)
+            code = server.proc.wait(10)
         assert code == 0, server.tail()
         assert time.monotonic() - start < 5
         assert "stopped" in server.log.read_text()

@@ -377,8 +377,7 @@ def test_the_proxy_imports_neither_injectors_nor_the_cluster_code():
     imports = _imports("harness.proxy")
     assert {"server.py", "config.py", "control.py", "client.py"} <= set(imports)
     bad = {
-        f: sorted(m for m in ms if m.startswith("harness.inject") or (
-            m.startswith("harness.sut") and m != "harness.sut.procs"))
+        f: sorted(m for m in ms if m.startswith(("harness.inject", "harness.sut")))
         for f, ms in imports.items()
     }  # fmt: skip
     assert {f: ms for f, ms in bad.items() if ms} == {}

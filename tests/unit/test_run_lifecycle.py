@@ -162,14 +162,18 @@ class Harness:
         story = self.story
 
         @contextmanager
-        def watchdog(journal: Path, manifest: Path | None, log_path: Path) -> Iterator[Any]:
+        def watchdog(
+            journal: Path, manifest: Path | None, log_path: Path, record: Path
+        ) -> Iterator[Any]:
             story("watchdog started")
             try:
                 yield object()
             finally:  # as the real handle: told the run ended, whatever happened
                 story("watchdog released")
 
-        def load(job: Any, timeout_s: float, on_progress: Any, workers: int) -> LoadResult:
+        def load(
+            job: Any, timeout_s: float, on_progress: Any, workers: int, watchdog: Any
+        ) -> LoadResult:
             story("load")
             if self.crash is not None:
                 raise self.crash
