@@ -5,7 +5,7 @@ and ``report``, ``compare`` and ``trend`` from :mod:`reports.commands`). Every a
 help text, and an option with a fixed set of values lists them as ``choices``, so a wrong value
 is refused by the parser with the allowed ones named. Exit codes: 0 PASS (or OK), 1 FAIL,
 2 usage error, 3 INCONCLUSIVE, 4 harness error, 130 interrupted (Ctrl-C). ``recchaos sut ...``
-passes its arguments unchanged to ``python -m system_under_test`` (the recommender is never
+becomes ``python -m system_under_test`` with its arguments unchanged (the recommender is never
 imported here), which then names itself ``recchaos sut`` in its help.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -118,9 +117,14 @@ SUT_PROG_ENV = "RECCHAOS_SUT_PROG"  # read by system_under_test/__main__.py for 
 
 
 def run_sut(argv: list[str]) -> int:
-    """``python -m system_under_test ARGS`` with this interpreter; its exit code is ours."""
+    """Become ``python -m system_under_test ARGS`` (same interpreter, same PID): a signal to
+    ``recchaos sut up`` reaches the launcher itself, which stops what it started; no wrapper
+    process is left to die alone. Its exit code is ours."""
     env = {**os.environ, SUT_PROG_ENV: "recchaos sut"}
-    return subprocess.run([sys.executable, "-m", "system_under_test", *argv], env=env).returncode
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "system_under_test", *argv], env)
+    return 0  # not reached: execve replaces this process or raises
 
 
 PASSTHROUGH["sut"] = run_sut

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import signal
@@ -461,6 +462,8 @@ def main_up(argv: list[str]) -> int:
     )
     add_up_arguments(parser)
     args = parser.parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log as they happen
     problem = validate_up(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

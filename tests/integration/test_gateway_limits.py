@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import select
-import signal
 import socket
-import subprocess
 import threading
 import time
 import urllib.request
@@ -32,7 +29,7 @@ from pathlib import Path
 import pytest
 from cluster import REPO, Cluster, start_cluster
 
-from harness.sut.procs import free_port, log_tail, wait_until
+from harness.process import ManagedProcess, StartError, free_port, log_tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -48,7 +45,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_artifacts: Path) -> I
 
 @dataclass
 class Gateway:
-    proc: subprocess.Popen[bytes]
+    proc: ManagedProcess
     port: int
     log: Path
 
@@ -65,37 +62,17 @@ def gateway(
     port = free_port()
     command[command.index("--port") + 1] = str(port)
     log = log_dir / f"gateway-{port}.log"
-
-    def limit_files() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [*command, *options],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=limit_files,
-        )
-    gw = Gateway(proc, port, log)
-    try:
-        wait_until(
-            lambda: proc.poll() is not None or _ready(port), 60.0, "the gateway's /readyz", log=log
-        )
-        assert proc.poll() is None, f"the gateway exited with {proc.returncode}:\n{gw.tail()}"
-        yield gw
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    # prlimit execs the gateway with the file limit set (same PID): no code runs in the forked
+    # child of this multi-threaded test process.
+    limit = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] if nofile is not None else []
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [*limit, *command, *options]
+    with ManagedProcess(argv, log, name="gateway", env=env, cwd=REPO) as proc:
+        try:
+            proc.wait_ready(lambda: _ready(port), 60.0, "the gateway's /readyz")
+        except StartError as exc:
+            pytest.fail(str(exc))
+        yield Gateway(proc, port, log)
 
 
 def _ready(port: int) -> bool:
@@ -264,7 +241,7 @@ def test_2000_idle_connections_at_a_1024_file_limit_leave_new_requests_answered(
         finally:
             for sock in idle:
                 sock.close()
-        assert gw.proc.poll() is None, gw.tail()
+        assert gw.proc.alive(), gw.tail()
         log = gw.log.read_text()
     # The cap comes from the file limit, it is stated at start, and the idle connections
     # beyond it were closed to make room rather than exhausting descriptors.
@@ -311,7 +288,7 @@ def test_idle_slow_header_and_slow_body_connections_are_closed_after_their_timeo
             status, elapsed = dribble(gw.port, opening, interval_s=0.1, limit_s=10.0)
             assert status == 408, (opening, status, gw.tail())
             assert TIMEOUT_S * 0.9 <= elapsed <= TIMEOUT_S + 2.0, (opening, elapsed)
-        assert gw.proc.poll() is None
+        assert gw.proc.alive()
 
 
 def dribble(port: int, opening: bytes, interval_s: float, limit_s: float) -> tuple[int, float]:
@@ -365,4 +342,4 @@ def test_at_the_cap_with_every_connection_busy_new_ones_get_a_fast_503(cluster, 
         finally:
             for sock in busy:
                 sock.close()
-        assert gw.proc.poll() is None, gw.tail()
+        assert gw.proc.alive(), gw.tail()

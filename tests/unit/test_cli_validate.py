@@ -98,19 +98,21 @@ def test_show_prints_the_fault_plan(monkeypatch, capsys):
     assert "fault_plan:" in out and "origin: fault_schedule[2]" in out and "profile: pr" in out
 
 
-def test_sut_passes_arguments_through(monkeypatch):
+def test_sut_becomes_the_recommenders_command_line(monkeypatch):
     calls = []
 
-    class Done:
-        returncode = 5
+    class Exec(Exception):
+        pass
 
-    def fake_run(argv, **kw):
-        calls.append(argv)
-        return Done()
+    def fake_execve(path, argv, env):
+        calls.append((path, argv, env[cli.SUT_PROG_ENV]))
+        raise Exec  # execve never returns
 
-    monkeypatch.setattr(cli.subprocess, "run", fake_run)
-    assert cli.main(["sut", "up", "--shards", "2", "--help"]) == 5
-    assert calls == [[sys.executable, "-m", "system_under_test", "up", "--shards", "2", "--help"]]
+    monkeypatch.setattr(cli.os, "execve", fake_execve)
+    with pytest.raises(Exec):
+        cli.main(["sut", "up", "--shards", "2", "--help"])
+    argv = [sys.executable, "-m", "system_under_test", "up", "--shards", "2", "--help"]
+    assert calls == [(sys.executable, argv, "recchaos sut")]
 
 
 def test_real_cli_subprocess(bad_file):

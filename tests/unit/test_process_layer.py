@@ -167,3 +167,16 @@ def test_watched_registers_the_targets_extra_processes_and_always_stops_it() -> 
         assert dog.added == [("fault proxy", ProcessRef(42, 1.0))]
         raise RuntimeError("a run that crashed")
     assert target.stopped == 1
+
+
+def test_recchaos_run_with_a_bad_redis_address_exits_2_before_starting_anything(
+    tmp_path, capsys
+) -> None:
+    from harness import cli
+
+    scenario = Path(__file__).resolve().parents[1] / "data" / "short_kill.yaml"
+    code = cli.main(["run", str(scenario), "--out", str(tmp_path), "--redis-address", "nope"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "invalid value 'nope' for --redis-address; allowed: HOST:PORT" in err
+    assert list(tmp_path.iterdir()) == []
