@@ -88,10 +88,19 @@ class Component:
         }
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports: all held open while they are picked (one at a time, the
+    kernel may hand the same port out again once it is closed)."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            socks.append(sock)
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
@@ -102,11 +111,14 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
         common += ["--artifacts", str(args.artifacts)]
     host = args.host
     ports: dict[str, int] = dict(args.port_plan or {})
+    names = [f"shard-{i}-{r}" for i in range(args.shards) for r in ("primary", "replica")]
+    missing = [n for n in [*names, "region", "gateway"] if not ports.get(n)]
+    ports.update(zip(missing, free_ports(len(missing), host), strict=True))
     comps: list[Component] = []
     for shard in range(args.shards):
         for role in ("primary", "replica"):
             name = f"shard-{shard}-{role}"
-            port = ports.get(name) or free_port(host)
+            port = ports[name]
             cmd = (
                 py
                 + [
@@ -127,7 +139,7 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
             comps.append(
                 Component(name, role, shard, f"{host}:{port}", cmd, log_dir / f"{name}.log")
             )
-    region_port = ports.get("region") or free_port(host)
+    region_port = ports["region"]
     comps.append(
         Component(
             "region",
@@ -138,7 +150,7 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
             log_dir / "region.log",
         )
     )
-    gw_port = ports.get("gateway") or free_port(host)
+    gw_port = ports["gateway"]
     # --route lets a tool put something (a fault proxy) between the gateway and a component.
     routes: dict[str, str] = dict(args.routes or {})
     gw_cmd = py + [

@@ -12,7 +12,14 @@ by ``tests/integration/test_process_helpers.py``.
 
 from harness.process.identity import ProcessRef, stop_processes
 from harness.process.managed import ManagedProcess, Registry
-from harness.process.readiness import StartError, free_port, log_tail, tcp_open, wait_until
+from harness.process.readiness import (
+    StartError,
+    free_port,
+    free_ports,
+    log_tail,
+    tcp_open,
+    wait_until,
+)
 
 __all__ = [
     "ManagedProcess",
@@ -20,6 +27,7 @@ __all__ = [
     "Registry",
     "StartError",
     "free_port",
+    "free_ports",
     "log_tail",
     "stop_processes",
     "tcp_open",

@@ -28,7 +28,7 @@ from harness.process import (
     ProcessRef,
     Registry,
     StartError,
-    free_port,
+    free_ports,
     tcp_open,
     wait_until,
 )
@@ -89,12 +89,12 @@ class RecommenderCluster:
         ]
         return copies + ["region"]
 
-    def _start_proxy(self, real_ports: dict[str, int]) -> dict[str, str]:
+    def _start_proxy(self, real_ports: dict[str, int], listen_ports: list[int]) -> dict[str, str]:
         from harness.proxy.client import start_proxy
 
         routes = {
-            name: (f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}")
-            for name, port in real_ports.items()
+            name: (f"127.0.0.1:{listen}", f"127.0.0.1:{port}")
+            for (name, port), listen in zip(real_ports.items(), listen_ports, strict=True)
         }
         self.proxy = self._stack.enter_context(
             start_proxy(
@@ -110,8 +110,10 @@ class RecommenderCluster:
         try:
             if opts.redis:
                 self.redis = self._stack.enter_context(self._redis_server())
-            real_ports = {name: free_port() for name in self._names()}
-            routes = self._start_proxy(real_ports) if opts.proxy else {}
+            names = self._names()
+            ports = free_ports(2 * len(names))  # distinct: each component's and its route's
+            real_ports = dict(zip(names, ports[: len(names)], strict=True))
+            routes = self._start_proxy(real_ports, ports[len(names) :]) if opts.proxy else {}
             args = [
                 "up",
                 "--shards",

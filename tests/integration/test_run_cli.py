@@ -1,17 +1,19 @@
 """``recchaos run`` end to end with real processes: a whole run, a SIGKILLed harness, Ctrl-C,
-and a bad scenario file. After each, nothing the run started may still be running."""
+and a bad scenario file. After each, nothing the run started may still be running. The harness
+runs as a :class:`harness.process.ManagedProcess` (its output in a log beside the run
+directories), stopped and reaped whatever the test does."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from harness.process import ManagedProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -19,14 +21,14 @@ SCENARIO = Path(__file__).resolve().parents[1] / "data" / "short_kill.yaml"
 RUN_TIMEOUT_S = 240
 
 
-def _recchaos(*args: str, **kw) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", *args],
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        **kw,
-    )
+def _recchaos(log: Path, *args: str) -> ManagedProcess:
+    argv = [sys.executable, "-m", "harness.cli", *args]
+    return ManagedProcess(argv, log, name="recchaos", group=True).start()
+
+
+def _output(proc: ManagedProcess) -> str:
+    assert proc.log is not None
+    return proc.log.read_text(errors="replace")[-3000:]
 
 
 def _alive(pid: int) -> bool:
@@ -71,24 +73,23 @@ def _fault_applied(out: Path) -> bool:
     return bool(journal and journal.exists() and '"applied"' in journal.read_text())
 
 
-def _wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen[str]) -> None:
+def _wait_for(predicate, timeout_s: float, what: str, proc: ManagedProcess) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out = proc.stdout.read() if proc.poll() is not None and proc.stdout else ""
-            pytest.fail(
-                f"{what} did not happen within {timeout_s} s; harness output:\n{out[-3000:]}"
-            )
+        if proc.exited() or time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout_s} s; {proc.tail_text(40)}")
         time.sleep(0.1)
 
 
 def test_whole_run_writes_a_complete_record_and_leaves_nothing(tmp_path):
-    proc = _recchaos("run", str(SCENARIO), "--out", str(tmp_path), "--no-progress")
-    out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
-    assert proc.returncode in (0, 1, 3), out[-3000:]
+    with _recchaos(tmp_path / "recchaos.log", "run", str(SCENARIO), "--out", str(tmp_path),
+                   "--no-progress") as proc:  # fmt: skip
+        code = proc.wait(RUN_TIMEOUT_S)
+    out = _output(proc)
+    assert code in (0, 1, 3), out
     run_dir = _only_run_dir(tmp_path)
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["status"] == "complete", out[-3000:]
+    assert record["status"] == "complete", out
     assert record["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
     assert record["seed"] == 11
     assert record["replay"].startswith("recchaos run ") and "--seed 11" in record["replay"]
@@ -104,41 +105,30 @@ def test_whole_run_writes_a_complete_record_and_leaves_nothing(tmp_path):
 
 
 def test_sigkill_of_the_harness_leaves_the_watchdog_to_clean_up(tmp_path):
-    proc = _recchaos(
-        "run", str(SCENARIO), "--out", str(tmp_path), "--no-progress", start_new_session=True
-    )
-    try:
+    with _recchaos(tmp_path / "recchaos.log", "run", str(SCENARIO), "--out", str(tmp_path),
+                   "--no-progress") as proc:  # fmt: skip
         _wait_for(lambda: _fault_applied(tmp_path), 180, "the kill fault being applied", proc)
         run_dir = _only_run_dir(tmp_path)
         pids = _started_pids(run_dir)
         assert pids
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        # The load workers run in the harness's process group: gone with it or by the watchdog.
+        proc.signal(signal.SIGKILL)
+        proc.wait(10)
         assert _wait_gone(pids, 30) == [], (run_dir / "watchdog.log").read_text()[-2000:]
         record = json.loads((run_dir / "run.json").read_text())
         assert record["status"] == "killed", record["status"]  # closed by the watchdog
         assert record["ended_wall"] and any("killed:" in e for e in record["errors"])
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def test_ctrl_c_heals_stops_and_writes_a_partial_record(tmp_path):
-    proc = _recchaos("run", str(SCENARIO), "--out", str(tmp_path), "--no-progress")
-    try:
+    with _recchaos(tmp_path / "recchaos.log", "run", str(SCENARIO), "--out", str(tmp_path),
+                   "--no-progress") as proc:  # fmt: skip
         # Mid-load with the kill active (5 s into 12 s of load), so there is a fault to heal.
         _wait_for(lambda: _fault_applied(tmp_path), 180, "the kill fault being applied", proc)
         run_dir = _only_run_dir(tmp_path)
         pids = _started_pids(run_dir)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert proc.returncode == 130, out[-3000:]
+        proc.signal(signal.SIGINT)
+        code = proc.wait(60)
+    assert code == 130, _output(proc)
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "incomplete"
     assert any("interrupted" in e for e in record["errors"]), record["errors"]
@@ -151,8 +141,11 @@ def test_ctrl_c_heals_stops_and_writes_a_partial_record(tmp_path):
 def test_bad_scenario_exits_2_naming_file_field_and_value(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(SCENARIO.read_text().replace("rate: 100", "rate: -5"))
-    proc = _recchaos("run", str(bad), "--out", str(tmp_path / "runs"))
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 2, out
+    with _recchaos(
+        tmp_path / "recchaos.log", "run", str(bad), "--out", str(tmp_path / "runs")
+    ) as proc:
+        code = proc.wait(60)
+    out = _output(proc)
+    assert code == 2, out
     assert str(bad) in out and "load[0].rate" in out and "-5" in out
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
