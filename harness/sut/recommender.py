@@ -29,6 +29,7 @@ from harness.process import (
     Registry,
     StartError,
     free_ports,
+    stop_processes,
     tcp_open,
     wait_until,
 )
@@ -213,12 +214,17 @@ class RecommenderCluster:
         (p99 24-39 ms in the second after a shard restart, 9-15 ms otherwise), which a deploy
         on its own machine would not do. Without root the priority could not be raised back,
         so the process starts at normal priority.
+
+        A recorded process that still runs (its PID and start time) is stopped first: the
+        manifest names one process per component, and one it no longer names would be left.
         """
         if name == "redis" and self.redis is not None:
             self.redis.stop()
             self.redis.start()
             return int(self.redis.pid or 0)
         comp = self.component(name)
+        if isinstance(comp.get("pid"), int) and isinstance(comp.get("start_time"), float):
+            stop_processes([(name, ProcessRef(comp["pid"], comp["start_time"]))], grace_s=0.0)
         log_path = Path(comp.get("log") or self.workdir / "logs" / f"{name}.log")
         proc = ManagedProcess(comp["command"], log_path, name=name, registry=self.registry)
         self._restarted.append(proc.start())

@@ -4,16 +4,32 @@ starts at a given address: up, answering through Redis, restartable, stopped wit
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import urllib.request
 
 import pytest
 
 from harness.process import ProcessRef
+from harness.process.identity import tagged_processes
 from harness.sut.recommender import RecommenderCluster, RecommenderOptions
 from harness.sut.redis import redis_available
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TAG = "RECCHAOS_TEST_CLUSTER_TAG"
+
+
+class Registry:
+    """Tags every process the cluster starts (and their children): what is left is findable."""
+
+    def __init__(self) -> None:
+        self.env = {TAG: os.urandom(6).hex()}
+        self.added: list[str] = []
+
+    def add_process(self, name: str, ref: ProcessRef) -> None:
+        self.added.append(name)
 
 
 @pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
@@ -27,28 +43,39 @@ def test_the_redis_address_is_where_redis_listens_and_the_gateway_looks(tmp_path
         redis_address="127.0.0.2:0",  # another loopback address, a free port
     )
     refs: list[ProcessRef] = []
-    with RecommenderCluster(options, tmp_path) as cluster:
-        redis = cluster.component("redis")
-        assert redis["address"].startswith("127.0.0.2:") and redis["start_time"]
-        gateway = cluster.component("gateway")
-        assert f"redis://{redis['address']}/0" in gateway["command"]
-        assert cluster.extra_components() == [redis]
-        assert [name for name, _ in cluster.extra_pids()] == ["fault proxy", "redis"]
-        body = json.dumps({"user_id": 7, "k": 5}).encode()
-        req = urllib.request.Request(f"{cluster.base_url}/v1/recommend", data=body, method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            assert resp.status == 200
-        old = ProcessRef(redis["pid"], redis["start_time"])
-        new_pid = cluster.restart("redis")
-        assert new_pid != old.pid and not old.alive()
-        shard = cluster.component("shard-0-replica")
-        new_shard = cluster.restart("shard-0-replica")
-        manifest = json.loads(cluster.manifest_path.read_text())
-        entry = next(c for c in manifest["components"] if c["name"] == "shard-0-replica")
-        assert entry["pid"] == new_shard != shard["pid"] and entry["start_time"] > 0
-        refs = [ProcessRef(c["pid"], c["start_time"]) for c in manifest["components"]]
-        refs += [ref for _, ref in cluster.extra_pids()]
-    deadline = time.monotonic() + 10
-    while any(ref.alive() for ref in refs) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert [ref for ref in refs if ref.alive()] == []
+    registry = Registry()
+    try:
+        with RecommenderCluster(options, tmp_path, registry=registry) as cluster:
+            redis = cluster.component("redis")
+            assert redis["address"].startswith("127.0.0.2:") and redis["start_time"]
+            gateway = cluster.component("gateway")
+            assert f"redis://{redis['address']}/0" in gateway["command"]
+            assert cluster.extra_components() == [redis]
+            assert [name for name, _ in cluster.extra_pids()] == ["fault proxy", "redis"]
+            body = json.dumps({"user_id": 7, "k": 5}).encode()
+            req = urllib.request.Request(
+                f"{cluster.base_url}/v1/recommend", data=body, method="POST"
+            )
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                assert resp.status == 200
+            old = ProcessRef(redis["pid"], redis["start_time"])
+            new_pid = cluster.restart("redis")
+            assert new_pid != old.pid and not old.alive()
+            shard = cluster.component("shard-0-replica")
+            old_shard = ProcessRef(shard["pid"], shard["start_time"])
+            new_shard = cluster.restart("shard-0-replica")  # the live one is stopped first
+            assert not old_shard.alive()
+            manifest = json.loads(cluster.manifest_path.read_text())
+            entry = next(c for c in manifest["components"] if c["name"] == "shard-0-replica")
+            assert entry["pid"] == new_shard != shard["pid"] and entry["start_time"] > 0
+            refs = [ProcessRef(c["pid"], c["start_time"]) for c in manifest["components"]]
+            refs += [ref for _, ref in cluster.extra_pids()] + [old, old_shard]
+        deadline = time.monotonic() + 10
+        while any(ref.alive() for ref in refs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [ref for ref in refs if ref.alive()] == []
+        assert tagged_processes(TAG, registry.env[TAG]) == []  # nothing the manifest forgot either
+        assert registry.added[:3] == ["redis", "fault proxy", "launcher"]
+    finally:  # a failed check must not leave the cluster behind
+        for _, ref in tagged_processes(TAG, registry.env[TAG]):
+            ref.signal(signal.SIGKILL)
