@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.runner.target import RunningTarget, start_recommender
+from harness.runner.target import start_recommender
 from harness.sut.recommender import RecommenderOptions
+from harness.sut.target import Target
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -33,7 +34,7 @@ TAG = "RECCHAOS_TEST_TAG"
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTarget]:
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     """The scenarios' recommender, up for the module (as `recchaos sut up` leaves one)."""
     options = RecommenderOptions(shards=4, preset="tiny", redis=True)
     target = start_recommender(options, tmp_path_factory.mktemp("running") / "cluster")

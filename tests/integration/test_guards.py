@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.sut.procs import free_port
+from harness.process import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]
 
