@@ -22,8 +22,17 @@ RUN_TIMEOUT_S = 240
 
 
 def _recchaos(log: Path, *args: str) -> ManagedProcess:
+    """The harness as a child whose Ctrl-C works. A shell starts background jobs with SIGINT
+    ignored, and an ignored signal stays ignored across exec (so Python installs no
+    KeyboardInterrupt handler): a test run started that way would send a Ctrl-C nobody hears.
+    A handled signal is reset to its default at exec, so SIGINT is handled here while the
+    child starts."""
     argv = [sys.executable, "-m", "harness.cli", *args]
-    return ManagedProcess(argv, log, name="recchaos", group=True).start()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return ManagedProcess(argv, log, name="recchaos", group=True).start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _output(proc: ManagedProcess) -> str:
