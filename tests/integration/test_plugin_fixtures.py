@@ -28,7 +28,9 @@ def test_load_runs_open_loop_phases_and_judges_every_window(load, recommender):
 
 def test_chaos_kills_a_primary_and_the_replica_serves(chaos, request):
     chaos.kill("shard-0-primary", at_s=3, duration_s=3)
-    run = chaos.run(rate=100, duration_s=9, warmup_s=2)
+    # The after-window opens once the restarted primary is back and settled (about 8.5 s): 12 s
+    # of load leave it 3.5 s, 350 requests, above the 100 a window needs to be judged.
+    run = chaos.run(rate=100, duration_s=12, warmup_s=2)
     [kill] = run.timeline
     assert kill.kind == "kill" and kill.target == "shard-0-primary" and kill.verified
     assert kill.heal_ns is not None  # started again by the heal: the next test gets it back
