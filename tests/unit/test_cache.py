@@ -1,15 +1,13 @@
-"""The gateway's caches: L1 rows in process, L2 in a real redis-server (and a dead one)."""
+"""The gateway's caches: L1 rows in process, the L2 row codec (L2 against a real Redis:
+tests/integration/test_cache_redis.py)."""
 
 from __future__ import annotations
-
-import socket
-import time
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from system_under_test.gateway.cache import RedisL2, RowCache, pack_row, unpack_row
+from system_under_test.gateway.cache import RowCache, pack_row, unpack_row
 
 
 def rows_for(ids: np.ndarray, dim: int = 4) -> np.ndarray:
@@ -76,77 +74,3 @@ def test_row_packing_round_trip():
     row = np.arange(8, dtype=np.float32) / 3
     np.testing.assert_array_equal(unpack_row(pack_row(row), 8), row)
     assert unpack_row(b"short", 8) is None and unpack_row(None, 8) is None
-
-
-def test_l2_round_trip_with_real_redis(redis_server):
-    errors: list[str] = []
-    l2 = RedisL2(redis_server.url, on_error=errors.append)
-    try:
-        assert l2.ping()
-        row = np.linspace(0, 1, 16, dtype=np.float32)
-        assert l2.set_many({"t:user:1": pack_row(row), "t:user:2": pack_row(row * 2)})
-        got = l2.mget(["t:user:1", "t:user:2", "t:user:3"])
-        assert got is not None
-        np.testing.assert_array_equal(unpack_row(got[0], 16), row)
-        np.testing.assert_array_equal(unpack_row(got[1], 16), row * 2)
-        assert got[2] is None
-        assert errors == [] and l2.errors == 0
-    finally:
-        l2.close()
-
-
-def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_l2_redis_down_is_a_fast_miss_then_skipped():
-    errors: list[str] = []
-    l2 = RedisL2(f"redis://127.0.0.1:{_dead_port()}/0", on_error=errors.append, skip_s=1.0)
-    try:
-        t0 = time.perf_counter()
-        assert l2.mget(["a"]) is None
-        first = time.perf_counter() - t0
-        assert first < 0.005, f"a dead Redis cost {first * 1000:.2f} ms; the budget is 5 ms"
-        assert errors == ["get"] and l2.errors == 1 and not l2.available
-        t0 = time.perf_counter()
-        for _ in range(100):
-            assert l2.mget(["a"]) is None
-            assert not l2.set_many({"a": b"1"})
-        per_call = (time.perf_counter() - t0) / 200
-        assert per_call < 0.0001 and l2.errors == 1  # skipped by the breaker, not retried
-    finally:
-        l2.close()
-
-
-def test_l2_frozen_redis_times_out_in_milliseconds():
-    """A listener that never answers (like a SIGSTOPped Redis): the 2 ms timeouts bound it."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        port = listener.getsockname()[1]
-        l2 = RedisL2(f"redis://127.0.0.1:{port}/0", skip_s=0.0)
-        try:
-            costs = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                assert l2.mget(["a"]) is None
-                costs.append(time.perf_counter() - t0)
-            assert "Timeout" in l2.last_error
-            # 2 ms timeout plus Python overhead; the max allows for a scheduling hiccup.
-            assert min(costs) < 0.005 and max(costs) < 0.02, f"costs {costs}"
-        finally:
-            l2.close()
-
-
-def test_l2_restarted_redis_is_used_again_after_skip(redis_server):
-    clock = [0.0]
-    l2 = RedisL2(redis_server.url, skip_s=1.0, clock=lambda: clock[0])
-    try:
-        l2._failed("get", RuntimeError("simulated"))
-        assert l2.mget(["x"]) is None  # skipped
-        clock[0] = 1.5
-        assert l2.mget(["x"]) == [None]  # used again
-    finally:
-        l2.close()

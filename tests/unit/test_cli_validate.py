@@ -1,9 +1,9 @@
 """``recchaos scenarios validate``: exit 0 for valid files, 2 for invalid ones, with messages that
-name the file, the field path, the value and what is allowed; the real CLI as a subprocess."""
+name the file, the field path, the value and what is allowed (the real CLI in a fresh interpreter:
+tests/integration/test_cli_subprocess.py)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,18 +33,6 @@ def bad_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(BAD)
     return path
-
-
-def run_cli(*args, timeout=60):
-    """The real console entry point in a fresh interpreter; shows its output on failure."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return proc
 
 
 def test_examples_validate(monkeypatch, capsys):
@@ -113,25 +101,3 @@ def test_sut_becomes_the_recommenders_command_line(monkeypatch):
         cli.main(["sut", "up", "--shards", "2", "--help"])
     argv = [sys.executable, "-m", "system_under_test", "up", "--shards", "2", "--help"]
     assert calls == [(sys.executable, argv, "recchaos sut")]
-
-
-def test_real_cli_subprocess(bad_file):
-    proc = run_cli("scenarios", "validate", str(bad_file))
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert f"{bad_file}: 2 problems" in proc.stderr
-    proc = run_cli("scenarios", "validate", *EXAMPLES)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-
-
-def test_pure_layers_import_without_torch_locust_or_the_sut():
-    code = (
-        "import sys, harness.cli, harness.model.scenario, harness.model.record, "
-        "harness.metrics, harness.checks\n"
-        "harness.cli.main(['scenarios', 'validate', 'scenarios/primary_kill.yaml'])\n"
-        "bad = [m for m in ('torch', 'locust', 'gevent', 'system_under_test') if m in sys.modules]\n"
-        "sys.exit(1 if bad else 0)"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -5,8 +5,6 @@ messages, scenario collection. No cluster is started here (tests/integration cov
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -462,27 +460,6 @@ def test_markers_are_registered_once(chaos_dir):
     result = run(chaos_dir, "--markers")
     for name in ("chaos", "nightly", "gpu", "docker", "root"):
         assert sum(line.startswith(f"@pytest.mark.{name}") for line in result.outlines) == 1
-
-
-def test_the_repository_loads_the_plugin_once_from_its_conftest_and_entry_point():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--co",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "scenarios/steady_state.yaml",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "scenarios/steady_state.yaml::steady_state" in out.stdout
 
 
 @pytest.mark.parametrize(
