@@ -1,7 +1,7 @@
 """Component benchmarks (pytest-benchmark): the per-request building blocks, one at a time.
 
 Routing, the gateway's L1 row-cache lookup, the ranker forward pass (tiny preset), histogram
-recording, and one whole gateway request in process (the real ``RecommendService`` with its shard
+recording, per-window statistics of a long run, and one whole gateway request in process (the real ``RecommendService`` with its shard
 calls answered by in-process ``ShardService`` objects, frames encoded and decoded as on the wire,
 no sockets). The gateway's metrics, side by side: the metric updates one real request makes,
 replayed on the hand-written exporter (``system_under_test/gateway/metrics.py``) and on the same
@@ -105,6 +105,29 @@ def test_histogram_record(benchmark) -> None:
 
     h = benchmark(record)
     assert h.count == 1050
+
+
+def test_window_stats(benchmark) -> None:
+    """Per-window statistics of a 1,000 s run at 200 requests/s (200,000 requests) with 8 faults:
+    what judging a long nightly run costs (the windows are found with vectorised masks)."""
+    from harness.metrics import window_stats, windows_for
+    from harness.model.record import FaultEvent
+    from harness.model.requestlog import empty_log
+
+    n = 200_000
+    rows = empty_log(n)
+    rows["intended_ns"] = np.arange(n, dtype=np.int64) * 5_000_000
+    rows["send_ns"] = rows["intended_ns"] + 100_000
+    rows["done_ns"] = rows["send_ns"] + 2_000_000
+    rows["status"] = 200
+    faults = [
+        FaultEvent("kill", "gateway", {}, "faults[0]", t * 10**9, 0.0, (t + 5) * 10**9, None, True)
+        for t in range(100, 900, 100)
+    ]
+    windows = windows_for(faults, 0.0, 1000.0, 5.0, 2.0)
+
+    stats = benchmark(lambda: [window_stats(rows, w, 20) for w in windows])
+    assert sum(s.count for s in stats if s.window.kind == "during") == 8 * 5 * 200
 
 
 class InProcessShard:

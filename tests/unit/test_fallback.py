@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from virtual_time import run_virtual
 
 from system_under_test import protocol
 from system_under_test.gateway.calls import ShardCaller, ShardCallFailed, ShardCopies
@@ -321,7 +322,7 @@ def test_tier_order_and_worst():
     assert worst(Tier.STATIC, Tier.DEGRADED) is Tier.STATIC
 
 
-# ---- the executor on a real event loop, with fake clients
+# ---- the executor on an event loop with a virtual clock, with fake clients
 
 
 class FakeClient:
@@ -349,8 +350,8 @@ def run_call(primary: str, replica: str | None, deadline_s: float = 0.05, repeat
     async def scenario():
         p = FakeClient("p", primary)
         r = FakeClient("r", replica) if replica else None
-        caller = ShardCaller([ShardCopies(0, p, r)], GatewayMetrics())
         loop = asyncio.get_running_loop()
+        caller = ShardCaller([ShardCopies(0, p, r)], GatewayMetrics(), clock=loop.time)
         results = []
         for _ in range(repeat):
             try:
@@ -361,11 +362,7 @@ def run_call(primary: str, replica: str | None, deadline_s: float = 0.05, repeat
         await asyncio.sleep(0.01)  # let cancelled losers finish
         return results, p, r, caller
 
-    caller_clock = asyncio.new_event_loop()
-    try:
-        return caller_clock.run_until_complete(scenario())
-    finally:
-        caller_clock.close()
+    return run_virtual(scenario())
 
 
 def test_executor_frozen_primary_is_hedged_and_the_loser_cancelled():

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from virtual_time import run_virtual
 
 from system_under_test import protocol, sharding
 from system_under_test.protocol import Message, RemoteError
@@ -343,8 +344,8 @@ def test_delay_fault_delays_without_blocking():
         await asyncio.gather(svc.handle(msg), svc.handle(msg))
         return loop.time() - start
 
-    elapsed = asyncio.run(two_calls())
-    assert 0.025 < elapsed < 0.5
+    elapsed = run_virtual(two_calls())  # virtual seconds: two 30 ms delays side by side
+    assert elapsed == pytest.approx(0.030)
 
 
 def test_corrupted_reply_still_encodes():

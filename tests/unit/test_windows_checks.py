@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 
 import numpy as np
 import pytest
@@ -159,14 +158,13 @@ def test_unsent_requests_count_against_the_window():
     assert s.sent_ratio == 0.95 and s.errors == 50 and s.error_kinds == {"not_sent": 50}
 
 
-def test_window_stats_is_vectorised():
+def test_window_stats_of_a_long_run_count_every_request_once():
+    # Its cost: benchmarks/test_components.py::test_window_stats.
     rows = synth(1000, 200, healthy)  # 200,000 requests
     wins = windows_for(
         [event("kill", "gateway", t, t + 5) for t in range(100, 900, 100)], 0.0, 1000.0, 5.0, 2.0
     )
-    start = time.perf_counter()
     stats = [window_stats(rows, w, 20) for w in wins]
-    assert time.perf_counter() - start < 3.0
     assert sum(s.count for s in stats if s.window.kind == "during") == 8 * 5 * 200
 
 
