@@ -200,6 +200,8 @@ def run_scenario(args: argparse.Namespace) -> int:
         return dry_run(settings, settings.manifest)
     outcome = run(settings)
     print(f"run record: {outcome.run_dir / 'run.json'}")
+    if outcome.record is not None:
+        add_to_history(outcome.run_dir)
     if args.junit and outcome.record is not None:
         from reports.junit import write_junit
 
@@ -209,6 +211,21 @@ def run_scenario(args: argparse.Namespace) -> int:
     if outcome.exit_code != 0:
         print(f"{outcome.message}\nReproduce with: {outcome.replay}")
     return outcome.exit_code
+
+
+def add_to_history(run_dir: Path, log: Callable[[str], object] = print) -> None:
+    """Add a finished run to the history store (``$RECCHAOS_HISTORY``, else ``history.sqlite``
+    beside the run directory). Here, in the adapter, because the runner never imports reports;
+    a convenience, so never fatal: the run's verdict and exit code stand whatever happens."""
+    from reports.history.store import append_run, default_db
+
+    db = default_db(run_dir)
+    try:
+        run_id = append_run(run_dir, db)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or locked store must not fail the run
+        log(f"history: run not added to {db}: {type(exc).__name__}: {exc}")
+    else:
+        log(f"history: run {run_id} in {db}")
 
 
 # report, compare, trend, history (reports/: reads saved run records only) ---------------------

@@ -349,17 +349,6 @@ def _write_extra(
     (run_dir / "details.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
 
 
-def finish_record(record: RecordFile, status: str, log=print) -> None:
-    """Close run.json, then add the run to the history store (a convenience: never fatal)."""
-    record.finish(status, ended_wall=time.time())
-    try:
-        from reports.history import append_run
-
-        append_run(record.path.parent)
-    except Exception as exc:  # noqa: BLE001
-        log(f"history: run not appended: {type(exc).__name__}: {exc}")
-
-
 # -- where the target comes from -------------------------------------------------------------
 
 
