@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-ROOT = REPO
 
 
 def test_artifacts_module_does_not_import_torch():
@@ -44,6 +43,6 @@ def test_pure_layers_import_without_torch_locust_or_the_sut():
         "sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

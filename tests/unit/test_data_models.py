@@ -1,7 +1,7 @@
 """Unit tests of the synthetic data (``data.py``) and the models (``models.py``).
 
 Small configurations only: every generation here takes milliseconds, and models are untrained
-(the training path is covered by ``test_artifacts.py``).
+(the training path is covered by ``tests/integration/test_artifacts.py``).
 """
 
 from __future__ import annotations

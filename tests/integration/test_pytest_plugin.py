@@ -1,6 +1,7 @@
 """The pytest plugin itself, with pytester and a fake runner: how verdicts map to outcomes, the
 lines a failure prints (the replay line above all), exit codes, option resolution and its error
-messages, scenario collection. No cluster is started here (tests/integration covers that)."""
+messages, scenario collection, each through an in-process pytest session (pytester). No cluster is started
+here (test_plugin_fixtures.py starts real ones)."""
 
 from __future__ import annotations
 
@@ -111,7 +112,10 @@ def chaos_dir(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyt
 
 
 def run(p: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return p.runpytest(*_plugin_args(), "-p", "no:cacheprovider", "-rA", *args)
+    # no:benchmark: pytest-benchmark asks git for the project's name when a session starts
+    return p.runpytest(
+        *_plugin_args(), "-p", "no:cacheprovider", "-p", "no:benchmark", "-rA", *args
+    )
 
 
 def write(p: pytest.Pytester, rel: str, text: str) -> Path:
