@@ -16,7 +16,10 @@ Control endpoints, answered at once, even while frozen:
   a request that arrived during it is answered ``service_ms`` after the end, one that was due
   during it at the end. Answers ``{"start_ns": ..., "end_ns": ...}`` (time.monotonic_ns()).
 * ``POST /_stub/config`` ``{"service_ms": 2, "tier": "replica", "status": 503}``: change them.
-* ``GET /_stub/stats``: ``{"requests": n, "answered": n, "connections": n}``.
+* ``GET /_stub/stats``: ``{"requests": n, "answered": n, "connections": n, "late_us": {...}}``;
+  ``late_us`` is how late the stub itself sent its delayed answers (``p25``, ``p50``, ``p75`` in
+  microseconds past their due time, over the last 100,000, reset by ``/_stub/config``): the
+  stub's own part of a measured service time, for calibrations that compare against it.
 
 Once listening it prints one line, ``{"event": "ready", "port": P, "pid": PID}``, on stdout.
 """
@@ -32,6 +35,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +91,7 @@ class Stub:
         self._seq = 0
         self._timer = TimerFd()
         self._armed_at = 0
+        self.late_ns: deque[int] = deque(maxlen=100_000)
         loop.add_reader(self._timer.fd, self._fire)
 
     def close(self) -> None:
@@ -126,9 +131,17 @@ class Stub:
         if now >= self.frozen_until:
             heap = self._heap
             while heap and heap[0][0] <= now:
-                _, _, conn, data, keep_alive = heapq.heappop(heap)
+                due, _, conn, data, keep_alive = heapq.heappop(heap)
                 self._send(conn, data, keep_alive)
+                self.late_ns.append(now - max(due, self.frozen_until))
         self._arm()
+
+    def lateness_us(self) -> dict[str, float | None]:
+        late = sorted(self.late_ns)
+        return {
+            f"p{q}": (late[min(len(late) - 1, len(late) * q // 100)] / 1e3 if late else None)
+            for q in (25, 50, 75)
+        }
 
     def _send(self, conn: Conn, data: bytes, keep_alive: bool) -> None:
         if conn.transport.is_closing():
@@ -148,6 +161,7 @@ class Stub:
         if path == "/_stub/config" and method == "POST":
             if "service_ms" in args:
                 self.config.service_ns = int(float(args["service_ms"]) * 1e6)
+            self.late_ns.clear()
             self.config.tier = str(args.get("tier", self.config.tier))
             self.config.status = int(args.get("status", self.config.status))
             return 200, {
@@ -160,6 +174,7 @@ class Stub:
                 "requests": self.requests,
                 "answered": self.answered,
                 "connections": self.connections,
+                "late_us": self.lateness_us(),
             }
         return 404, {"error": f"unknown control endpoint {method} {path}"}
 
