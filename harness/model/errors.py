@@ -101,13 +101,26 @@ def _render(value: object, out: list[str], budget: int, depth: int) -> int:
             return budget - 3
         return _render_items(value, out, budget, depth)
     if isinstance(value, str | bytes):
-        text = repr(value[:budget])
+        text = _cut_repr(value, budget)
     elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
         text = f"<an integer of {value.bit_length()} bits>"  # repr of 5,000 digits raises
     else:
         text = repr(value)[:budget]
     out.append(text)
     return budget - len(text)
+
+
+def _cut_repr(value: str | bytes, budget: int) -> str:
+    """``repr`` of the first ``budget`` characters, quoted as ``repr`` quotes the whole value:
+    double quotes when it holds a single quote and no double quote (a prefix alone may not)."""
+    if len(value) <= budget:
+        return repr(value)
+    prefix = value[:budget]
+    quote = "'" if isinstance(value, str) else b"'"
+    dquote = '"' if isinstance(value, str) else b'"'
+    if quote in value and dquote not in value:  # type: ignore[operator]  # C-speed scans
+        return repr(prefix + quote)[:-2] + '"'  # type: ignore[operator]  # the ' forces "..."
+    return repr(prefix)
 
 
 def _render_items(value: Any, out: list[str], budget: int, depth: int) -> int:
