@@ -19,6 +19,9 @@ The manifest is a public interface read by other tools; its keys stay stable::
      ...}
 
 ``start_time`` is the process's start in seconds since the epoch (psutil's ``create_time``).
+``control_token_file`` names the file (mode 0600, beside the manifest) holding the token the
+servers' ``control`` op requires: the one ``up`` was given in ``RECCHAOS_CONTROL_TOKEN``, or a
+new one; every component gets it in its environment (``auth.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from system_under_test.auth import ensure_token, token_path
 from system_under_test.probe import http_get, ping
 from system_under_test.process import (
     ManagedProcess,
@@ -408,6 +412,7 @@ def start(args: argparse.Namespace, log=print) -> dict[str, Any]:
     meta = load_metadata(art_dir)
     log_dir = args.log_dir or args.manifest.parent / "logs"
     comps = plan_cluster(args, log_dir)
+    ensure_token(token_path(args.manifest))  # in the environment every component inherits
     log(f"starting {len(comps)} processes (model {meta['version']}, logs in {log_dir})")
     wrote = False
     try:
@@ -450,6 +455,7 @@ def _manifest(
         "startup_seconds": round(startup_s, 3),
         "components": [c.to_json() for c in comps],
         "routes": dict(args.routes or {}),
+        "control_token_file": str(token_path(args.manifest)),
     }
 
 
@@ -465,6 +471,7 @@ def stop(manifest_path: Path, timeout_s: float = 10.0, log=print) -> list[str]:
     left = stop_processes(targets, timeout_s, log=lambda line: log(f"  {line}")).left
     if not left:
         manifest_path.unlink(missing_ok=True)
+        token_path(manifest_path).unlink(missing_ok=True)
     return left
 
 

@@ -6,7 +6,8 @@ serves it over the same framed protocol as the shards (``docs/protocol.md``):
 
 * ``ping``       ``{"role": "region", "version", ...}``;
 * ``recommend``  ``k`` distinct item ids for a history and dense features, best first;
-* ``control``    the same per-request fault points as a shard (``shard_server.FaultPoints``).
+* ``control``    the same per-request fault points as a shard (``shard_server.FaultPoints``),
+                 with the same token.
 
 ``RegionModel`` is the computation, testable without sockets; ``RegionService`` maps ops to it;
 ``main`` is the process (the plumbing is shared with ``shard_server``).
@@ -98,9 +99,9 @@ def to_array(x: Any, dtype: type) -> np.ndarray:
 
 
 class RegionService:
-    def __init__(self, model: RegionModel, version: str) -> None:
+    def __init__(self, model: RegionModel, version: str, control_token: str | None = None) -> None:
         self.model, self.version = model, version
-        self.faults = FaultPoints()
+        self.faults = FaultPoints(control_token)
 
     async def handle(self, msg: Message) -> Reply:
         reply = self.respond(msg)
@@ -162,6 +163,7 @@ def main(argv: list[str]) -> int:
     add_common_arguments(parser)
     args = parse_or_exit(parser, argv)
     from system_under_test.artifacts import ArtifactError
+    from system_under_test.auth import token_from_env
     from system_under_test.runtime import configure_process, freeze_heap, run_until_signalled
 
     log = configure_process("region")
@@ -170,7 +172,7 @@ def main(argv: list[str]) -> int:
     except (StartupError, ArtifactError) as exc:
         log.error("%s", exc)
         return 1
-    service = RegionService(model, version)
+    service = RegionService(model, version, token_from_env())
     freeze_heap()
 
     def ready(port: int) -> str:

@@ -10,7 +10,8 @@ over the framed protocol of ``protocol.py`` (specified in ``docs/protocol.md``):
                adds the partials of several shards and divides by the total count for a mean;
 * ``retrieve`` the shard's best ``top_n`` items for a query vector, with their rows, plus (in the
                same call) partial sums of a bag of owned items: one call per shard per request;
-* ``control``  the per-request fault points (``FaultPoints``) that chaos scenarios switch on.
+* ``control``  the per-request fault points (``FaultPoints``) that chaos scenarios switch on;
+               only with the token the server was started with (``auth.py``).
 
 Layers, pure first: ``ShardTables`` is the computation (no sockets, no clock), ``FaultSpec`` and
 ``FaultPoints`` decide injected faults from a hash of (seed, request id), ``ShardService`` maps ops
@@ -36,7 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from system_under_test import protocol, sharding
+from system_under_test.auth import TOKEN_VARIABLE, token_matches
 from system_under_test.protocol import Message, RemoteError, Tensors
+
+control_log = logging.getLogger("control")
 
 TABLES = ("user", "item")
 ROLES = ("primary", "replica")
@@ -426,11 +430,18 @@ def request_key(header: Mapping[str, Any]) -> Any:
 
 
 class FaultPoints:
-    """The switchable fault points of one server, and counters that prove they fired."""
+    """The switchable fault points of one server, and counters that prove they fired.
 
-    def __init__(self) -> None:
+    ``token``: what a ``control`` request must carry in its ``token`` field (compared in
+    constant time); None switches the fault points off for good: every ``control`` is refused.
+    A refused request is answered ``unauthorized`` and logged.
+    """
+
+    def __init__(self, token: str | None = None) -> None:
         self.spec: FaultSpec | None = None
         self.counts = dict.fromkeys(("requests", *FAULT_KINDS), 0)
+        self._token = token
+        self.refused = 0
 
     def plan(self, op: str, header: Mapping[str, Any]) -> FaultPlan:
         if self.spec is None:
@@ -445,7 +456,9 @@ class FaultPoints:
 
     def control(self, header: Mapping[str, Any]) -> dict[str, Any]:
         """The ``control`` op: ``{"faults": {...}}`` sets (and zeroes the counters),
-        ``{"clear": true}`` clears (counters kept for reading); either way the state is returned."""
+        ``{"clear": true}`` clears (counters kept for reading); either way the state is returned.
+        Only with the server's token (``token``); anything else is refused."""
+        self._authorize(header)
         if "faults" in header and header.get("clear"):
             raise RemoteError("bad_request", "send either 'faults' or 'clear', not both")
         if "faults" in header:
@@ -457,6 +470,23 @@ class FaultPoints:
             "faults": self.spec.to_fields() if self.spec else None,
             "injected": dict(self.counts),
         }
+
+    def _authorize(self, header: Mapping[str, Any]) -> None:
+        given = header.get("token")
+        if token_matches(self._token, given):
+            return
+        self.refused += 1
+        if self._token is None:
+            why = f"this server was started without {TOKEN_VARIABLE}: its fault points are off"
+        else:
+            why = "no 'token' field" if given is None else "the 'token' field does not match"
+        control_log.warning(
+            "refused control request id=%r (%s; %d refused so far)",
+            header.get("id"),
+            why,
+            self.refused,
+        )
+        raise RemoteError("unauthorized", f"control refused: {why}")
 
     def respond(
         self, op: str, header: Mapping[str, Any], compute: Callable[[], Reply]
@@ -492,9 +522,11 @@ def _faulted(op: str, plan: FaultPlan, compute: Callable[[], Reply]) -> Reply:
 class ShardService:
     """Maps request ops to ``ShardTables``, through the fault points."""
 
-    def __init__(self, tables: ShardTables, role: str, version: str) -> None:
+    def __init__(
+        self, tables: ShardTables, role: str, version: str, control_token: str | None = None
+    ) -> None:
         self.tables, self.role, self.version = tables, role, version
-        self.faults = FaultPoints()
+        self.faults = FaultPoints(control_token)
         self._ops: dict[str, Callable[[Message], Reply]] = {
             "lookup": self._lookup,
             "retrieve": self._retrieve,
@@ -666,6 +698,7 @@ def main(argv: list[str]) -> int:
 
     args = parse_or_exit(parser, argv, check)
     from system_under_test.artifacts import ArtifactError
+    from system_under_test.auth import token_from_env
     from system_under_test.runtime import configure_process, freeze_heap, run_until_signalled
 
     log = configure_process(f"shard-{args.shard}-{args.role}")
@@ -674,7 +707,7 @@ def main(argv: list[str]) -> int:
     except (StartupError, ArtifactError) as exc:
         log.error("%s", exc)
         return 1
-    service = ShardService(tables, args.role, version)
+    service = ShardService(tables, args.role, version, token_from_env())
     freeze_heap()
 
     def ready(port: int) -> str:

@@ -8,7 +8,9 @@ per connection, every socket operation under a timeout. A control request ``{"fa
 replaces the server's whole fault map and zeroes its counters, so the faults active on one
 address in this process are merged (``seed`` from the context, each fault's rate under the
 server's field name) and the merged map is sent on every apply and heal; the last heal sends
-``{"clear": true}``.
+``{"clear": true}``. Every control request carries the run's token (the ``token`` field, read
+from the context's token file; the heal action names that file, so the watchdog presents the
+token too); a server answers ``unauthorized`` without it.
 
 Evidence: the server's ``injected`` counters (``requests``, ``error``, ``delay``, ``nan``,
 ``wrong_shape``) in a control reply: the fault's own point has fired at least once.
@@ -25,6 +27,7 @@ from typing import Any
 
 import msgpack
 
+from harness.auth import read_token_file
 from harness.inject.base import BaseInjector, InjectContext
 from harness.model.errors import HarnessError, UsageError
 
@@ -83,15 +86,23 @@ def call(address: str, op: str, fields: Mapping[str, Any], timeout_s: float = TI
     return reply
 
 
-def control(address: str, fields: Mapping[str, Any], timeout_s: float = TIMEOUT_S) -> dict:
-    """The ``control`` op: ``{"faults": {...}}``, ``{"clear": True}`` or ``{}`` (just report)."""
-    return call(address, "control", fields, timeout_s)
+def control(
+    address: str,
+    fields: Mapping[str, Any],
+    timeout_s: float = TIMEOUT_S,
+    token: str | None = None,
+) -> dict:
+    """The ``control`` op: ``{"faults": {...}}``, ``{"clear": True}`` or ``{}`` (just report),
+    with ``token`` (the server's control token) in the request's ``token`` field."""
+    return call(address, "control", {**fields, "token": token} if token else fields, timeout_s)
 
 
 def execute_app_clear(action: Mapping[str, Any]) -> str:
-    """Heal action ``app_clear``: switch every fault point of the server off."""
+    """Heal action ``app_clear``: switch every fault point of the server off, with the token
+    read from the action's ``token_file``."""
+    token = read_token_file(action["token_file"]) if action.get("token_file") else None
     try:
-        reply = control(str(action["address"]), {"clear": True})
+        reply = control(str(action["address"]), {"clear": True}, token=token)
     except ControlError as exc:
         if isinstance(exc.__cause__, ConnectionRefusedError):
             return f"{action['address']} is not listening; its fault points went with it"
@@ -149,12 +160,15 @@ class AppFaultInjector(BaseInjector):
             active = _ACTIVE.by_address.setdefault(self.address, {})
             self.fault_id = next(_ACTIVE.ids)
             active[self.fault_id] = self.fields
-            self.reply = control(self.address, {"faults": merged_faults(active, self.ctx.seed)})
+            self.reply = self._control({"faults": merged_faults(active, self.ctx.seed)})
+
+    def _control(self, fields: Mapping[str, Any]) -> dict:
+        return control(self.address, fields, token=self.ctx.token())
 
     def verify(self) -> tuple[bool, str]:
         if self.fault_id is None:
             return False, "not applied"
-        reply = control(self.address, {})
+        reply = self._control({})
         counts = reply.get("injected") or {}
         fired, seen = int(counts.get(self.point, 0)), int(counts.get("requests", 0))
         note = f"{self.target}: fault point {self.point} fired on {fired} of {seen} request(s)"
@@ -169,10 +183,10 @@ class AppFaultInjector(BaseInjector):
             active = _ACTIVE.by_address.get(self.address, {})
             active.pop(self.fault_id, None)
             if active:
-                control(self.address, {"faults": merged_faults(active, self.ctx.seed)})
+                self._control({"faults": merged_faults(active, self.ctx.seed)})
                 return
             _ACTIVE.by_address.pop(self.address, None)
             execute_app_clear(self.heal_action())
 
     def heal_action(self) -> dict[str, Any]:
-        return {"action": "app_clear", "address": self.address}
+        return {"action": "app_clear", "address": self.address, **self.ctx.token_action()}

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from harness.auth import manifest_token_file, read_token_file
 from harness.model.errors import HarnessError, Inconclusive, Problem, RecchaosError, UsageError
 from harness.model.fault_kinds import FAULT_KINDS, unsupported_reason
 from harness.model.faults import read_params
@@ -112,7 +113,10 @@ class InjectContext:
 
     ``components`` by name (the manifest's, plus any the runner adds such as ``redis``);
     ``proxy_url`` the fault proxy's control URL and ``routes`` the proxy route of each component
-    (default: the component's own name); ``restart(name) -> new pid`` brings a component back
+    (default: the component's own name); ``token_file`` the 0600 file holding the control token
+    the servers' fault points and the proxy require (:mod:`harness.auth`; a manifest's
+    ``control_token_file``), read at each use and named in heal actions, so the watchdog reads
+    it there too; ``restart(name) -> new pid`` brings a component back
     (the runner's supervisor); ``manifest_path``, when given, is re-read for current PIDs.
     Restarts done through an injector are remembered (``set_pid``) for components the manifest
     does not name (redis), so the context is frozen except for the PIDs it tracks.
@@ -130,6 +134,7 @@ class InjectContext:
     backend: str = "process"  # "docker": faults go to containers (harness.inject.containers)
     docker_host: str | None = None
     network: str | None = None  # the docker backend's network
+    token_file: Path | None = None
     _pids: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     _seq: Any = field(default_factory=lambda: itertools.count(1), compare=False, repr=False)
 
@@ -141,7 +146,8 @@ class InjectContext:
         **kwargs: Any,
     ) -> InjectContext:
         """A context over a manifest (a path, re-read for PIDs, or the parsed mapping); the
-        manifest's ``backend``, ``docker_host`` and ``network`` keys choose the injectors."""
+        manifest's ``backend``, ``docker_host`` and ``network`` keys choose the injectors, and
+        its ``control_token_file`` is where the control token is read."""
         if isinstance(manifest, Mapping):
             data = manifest
         else:
@@ -151,6 +157,9 @@ class InjectContext:
         for key in ("backend", "docker_host", "network"):
             if data.get(key):
                 kwargs.setdefault(key, data[key])
+        token_file = manifest_token_file(data, kwargs.get("manifest_path"))
+        if token_file is not None:
+            kwargs.setdefault("token_file", token_file)
         comps.update({c.name: c for c in extra})
         return cls(components=comps, **kwargs)
 
@@ -180,8 +189,17 @@ class InjectContext:
     def route(self, name: str) -> str:
         return self.routes.get(name, name)
 
+    def token(self) -> str | None:
+        """The control token (read from ``token_file`` now), or None without a token file.
+        Raises :class:`harness.auth.TokenError` naming the file when it cannot be used."""
+        return read_token_file(self.token_file) if self.token_file is not None else None
+
+    def token_action(self) -> dict[str, str]:
+        """What a heal action needs to present the token: where to read it."""
+        return {"token_file": str(self.token_file)} if self.token_file is not None else {}
+
     def proxy(self) -> Any:
-        """A client of the fault proxy's control API (``ProxyClient``)."""
+        """A client of the fault proxy's control API (``ProxyClient``) with the token."""
         if self.proxy_client is not None:
             return self.proxy_client
         if not self.proxy_url:
@@ -192,7 +210,7 @@ class InjectContext:
             )
         from harness.proxy.client import ProxyClient
 
-        return ProxyClient(self.proxy_url)
+        return ProxyClient(self.proxy_url, token=self.token())
 
     def short_run_id(self) -> str:
         """At most 8 letters and digits of the run id (iptables chain names are short)."""

@@ -8,7 +8,8 @@ and the region; the route of a component has the component's name unless the con
 Evidence: the route's counters since apply (``delayed_chunks`` for latency, bandwidth, slicer
 and a holding blackhole; ``dropped_bytes`` for a dropping blackhole; ``resets`` for reset), so a
 fault is verified once traffic has passed through it. Heal: remove this fault by its id
-(idempotent; a fault whose id never came back clears its route).
+(idempotent; a fault whose id never came back clears its route). Every call carries the run's
+control token; the heal action names the token file, where the watchdog reads it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from harness.auth import read_token_file
 from harness.inject.base import NO_ACTION, BaseInjector, InjectContext
 from harness.model.errors import UsageError
 from harness.model.fault_kinds import FAULT_KINDS
@@ -31,11 +33,21 @@ def evidence_counter(kind: str, params: Mapping[str, Any]) -> str:
 
 
 def execute_proxy_clear(action: Mapping[str, Any]) -> str:
-    """Heal action ``proxy_clear``: remove one fault (or, with no fault id, clear the route)."""
-    from harness.proxy.client import ProxyClient
+    """Heal action ``proxy_clear``: remove one fault (or, with no fault id, clear the route),
+    with the token read from the action's ``token_file``. A proxy that is not listening any
+    more took its faults with it."""
+    from harness.proxy.client import ProxyClient, ProxyControlError
 
-    client = ProxyClient(str(action["url"]), timeout_s=float(action.get("timeout_s", 2.0)))
-    return clear_fault(client, str(action["route"]), action.get("fault_id"))
+    token = read_token_file(action["token_file"]) if action.get("token_file") else None
+    url = str(action["url"])
+    client = ProxyClient(url, timeout_s=float(action.get("timeout_s", 2.0)), token=token)
+    try:
+        return clear_fault(client, str(action["route"]), action.get("fault_id"))
+    except ProxyControlError as exc:
+        reason = getattr(exc.__cause__, "reason", exc.__cause__)
+        if exc.status is None and isinstance(reason, ConnectionRefusedError):
+            return f"the fault proxy at {url} is not listening; its faults went with it"
+        raise
 
 
 def clear_fault(client: Any, route: str, fault_id: str | None) -> str:
@@ -97,4 +109,10 @@ class ProxyFaultInjector(BaseInjector):
         url = self.ctx.proxy_url or getattr(self.ctx.proxy_client, "control_url", None)
         if not url:
             return dict(NO_ACTION)
-        return {"action": "proxy_clear", "url": url, "route": self.route, "fault_id": self.fault_id}
+        return {
+            "action": "proxy_clear",
+            "url": url,
+            "route": self.route,
+            "fault_id": self.fault_id,
+            **self.ctx.token_action(),
+        }

@@ -1,9 +1,9 @@
 """Drive the fault proxy from the harness: a small synchronous client and a process handle.
 
 :class:`ProxyClient` speaks the control API of :mod:`harness.proxy.control` with the
-standard library (every call has a timeout)::
+standard library (every call has a timeout and carries the run's control token)::
 
-    client = ProxyClient("http://127.0.0.1:9000")
+    client = ProxyClient("http://127.0.0.1:9000", token=TOKEN)
     fid = client.add_fault("shard-0-primary", "latency", "downstream", delay_ms=5, jitter_ms=1)
     client.counters("shard-0-primary")["delayed_chunks"]
     client.remove_fault("shard-0-primary", fid)   # idempotent
@@ -11,7 +11,7 @@ standard library (every call has a timeout)::
 
 :func:`start_proxy` starts ``python -m harness.proxy`` as a
 :class:`~harness.process.ManagedProcess` (its own session; registered with the run's watchdog
-when given one), waits (bounded) until its control API answers, and returns a
+when given one; the token in its environment, never on its command line), waits (bounded) until its control API answers, and returns a
 :class:`ProxyProcess` context manager that always stops and reaps it (SIGKILL after a timeout).
 A proxy that fails to start raises :class:`~harness.process.StartError` with the last lines of
 its log.
@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from harness.auth import TOKEN_VARIABLE, new_token
 from harness.model.errors import HarnessError, UsageError
 from harness.process import ManagedProcess, ProcessRef, Registry, StartError
 from harness.proxy.config import Address, Route, check_routes, route_from_fields
@@ -57,18 +58,23 @@ class ProxyFaultRejected(UsageError):
 
 
 class ProxyClient:
-    """Synchronous client of one proxy's control API; ``timeout_s`` bounds every call."""
+    """Synchronous client of one proxy's control API; ``timeout_s`` bounds every call and
+    ``token`` (the run's control token) goes with each as ``Authorization: Bearer``."""
 
-    def __init__(self, control_url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self, control_url: str, timeout_s: float = DEFAULT_TIMEOUT_S, token: str | None = None
+    ) -> None:
         self.control_url = control_url.rstrip("/")
         self.timeout_s = timeout_s
+        self._token = token
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         url = self.control_url + path
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            url, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
                 return json.loads(resp.read() or b"null")
@@ -155,13 +161,14 @@ class ProxyProcess:
     A context manager; ``stop()`` is idempotent and always reaps the process.
     """
 
-    def __init__(self, proc: ManagedProcess, log_path: Path, ready_path: Path) -> None:
+    def __init__(self, proc: ManagedProcess, log_path: Path, ready_path: Path, token: str) -> None:
         self.proc = proc
         self.log_path = log_path
         self.ready_path = ready_path
+        self.token = token
         self.control_url = ""
         self.listen: dict[str, str] = {}
-        self.client = ProxyClient("http://127.0.0.1:0")
+        self.client = ProxyClient("http://127.0.0.1:0", token=token)
 
     @property
     def pid(self) -> int:
@@ -181,7 +188,7 @@ class ProxyProcess:
             time.sleep(0.02)
         info = json.loads(self.ready_path.read_text())
         self.control_url, self.listen = info["control_url"], dict(info["routes"])
-        self.client = ProxyClient(self.control_url)
+        self.client = ProxyClient(self.control_url, token=self.token)
         while True:
             try:
                 self.client.healthz()
@@ -243,14 +250,17 @@ def start_proxy(
     seed: int | None = None,
     exit_with_parent: bool = True,
     registry: Registry | None = None,
+    token: str | None = None,
 ) -> ProxyProcess:
     """Start one proxy process serving ``routes`` and wait until its control API answers.
 
     ``routes`` maps a name to ``(listen, upstream)``; a listen port of 0 picks a free port
     (see ``ProxyProcess.listen``). The proxy's output is appended to ``log_path``. With
     ``exit_with_parent`` the proxy stops by itself within a second if this process dies;
-    ``registry`` (the run's watchdog) hears of it the moment it exists.
+    ``registry`` (the run's watchdog) hears of it the moment it exists. ``token``: what its
+    control API requires (the run's; default: a new one, ``ProxyProcess.token``).
     """
+    token = token or new_token()
     built = build_routes(routes)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,6 +272,7 @@ def start_proxy(
         "PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
         ),
+        TOKEN_VARIABLE: token,
     }
     proc = ManagedProcess(
         proxy_command(
@@ -272,7 +283,7 @@ def start_proxy(
         env=env,
         registry=registry,
     )
-    handle = ProxyProcess(proc.start(), log_path, ready_path)
+    handle = ProxyProcess(proc.start(), log_path, ready_path, token)
     try:
         handle.wait_ready(timeout_s)
     except BaseException:

@@ -1,7 +1,10 @@
 """The fault proxy's control API: a tiny HTTP/1.1 JSON server on the proxy's own event loop.
 
 One request per connection (``Connection: close``), bounded header and body sizes, and a read
-timeout, so a stuck or hostile client cannot stall the proxy. Endpoints::
+timeout, so a stuck or hostile client cannot stall the proxy. Every endpoint but ``/healthz``
+requires the run's token (:mod:`harness.auth`) as ``Authorization: Bearer TOKEN``, compared in
+constant time; a missing or wrong one is answered 401 and logged with the client's address.
+Endpoints::
 
     GET    /healthz                      {"ok": true, "pid": ..., "routes": N, "uptime_s": ...}
     GET    /routes                       every route: listen, upstream, faults, connections,
@@ -20,15 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from harness.auth import token_matches
 from harness.proxy.config import ProxyConfigError, parse_fault
 
 if TYPE_CHECKING:
     from harness.proxy.server import Proxy
+
+log = logging.getLogger("recchaos.proxy")
+OPEN_PATHS = ("/healthz",)  # liveness only: ok, pid, route count, uptime
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
@@ -37,6 +45,7 @@ _REASONS = {
     200: "OK",
     201: "Created",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Payload Too Large",
@@ -62,17 +71,20 @@ def bad_request(field: str, value: object, allowed: str) -> HttpError:
     )
 
 
-async def start_control(proxy: Proxy, host: str, port: int) -> tuple[asyncio.AbstractServer, str]:
-    """Listen for control requests; returns the server and its base URL."""
-    api = ControlApi(proxy)
+async def start_control(
+    proxy: Proxy, host: str, port: int, token: str
+) -> tuple[asyncio.AbstractServer, str]:
+    """Listen for control requests that carry ``token``; returns the server and its base URL."""
+    api = ControlApi(proxy, token)
     server = await asyncio.start_server(api.handle, host, port, limit=MAX_HEAD)
     bound = server.sockets[0].getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     return server, f"http://{shown}:{bound}"
 
 
-async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
-    """Method, path and body of one request; raises HttpError on a malformed one."""
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
+    """Method, path, headers (names lower-cased) and body of one request; raises HttpError on
+    a malformed one."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
@@ -93,18 +105,26 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
     if length > MAX_BODY:
         raise HttpError(413, {"error": f"body of {length} bytes; at most {MAX_BODY}"})
     body = await reader.readexactly(length) if length else b""
-    return parts[0].upper(), parts[1], body
+    return parts[0].upper(), parts[1], headers, body
 
 
 class ControlApi:
-    """Routes control requests to the :class:`~harness.proxy.server.Proxy`."""
+    """Routes control requests that carry the token to the
+    :class:`~harness.proxy.server.Proxy`."""
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, token: str) -> None:
+        if not token:
+            raise ValueError("the control API needs a token (RECCHAOS_CONTROL_TOKEN)")
         self.proxy = proxy
+        self._token = token
+        self.refused = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            method, target, body = await asyncio.wait_for(read_request(reader), READ_TIMEOUT_S)
+            method, target, headers, body = await asyncio.wait_for(
+                read_request(reader), READ_TIMEOUT_S
+            )
+            self.authorize(method, target, headers, writer.get_extra_info("peername"))
             status, payload = self.dispatch(method, target, body)
         except HttpError as exc:
             status, payload = exc.status, exc.body
@@ -115,8 +135,9 @@ class ControlApi:
             status, payload = 500, {"error": f"{type(exc).__name__}: {exc}"}
         data = json.dumps(payload, separators=(",", ":")).encode()
         reason = _REASONS.get(status, "")
+        challenge = "WWW-Authenticate: Bearer\r\n" if status == 401 else ""
         writer.write(
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{challenge}"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
             + data
         )
@@ -126,6 +147,31 @@ class ControlApi:
             pass
         finally:
             writer.close()
+
+    def authorize(self, method: str, target: str, headers: dict[str, str], peer: Any) -> None:
+        """Raise 401 unless the request carries the token (``/healthz`` needs none)."""
+        if urlsplit(target).path.rstrip("/") in OPEN_PATHS:
+            return
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token_matches(self._token, given.strip()):
+            return
+        self.refused += 1
+        why = "no Authorization header" if "authorization" not in headers else "a wrong token"
+        log.warning(
+            "refused %s %s from %s: %s (%d refused so far)",
+            method,
+            target[:200],
+            _peer_text(peer),
+            why,
+            self.refused,
+        )
+        raise HttpError(
+            401,
+            {
+                "error": f"{why}: the control API needs 'Authorization: Bearer TOKEN' with the "
+                "run's control token"
+            },
+        )
 
     def dispatch(self, method: str, target: str, body: bytes) -> tuple[int, dict[str, Any]]:
         parts = [unquote(p) for p in urlsplit(target).path.split("/") if p]
@@ -183,6 +229,12 @@ class ControlApi:
             raise HttpError(400, exc.to_json()) from None
         fid = self.proxy.add_fault(name, fault)
         return 201, {"id": fid, "route": name, **fault.to_dict()}
+
+
+def _peer_text(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "an unknown peer")
 
 
 def _allow(method: str, *allowed: str) -> None:

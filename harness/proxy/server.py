@@ -12,7 +12,9 @@ no queue); with faults it queues ``(due time, bytes)`` in arrival order and a ti
 piece when due, so byte order per direction always holds. Reads pause while a pipe holds more
 than :data:`HIGH_WATER` bytes or its destination is full (TCP back-pressure, bounded memory).
 A ``reset`` answers with RST (``SO_LINGER`` 0, then close). The control API lives in
-:mod:`harness.proxy.control`; specs are parsed by :mod:`harness.proxy.config`.
+:mod:`harness.proxy.control`; specs are parsed by :mod:`harness.proxy.config`. The proxy takes
+its control token from ``RECCHAOS_CONTROL_TOKEN`` (:mod:`harness.auth`) and refuses to start
+without one: an open control API would let any local user inject faults into a run.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.auth import TOKEN_VARIABLE, token_from_env
 from harness.proxy.config import (
     Address,
     ProxyConfigError,
@@ -622,7 +625,7 @@ async def watch_parent(pid: int, stop: asyncio.Event, interval_s: float = 0.5) -
         await asyncio.sleep(interval_s)
 
 
-async def serve(args: argparse.Namespace, routes: list[Route]) -> None:
+async def serve(args: argparse.Namespace, routes: list[Route], token: str) -> None:
     from harness.proxy.control import start_control
 
     proxy = Proxy(routes, args.seed)
@@ -633,7 +636,9 @@ async def serve(args: argparse.Namespace, routes: list[Route]) -> None:
     control = None
     try:
         await proxy.start()
-        control, control_url = await start_control(proxy, args.control_host, args.control_port)
+        control, control_url = await start_control(
+            proxy, args.control_host, args.control_port, token
+        )
         log.info("control API on %s (pid %d)", control_url, os.getpid())
         if args.ready_file is not None:
             write_ready_file(args.ready_file, proxy, control_url)
@@ -667,6 +672,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ProxyConfigError, ProxyStartError) as exc:
         log.error("%s", exc)
         return 2
+    token = token_from_env()
+    if token is None:
+        log.error(
+            "%s is not set: the control API needs the run's token (start the proxy with "
+            "harness.proxy.client.start_proxy, which sets it)",
+            TOKEN_VARIABLE,
+        )
+        return 2
     if args.priority == "realtime":
         # An instrument, not part of the system under test: it should add exactly the delay
         # it is asked for. Event-driven and a few microseconds per chunk, so it takes little
@@ -680,9 +693,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.loop == "uvloop":
             import uvloop
 
-            uvloop.run(serve(args, routes))
+            uvloop.run(serve(args, routes, token))
         else:
-            asyncio.run(serve(args, routes))
+            asyncio.run(serve(args, routes, token))
     except ProxyStartError as exc:
         log.error("%s", exc)
         return 2

@@ -24,6 +24,12 @@ Every container, the network and an imported image carry the label ``recchaos.cl
 registered with the run's watchdog before the first of them exists, and :func:`remove_cluster`
 is how the watchdog removes them all if the harness dies. Nothing is published beyond loopback
 unless ``RECCHAOS_DOCKER_PUBLISH`` says so.
+
+The run's control token (:mod:`harness.auth`) goes to the containers in their environment: the
+shard copies and the region require it for their ``control`` op, Redis writes it to a 0600
+config file as its password before it starts (a shell builtin, so it never appears on a command
+line) and the gateway sends it as its Redis password. The harness keeps it in ``control.token``
+beside the manifest (0600; the manifest's ``control_token_file``).
 """
 
 from __future__ import annotations
@@ -43,6 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.auth import (
+    REDIS_PASSWORD_VARIABLE,
+    TOKEN_FILE_NAME,
+    TOKEN_VARIABLE,
+    new_token,
+    write_token_file,
+)
 from harness.docker_engine import docker_client, engine_is_local
 from harness.model.errors import UsageError
 from harness.process import ManagedProcess, ProcessRef, StartError, wait_until
@@ -243,6 +256,8 @@ class DockerCluster:
         self._imported: str | None = None
         self._planned: dict[str, Planned] = {}
         self._lock = threading.Lock()
+        self.token = new_token()
+        self.token_file = workdir / TOKEN_FILE_NAME
 
     # -- plan ----------------------------------------------------------------------------------
     @property
@@ -278,9 +293,7 @@ class DockerCluster:
         region = py + ["serve-region", "--host", "0.0.0.0", "--port", str(INTERNAL_PORT)]
         out.append(Planned("region", "region", None, INTERNAL_PORT, region + common))
         if o.redis:
-            redis = ["redis-server", "--port", str(REDIS_PORT), "--bind", "0.0.0.0"]
-            redis += ["--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", "/tmp"]
-            out.append(Planned("redis", "redis", None, REDIS_PORT, redis))
+            out.append(Planned("redis", "redis", None, REDIS_PORT, redis_command()))
         gw = py + ["serve-gateway", "--host", "0.0.0.0", "--port", str(GATEWAY_PORT)]
         gw += ["--sla-ms", str(o.sla_ms), "--region", f"region:{INTERNAL_PORT}"] + common
         for p in out:
@@ -295,6 +308,7 @@ class DockerCluster:
     def start(self) -> DockerCluster:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
+        write_token_file(self.token_file, self.token)
         if self.registry is not None:
             self.registry.add_docker(self.cluster_id, self.docker.docker_host)
         try:
@@ -371,7 +385,7 @@ class DockerCluster:
             "detach": True,
             "labels": {LABEL: self.cluster_id, "recchaos.component": p.name},
             "ports": {f"{p.port}/tcp": (self.docker.publish, None)},
-            "environment": {"PYTHONUNBUFFERED": "1", "HOME": "/tmp"},
+            "environment": {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **self._secrets(p)},
             "network": self._network.name,
             "hostname": p.name,
         }
@@ -384,6 +398,15 @@ class DockerCluster:
             root = str(self._artifact_root())
             kw["volumes"] = {root: {"bind": root, "mode": "ro"}}
         return kw
+
+    def _secrets(self, p: Planned) -> dict[str, str]:
+        """Who gets the token: the servers (their control op), Redis and the gateway (the
+        Redis password); nobody else."""
+        if p.role in ("primary", "replica", "region"):
+            return {TOKEN_VARIABLE: self.token}
+        if p.role == "redis" or (p.role == "gateway" and self.options.redis):
+            return {REDIS_PASSWORD_VARIABLE: self.token}
+        return {}
 
     def _run(self, p: Planned) -> None:
         from docker.types import EndpointConfig
@@ -468,6 +491,7 @@ class DockerCluster:
             "started_at": time.time(),
             "startup_seconds": round(startup_s, 3),
             "components": comps,
+            "control_token_file": str(self.token_file),
         }
         self._save_manifest()
 
@@ -583,6 +607,17 @@ class DockerCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def redis_command() -> list[str]:
+    """Redis with ``RECCHAOS_REDIS_PASSWORD`` as its password: written by the shell's builtin
+    ``printf`` to a config file only its owner reads, so no command line ever holds it."""
+    script = (
+        'umask 077 && printf "requirepass %s\\n" "$RECCHAOS_REDIS_PASSWORD" > /tmp/redis.conf '
+        f"&& exec redis-server /tmp/redis.conf --port {REDIS_PORT} --bind 0.0.0.0 "
+        "--save '' --appendonly no --dir /tmp"
+    )
+    return ["sh", "-c", script]
 
 
 def _remote_host(docker_host: str | None) -> str | None:

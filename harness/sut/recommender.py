@@ -10,6 +10,12 @@ names, PIDs, start times and commands; a restart updates it in place.
 Every process it starts (Redis, the proxy, ``up`` and through it every component, a restarted
 component, ``down``) goes through :class:`harness.process.ManagedProcess` with the run's
 registry, so the watchdog knows each one from the moment it exists.
+
+It makes the run's control token (:mod:`harness.auth`) before anything starts, keeps it in
+``control.token`` beside the manifest (0600; the manifest's ``control_token_file``, where
+injectors and the watchdog read it) and hands it over without a command line: Redis gets it as
+its password (a 0600 config file), the proxy, ``up`` and a restarted component in their
+environment (``up``'s components inherit it; the gateway as its Redis password).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.auth import TOKEN_FILE_NAME, new_token, token_env, write_token_file
 from harness.process import (
     ManagedProcess,
     ProcessRef,
@@ -82,6 +89,8 @@ class RecommenderCluster:
         self._restarted: list[ManagedProcess] = []
         self._up = False
         self._manifest_lock = threading.Lock()  # restarts run in parallel (a cold start)
+        self.token = new_token()
+        self.token_file = workdir / TOKEN_FILE_NAME
 
     # -- start -------------------------------------------------------------------------------
     def _names(self) -> list[str]:
@@ -99,7 +108,11 @@ class RecommenderCluster:
         }
         self.proxy = self._stack.enter_context(
             start_proxy(
-                routes, self.workdir / "logs" / "proxy.log", timeout_s=20.0, registry=self.registry
+                routes,
+                self.workdir / "logs" / "proxy.log",
+                timeout_s=20.0,
+                registry=self.registry,
+                token=self.token,
             )
         )
         self.proxy_url = self.proxy.control_url
@@ -108,6 +121,7 @@ class RecommenderCluster:
     def start(self) -> RecommenderCluster:
         opts = self.options
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        write_token_file(self.token_file, self.token)
         try:
             if opts.redis:
                 self.redis = self._stack.enter_context(self._redis_server())
@@ -145,10 +159,15 @@ class RecommenderCluster:
         return self
 
     def _redis_server(self) -> RedisServer:
+        workdir = self.workdir / "redis"
         if self.options.redis_address is None:
-            return RedisServer(self.workdir / "redis", registry=self.registry)
+            return RedisServer(workdir, registry=self.registry, password=self.token)
         host, port = parse_address(self.options.redis_address)
-        return RedisServer(self.workdir / "redis", port or None, host, registry=self.registry)
+        return RedisServer(workdir, port or None, host, registry=self.registry, password=self.token)
+
+    def component_env(self) -> dict[str, str]:
+        """The environment of ``up`` and of a restarted component: this one's, plus the token."""
+        return {**os.environ, **token_env(self.token)}
 
     def _run_up(self, args: list[str]) -> None:
         """``up`` as a child of ours: every component inherits the registry's environment, so
@@ -158,7 +177,13 @@ class RecommenderCluster:
             f"starting the recommender ({self.options.shards} shards, preset "
             f"{self.options.preset}); log {out}"
         )
-        up = ManagedProcess(_sut_command(*args), out, name="launcher", registry=self.registry)
+        up = ManagedProcess(
+            _sut_command(*args),
+            out,
+            name="launcher",
+            env=self.component_env(),
+            registry=self.registry,
+        )
         # Interrupted while waiting: stop() stops `up`, which stops what it started (SIGTERM).
         self._stack.enter_context(up)
         code = up.wait(self.options.startup_timeout_s + 60)
@@ -226,7 +251,9 @@ class RecommenderCluster:
         if isinstance(comp.get("pid"), int) and isinstance(comp.get("start_time"), float):
             stop_processes([(name, ProcessRef(comp["pid"], comp["start_time"]))], grace_s=0.0)
         log_path = Path(comp.get("log") or self.workdir / "logs" / f"{name}.log")
-        proc = ManagedProcess(comp["command"], log_path, name=name, registry=self.registry)
+        proc = ManagedProcess(
+            comp["command"], log_path, name=name, env=self.component_env(), registry=self.registry
+        )
         self._restarted.append(proc.start())
         niced = _set_nice(proc.pid, STARTUP_NICE) if os.geteuid() == 0 else False
         assert proc.ref is not None

@@ -155,6 +155,8 @@ class RedisL2:
     redis-py is synchronous: a hit on loopback costs about 0.1-0.2 ms of the event loop, which is
     cheaper than the task hops of ``redis.asyncio`` for one round trip per request.
     Every method returns None (or False) instead of raising; ``errors`` counts failures.
+    ``password``: sent with AUTH on every new connection (the gateway passes
+    ``RECCHAOS_REDIS_PASSWORD``, never a command-line URL); a password in the URL wins.
     """
 
     def __init__(
@@ -164,6 +166,7 @@ class RedisL2:
         skip_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         on_error: Callable[[str], None] | None = None,
+        password: str | None = None,
     ) -> None:
         import redis
         from redis.backoff import NoBackoff
@@ -177,6 +180,7 @@ class RedisL2:
             retry=Retry(NoBackoff(), 0),
             retry_on_error=[],
             health_check_interval=0,
+            password=password,
         )
         self.errors = 0
         self._skip_until = 0.0

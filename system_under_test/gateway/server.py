@@ -2,7 +2,8 @@
 
 ``python -m system_under_test serve-gateway ...`` lands in :func:`main` (see ``settings.py`` for
 the options). Start-up: ``configure_process("gateway")`` (one torch thread, logging), the ranker
-and features (never the embedding tables), Redis features if configured, one ranker pass to warm
+and features (never the embedding tables), Redis features if configured (the password from
+``RECCHAOS_REDIS_PASSWORD``, see ``auth.py``), one ranker pass to warm
 up, ``freeze_heap()``, a ping to every shard copy and the region to open the connections, the
 file limit raised to fit ``--max-connections`` (``listener.raise_file_limit``), then the HTTP
 server and the ``ready port=P ...`` log line, which states the connection cap, the file limit
@@ -35,6 +36,7 @@ def build_service(settings, log: logging.Logger):
     """Load the model and features, connect nothing yet (clients connect lazily)."""
     from system_under_test import protocol
     from system_under_test.artifacts import artifact_dir, check_complete
+    from system_under_test.auth import redis_password_from_env
     from system_under_test.gateway.cache import RedisL2
     from system_under_test.gateway.calls import ShardCaller, ShardCopies
     from system_under_test.gateway.metrics import GatewayMetrics
@@ -66,7 +68,11 @@ def build_service(settings, log: logging.Logger):
     )
     l2 = None
     if settings.redis:
-        l2 = RedisL2(settings.redis, on_error=lambda use: metrics.redis_errors.inc(use))
+        l2 = RedisL2(
+            settings.redis,
+            on_error=lambda use: metrics.redis_errors.inc(use),
+            password=redis_password_from_env(),
+        )
     service = RecommendService(settings, bundle, caller, region, l2, metrics)
     if l2 is not None:
         written = service.features.load_into(l2)

@@ -49,6 +49,7 @@ class Cluster:
     comps: dict[str, launcher.Component]
     log_dir: Path
     extra: list[ManagedProcess] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # secrets every component gets
 
     @property
     def gateway_address(self) -> tuple[str, int]:
@@ -79,7 +80,7 @@ class Cluster:
         """Start ``name`` again with its original command (same port) and wait until it answers."""
         self.kill(name)
         comp = self.comps[name]
-        _spawn(comp)
+        _spawn(comp, self.env)
         launcher.wait_ready([comp], timeout_s, log=lambda _: None)
 
     def alive(self, name: str) -> bool:
@@ -157,8 +158,8 @@ class Cluster:
         return total
 
 
-def _spawn(comp: launcher.Component) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _spawn(comp: launcher.Component, extra_env: dict[str, str]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **extra_env}
     comp.proc = ManagedProcess(comp.command, comp.log, name=comp.name, env=env, cwd=REPO).start()
     comp.pid = comp.proc.pid
 
@@ -181,15 +182,17 @@ def start_cluster(
     preset: str = "tiny",
     redis_url: str | None = None,
     timeout_s: float = 120.0,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Cluster]:
-    """Start shards (primary + replica each), region and gateway; yield; always stop them."""
+    """Start shards (primary + replica each), region and gateway, each with ``env`` added to its
+    environment (the control token, the Redis password); yield; always stop them."""
     comps = plan(shards, preset, log_dir, redis_url)
-    cluster = Cluster({c.name: c for c in comps}, log_dir)
+    cluster = Cluster({c.name: c for c in comps}, log_dir, env=dict(env or {}))
     try:
         for comp in comps[:-1]:
-            _spawn(comp)
+            _spawn(comp, cluster.env)
         launcher.wait_ready(comps[:-1], timeout_s, log=lambda _: None)
-        _spawn(comps[-1])
+        _spawn(comps[-1], cluster.env)
         launcher.wait_ready(comps[-1:], timeout_s, log=lambda _: None)
         yield cluster
     finally:

@@ -43,7 +43,9 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory, tiny_artifacts: Path, redis_proc: RedisServer | None
 ) -> Iterator[Cluster]:
     log_dir = tmp_path_factory.mktemp("cluster-logs")
-    with start_cluster(log_dir, shards=2, redis_url=redis_proc.url if redis_proc else None) as c:
+    redis_url = redis_proc.url if redis_proc else None
+    env = redis_proc.client_env() if redis_proc else None
+    with start_cluster(log_dir, shards=2, redis_url=redis_url, env=env) as c:
         yield c
 
 

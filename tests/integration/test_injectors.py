@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from children import Children, children
 
+from harness.auth import TOKEN_VARIABLE, new_token, write_token_file
 from harness.inject import appfaults, cgroups, netfilter
 from harness.inject.base import (
     Component,
@@ -30,9 +31,11 @@ from harness.inject.base import (
     FaultUnsupported,
     InjectContext,
     InjectError,
+    execute_heal_action,
     make_injector,
 )
 from harness.inject.signals import ProcessRef, read_stat
+from harness.model.errors import HarnessError
 from harness.process import ManagedProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -40,6 +43,12 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 SLEEP = ["sleep", "60"]
 BUSY = [sys.executable, "-c", "while True: pass"]
+TOKEN = new_token()  # what the proxy and the shard of this module require
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_token_file(tmp_path_factory.mktemp("token") / "control.token", TOKEN)
 
 
 def state(pid: int) -> str | None:
@@ -341,7 +350,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, int
     with echo_server() as port:
         routes = {"echo": ("127.0.0.1:0", f"127.0.0.1:{port}")}
         log = tmp_path_factory.mktemp("proxy") / "proxy.log"
-        with start_proxy(routes, log, timeout_s=20) as proxy:
+        with start_proxy(routes, log, timeout_s=20, token=TOKEN) as proxy:
             yield proxy, int(proxy.listen["echo"].rpartition(":")[2])
 
 
@@ -358,9 +367,12 @@ def timed_round_trip(port: int, timeout_s: float = 2.0) -> float | None:
         ("reset", {}, "resets"),
     ],
 )
-def test_proxy_faults_are_verified_by_route_counters_and_healed(proxied, kind, params, counter):
+def test_proxy_faults_are_verified_by_route_counters_and_healed(
+    proxied, token_file, kind, params, counter
+):
     proxy, port = proxied
-    ctx = context(Component("echo", "primary", None, "127.0.0.1:1"), proxy_url=proxy.control_url)
+    echo = Component("echo", "primary", None, "127.0.0.1:1")
+    ctx = context(echo, proxy_url=proxy.control_url, token_file=token_file)
     inj = make_injector(kind, "echo", params, ctx)
     assert timed_round_trip(port) is not None
     try:
@@ -382,9 +394,10 @@ def test_proxy_faults_are_verified_by_route_counters_and_healed(proxied, kind, p
     assert rtt is not None and rtt < 0.08
 
 
-def test_region_down_as_a_blackhole_goes_through_the_proxy(proxied):
+def test_region_down_as_a_blackhole_goes_through_the_proxy(proxied, token_file):
     proxy, port = proxied
-    ctx = context(Component("echo", "region", None, "127.0.0.1:1"), proxy_url=proxy.control_url)
+    echo = Component("echo", "region", None, "127.0.0.1:1")
+    ctx = context(echo, proxy_url=proxy.control_url, token_file=token_file)
     inj = make_injector("region_down", "echo", {"mode": "blackhole"}, ctx)
     try:
         FaultStack().apply(inj)
@@ -426,7 +439,8 @@ def shard(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "2", "--role", "primary", "--host", "127.0.0.1", "--port", str(port), "--preset",
             "tiny", "--artifacts", str(tiny_artifacts.parent)]  # fmt: skip
     log = tmp_path_factory.mktemp("shard") / "shard.log"
-    with ManagedProcess(argv, log, name="shard", cwd=REPO) as proc:
+    env = {**os.environ, TOKEN_VARIABLE: TOKEN}
+    with ManagedProcess(argv, log, name="shard", cwd=REPO, env=env) as proc:
         proc.wait_ready(lambda: " ready " in log.read_text(errors="replace"), 60, "its ready line")
         yield Component("shard-0-primary", "primary", proc.pid, f"127.0.0.1:{port}", tuple(argv))
 
@@ -439,15 +453,19 @@ def lookup_code(address: str) -> str:
     return "ok"
 
 
-def test_app_faults_switch_the_shards_fault_points_and_heal_clears_them(shard):
-    ctx = context(shard, seed=3)
+def report(address: str) -> dict:
+    return appfaults.control(address, {}, token=TOKEN)
+
+
+def test_app_faults_switch_the_shards_fault_points_and_heal_clears_them(shard, token_file):
+    ctx = context(shard, seed=3, token_file=token_file)
     error = make_injector("app_error", shard.name, {"rate": 1.0}, ctx)
     delay = make_injector("app_delay", shard.name, {"delay_ms": 30, "rate": 1.0}, ctx)
     stack = FaultStack()
     with stack:
         stack.apply(error)
         stack.apply(delay)  # merged with the error fault, not replacing it
-        faults = appfaults.control(shard.address, {})["faults"]
+        faults = report(shard.address)["faults"]
         assert faults["error_rate"] == 1.0 and faults["delay_ms"] == 30.0 and faults["seed"] == 3
         t0 = time.monotonic()
         assert lookup_code(shard.address) == "injected"
@@ -456,11 +474,54 @@ def test_app_faults_switch_the_shards_fault_points_and_heal_clears_them(shard):
         assert ok and "error fired on 1 of 1" in note, note
         assert delay.verify()[0]
         stack.heal(delay)
-        faults = appfaults.control(shard.address, {})["faults"]
+        faults = report(shard.address)["faults"]
         assert faults["error_rate"] == 1.0 and faults["delay_ms"] == 0.0
-    assert appfaults.control(shard.address, {})["faults"] is None
+    assert report(shard.address)["faults"] is None
     assert lookup_code(shard.address) == "bad_request"  # computed again (no ids given)
     assert all(e.healed for e in stack.entries)
+
+
+def test_heal_actions_read_the_token_from_the_file_they_name(shard, proxied, token_file):
+    """What the watchdog runs after the harness died: the action names the token file, never
+    the token, and healing works from it alone."""
+    proxy, _ = proxied
+    ctx = context(shard, proxy_url=proxy.control_url, token_file=token_file)
+    app = make_injector("app_error", shard.name, {"rate": 1.0}, ctx)
+    net = make_injector("latency", "echo", {"delay_ms": 50, "direction": "both"}, ctx)
+    app.apply()
+    net.apply()
+    try:
+        actions = [app.heal_action(), net.heal_action()]
+        assert all(a["token_file"] == str(token_file) for a in actions)
+        assert TOKEN not in repr(actions)
+        assert report(shard.address)["faults"] is not None
+        assert proxy.client.route("echo")["faults"] != []
+        for action in actions:
+            execute_heal_action(action)
+        assert report(shard.address)["faults"] is None
+        assert proxy.client.route("echo")["faults"] == []
+    finally:
+        app.heal()
+        net.heal()
+
+
+def test_injectors_without_the_token_are_refused(shard, proxied):
+    """A context with no token file (or a stale one) cannot set a fault on either surface."""
+    proxy, _ = proxied
+    for ctx in (
+        context(shard, proxy_url=proxy.control_url),
+        context(shard, proxy_url=proxy.control_url, token_file=write_token_file(
+            Path(proxy.log_path).parent / "stale.token", new_token()
+        )),
+    ):  # fmt: skip
+        with pytest.raises(HarnessError, match="answered unauthorized"):
+            FaultStack().apply(make_injector("app_error", shard.name, {"rate": 1.0}, ctx))
+        with pytest.raises(HarnessError, match="answered 401"):
+            FaultStack().apply(
+                make_injector("latency", "echo", {"delay_ms": 50, "direction": "both"}, ctx)
+            )
+    assert report(shard.address)["faults"] is None
+    assert proxy.client.route("echo")["faults"] == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority back needs root")

@@ -58,6 +58,21 @@ def test_a_signal_while_the_cluster_starts_stops_every_child(sig, tmp_path, tiny
             ref.signal(signal.SIGKILL)
 
 
+def check_token_handoff(token_file: Path, comps: list[dict]) -> None:
+    """``up`` made a token, kept it in a 0600 file beside the manifest, and handed it to every
+    server in its environment, on no command line: the shards' control op wants it."""
+    from harness.auth import read_token_file
+    from harness.inject import appfaults
+
+    token = read_token_file(token_file)  # refuses a file others could read
+    for comp in comps:
+        assert token not in Path(f"/proc/{comp['pid']}/cmdline").read_text(), comp["name"]
+    shard = next(c for c in comps if c["role"] == "primary")
+    assert appfaults.control(shard["address"], {}, token=token)["faults"] is None
+    with pytest.raises(appfaults.ControlError, match="answered unauthorized"):
+        appfaults.control(shard["address"], {"faults": {"error_rate": 1.0}})
+
+
 def test_up_then_down_leaves_nothing_and_down_checks_start_times(tmp_path, tiny_artifacts):
     tag = os.urandom(6).hex()
     env = {**os.environ, "PYTHONPATH": str(REPO), TAG: tag}
@@ -67,8 +82,12 @@ def test_up_then_down_leaves_nothing_and_down_checks_start_times(tmp_path, tiny_
             up_command(manifest, tiny_artifacts.parent), tmp_path / "up.log", env=env
         )
         assert up.start().wait(120) == 0, up.tail_text()
-        comps = json.loads(manifest.read_text())["components"]
+        data = json.loads(manifest.read_text())
+        comps = data["components"]
         assert all(isinstance(c["start_time"], float) for c in comps), comps
+        token_file = Path(data["control_token_file"])
+        assert token_file == manifest.parent.resolve() / "control.token"
+        check_token_handoff(token_file, comps)
         assert {ref.pid for _, ref in tagged_processes(TAG, tag)} == {c["pid"] for c in comps}
         # A manifest entry whose start time is not the running process's is not ours to stop.
         region = next(c for c in comps if c["name"] == "region")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.auth import TOKEN_VARIABLE, new_token
 from harness.process import ManagedProcess, free_port
 from harness.proxy.client import ProxyFaultRejected, ProxyProcess, start_proxy
 
@@ -331,8 +332,11 @@ def test_clearing_twice_is_fine(client: ProxyProcess) -> None:
     assert api.route(ROUTE)["faults"] == []
 
 
-def _post(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method="POST")
+def _post(
+    url: str, body: bytes, token: str | None = None, method: str = "POST"
+) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(url, data=body or None, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=IO_TIMEOUT_S) as resp:
             return resp.status, json.loads(resp.read())
@@ -351,7 +355,7 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
 def test_bad_control_input_gives_400_naming_the_field(
     client: ProxyProcess, body: bytes, field: str, value: object
 ) -> None:
-    status, answer = _post(f"{client.control_url}/routes/{ROUTE}/faults", body)
+    status, answer = _post(f"{client.control_url}/routes/{ROUTE}/faults", body, client.token)
     assert status == 400
     problem = answer["problems"][0]
     assert (problem["field"], problem["value"]) == (field, value)
@@ -366,10 +370,59 @@ def test_client_raises_usage_error_with_problems(client: ProxyProcess) -> None:
 
 
 def test_unknown_route_and_endpoint(client: ProxyProcess) -> None:
-    status, answer = _post(f"{client.control_url}/routes/nope/faults", b'{"kind": "reset"}')
+    url = client.control_url
+    status, answer = _post(f"{url}/routes/nope/faults", b'{"kind": "reset"}', client.token)
     assert status == 404 and ROUTE in answer["known"]
-    status, _ = _post(f"{client.control_url}/nothing", b"")
+    status, _ = _post(f"{url}/nothing", b"", client.token)
     assert status == 404
+
+
+@pytest.mark.parametrize("authorization", [
+    None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer wrong", "bearer {token}x",
+    "Bearer {short}", "Token {token}",
+])  # fmt: skip
+def test_control_api_refuses_a_missing_or_wrong_token(
+    client: ProxyProcess, authorization: str | None
+) -> None:
+    """401 on every endpoint but /healthz, nothing changed, one log line naming the client."""
+    log_before = client.log_path.read_text()
+    header = None
+    if authorization is not None:
+        header = authorization.format(token=client.token, short=client.token[:-1])
+    calls = [
+        ("POST", f"/routes/{ROUTE}/faults", b'{"kind": "reset"}'),
+        ("DELETE", f"/routes/{ROUTE}/faults", b""),
+        ("GET", "/routes", b""),
+        ("GET", f"/routes/{ROUTE}", b""),
+    ]
+    for method, path, body in calls:
+        request = urllib.request.Request(
+            client.control_url + path, data=body or None, method=method,
+            headers={} if header is None else {"Authorization": header},
+        )  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=IO_TIMEOUT_S)
+        assert info.value.code == 401, (method, path)
+        assert info.value.headers["WWW-Authenticate"] == "Bearer"
+        assert "control token" in json.loads(info.value.read())["error"]
+    assert client.client.route(ROUTE)["faults"] == []
+    with urllib.request.urlopen(client.control_url + "/healthz", timeout=IO_TIMEOUT_S) as resp:
+        assert json.loads(resp.read())["ok"] is True  # liveness stays open
+    deadline = time.monotonic() + 5
+    while client.log_path.read_text().count("refused ") - log_before.count("refused ") < 4:
+        assert time.monotonic() < deadline, client.log_path.read_text()[-2000:]
+        time.sleep(0.02)
+    new = client.log_path.read_text()[len(log_before) :]
+    assert "from 127.0.0.1:" in new and client.token not in new
+
+
+def test_cli_refuses_to_start_without_a_token(echo: int, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_VARIABLE}
+    out = subprocess.run(
+        _proxy_cli("--control-port", "0", "--route", f"e=127.0.0.1:0=127.0.0.1:{echo}"),
+        capture_output=True, text=True, timeout=20, cwd=REPO, env=env,
+    )  # fmt: skip
+    assert out.returncode == 2 and f"{TOKEN_VARIABLE} is not set" in out.stderr, out.stderr
 
 
 def test_sigterm_stops_within_a_second(echo: int, tmp_path: Path) -> None:
@@ -435,7 +488,8 @@ def test_cli_routes_file_and_ready_file(echo: int, tmp_path: Path) -> None:
     argv = _proxy_cli(
         "--control-port", "0", "--routes-file", str(routes), "--ready-file", str(ready)
     )
-    with ManagedProcess(argv, tmp_path / "proxy.log", name="proxy", cwd=REPO) as proc:
+    env = {**os.environ, TOKEN_VARIABLE: new_token()}
+    with ManagedProcess(argv, tmp_path / "proxy.log", name="proxy", cwd=REPO, env=env) as proc:
         proc.wait_ready(ready.exists, 20, "its ready file")
         info = json.loads(ready.read_text())
         assert info["pid"] == proc.pid and set(info["routes"]) == {"e"}

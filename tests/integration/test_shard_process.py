@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from system_under_test import protocol, sharding
+from system_under_test.auth import TOKEN_VARIABLE, new_token
 from system_under_test.process import ManagedProcess, StartError
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
 READY = re.compile(r" ready .*\bport=(\d+)")
+TOKEN = new_token()  # every server of this module requires it for its control op
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Server:
 def spawn(args: list[str], log: Path) -> Server:
     log.unlink(missing_ok=True)  # the ready line searched for must be this process's
     argv = [sys.executable, "-m", "system_under_test", *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), TOKEN_VARIABLE: TOKEN}
     return Server(ManagedProcess(argv, log, name=log.stem, env=env, cwd=REPO).start(), log)
 
 
@@ -239,7 +241,8 @@ def test_fault_points_are_switched_over_the_wire(cluster):
         client = protocol.Client("127.0.0.1", port)
         ids = {"ids": np.array([1, 3], np.int64)}
         try:
-            reply = await client.call("control", 2.0, {"faults": {"error_rate": 0.5, "seed": 1}})
+            fields = {"faults": {"error_rate": 0.5, "seed": 1}, "token": TOKEN}
+            reply = await client.call("control", 2.0, fields)
             assert reply.header["faults"]["error_rate"] == 0.5
             outcomes = []
             for rid in range(40):
@@ -249,15 +252,45 @@ def test_fault_points_are_switched_over_the_wire(cluster):
                 except protocol.RemoteError as exc:
                     assert exc.code == "injected"
                     outcomes.append(False)
-            reply = await client.call("control", 2.0, {"clear": True})
+            reply = await client.call("control", 2.0, {"clear": True, "token": TOKEN})
             assert reply.header["injected"]["error"] == outcomes.count(False) > 0
             assert outcomes.count(True) > 0
             await client.call("lookup", 2.0, {"table": "user"}, ids)
         finally:
-            await client.call("control", 2.0, {"clear": True})
+            await client.call("control", 2.0, {"clear": True, "token": TOKEN})
             await client.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("name", ["shard-0", "region"])
+def test_control_without_the_token_is_refused_over_the_wire(cluster, name):
+    """A missing, wrong or mistyped token: ``unauthorized``, no fault set, a log line each."""
+    server = cluster[name]
+    refusals = [
+        {"faults": {"error_rate": 1.0}},
+        {"faults": {"error_rate": 1.0}, "token": "0" * len(TOKEN)},
+        {"faults": {"error_rate": 1.0}, "token": TOKEN[:-1]},
+        {"faults": {"error_rate": 1.0}, "token": 12345},
+        {"clear": True, "token": None},
+    ]
+
+    async def scenario():
+        client = protocol.Client("127.0.0.1", server.port)
+        try:
+            for fields in refusals:
+                with pytest.raises(protocol.RemoteError) as info:
+                    await client.call("control", 2.0, fields)
+                assert info.value.code == "unauthorized", (fields, str(info.value))
+            report = await client.call("control", 2.0, {"token": TOKEN})
+            assert report.header["faults"] is None  # nothing got through
+        finally:
+            await client.close()
+
+    run(scenario())
+    log = server.log.read_text(errors="replace")
+    assert log.count("refused control request") >= len(refusals)
+    assert TOKEN not in log
 
 
 def test_region_recommends_k_distinct_ids(cluster):

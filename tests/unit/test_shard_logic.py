@@ -293,24 +293,60 @@ def test_fault_rates_are_close_to_the_spec_and_replayable():
     assert plan_faults(only_retrieve, "retrieve", 1).error
 
 
+TOKEN = "t0k3n"
+
+
 def test_control_sets_counts_and_clears_faults():
     t = _two_shards()[0]
-    svc = ShardService(t, "primary", "v1")
+    svc = ShardService(t, "primary", "v1", TOKEN)
     ids = {"ids": np.array([0, 2], np.int64)}
-    fields, _ = call(svc, {"op": "control", "faults": {"error_rate": 1.0, "seed": 3}})
+    fields, _ = call(
+        svc, {"op": "control", "faults": {"error_rate": 1.0, "seed": 3}, "token": TOKEN}
+    )
     assert fields["faults"]["error_rate"] == 1.0
     with pytest.raises(RemoteError) as info:
         call(svc, {"op": "lookup", "table": "user", "rid": "a"}, ids)
     assert info.value.code == "injected"
     call(svc, {"op": "ping"})  # never faulted
-    call(svc, {"op": "control", "faults": {"nan_rate": 1.0, "wrong_shape_rate": 1.0}})
+    call(
+        svc, {"op": "control", "faults": {"nan_rate": 1.0, "wrong_shape_rate": 1.0}, "token": TOKEN}
+    )
     _, out = call(svc, {"op": "lookup", "table": "user"}, ids)
     assert out["sums"].shape == (3, 3) and np.isnan(out["sums"][:2]).all()
     assert out["counts"].shape == (3,)
-    fields, _ = call(svc, {"op": "control", "clear": True})
+    fields, _ = call(svc, {"op": "control", "clear": True, "token": TOKEN})
     assert fields["faults"] is None and fields["injected"]["nan"] == 1
     _, out = call(svc, {"op": "lookup", "table": "user"}, ids)
     assert out["sums"].shape == (2, 3) and not np.isnan(out["sums"]).any()
+
+
+@pytest.mark.parametrize(
+    ("server_token", "given", "why"),
+    [
+        (TOKEN, None, "no 'token' field"),
+        (TOKEN, "wrong", "the 'token' field does not match"),
+        (TOKEN, TOKEN + "x", "the 'token' field does not match"),
+        (TOKEN, 7, "the 'token' field does not match"),
+        (TOKEN, "", "the 'token' field does not match"),
+        (None, TOKEN, "started without RECCHAOS_CONTROL_TOKEN"),
+        (None, None, "started without RECCHAOS_CONTROL_TOKEN"),
+    ],
+)
+def test_control_without_the_token_is_refused_and_logged(server_token, given, why, caplog):
+    t = _two_shards()[0]
+    svc = ShardService(t, "primary", "v1", server_token)
+    header: dict = {"op": "control", "faults": {"error_rate": 1.0}}
+    if given is not None:
+        header["token"] = given
+    for extra in ({}, {"clear": True}, {"faults": {"error_rate": 1.0}}):
+        with pytest.raises(RemoteError) as info:
+            call(svc, {**header, **extra})
+        assert info.value.code == "unauthorized" and why in str(info.value)
+    assert svc.faults.spec is None and svc.faults.refused == 3
+    call(svc, {"op": "lookup", "table": "user"}, {"ids": np.array([0], np.int64)})
+    refusals = [r for r in caplog.records if r.name == "control"]
+    assert len(refusals) == 3 and why in refusals[0].getMessage()
+    assert TOKEN not in caplog.text  # a refusal never logs what was given
 
 
 @pytest.mark.parametrize(
@@ -325,17 +361,17 @@ def test_control_sets_counts_and_clears_faults():
     ],
 )
 def test_bad_fault_specs_are_rejected(faults, text):
-    points = FaultPoints()
+    points = FaultPoints(TOKEN)
     with pytest.raises(RemoteError) as info:
-        points.control({"faults": faults})
+        points.control({"faults": faults, "token": TOKEN})
     assert info.value.code == "bad_request" and text in str(info.value)
     assert points.spec is None
 
 
 def test_delay_fault_delays_without_blocking():
     t = _two_shards()[0]
-    svc = ShardService(t, "primary", "v1")
-    call(svc, {"op": "control", "faults": {"delay_ms": 30}})
+    svc = ShardService(t, "primary", "v1", TOKEN)
+    call(svc, {"op": "control", "faults": {"delay_ms": 30}, "token": TOKEN})
 
     async def two_calls():
         loop = asyncio.get_running_loop()
