@@ -6,7 +6,7 @@ their request logs and histograms exactly. Nothing imported here imports locust 
 ``import locust`` monkey-patches the standard library, so it happens only inside the workers.
 """
 
-from harness.load.driver import LoadError, LoadResult, run_load
+from harness.load.driver import LoadError, LoadResult, merge_load, run_load
 from harness.load.spec import RECOMMENDER_REQUEST, LoadJob, LoadJobError, worker_share
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "LoadJob",
     "LoadJobError",
     "LoadResult",
+    "merge_load",
     "run_load",
     "worker_share",
 ]

@@ -1,7 +1,8 @@
 """Locust's distributed mode for the load worker: a master that starts N workers together.
 
 Imported only by :mod:`harness.load.worker`, after locust (and its monkey-patching) is loaded.
-The master (``--locust-master-bind PORT --expect-workers N``) waits for N Locust workers, spawns
+The master (``--locust-master-bind [HOST:]PORT --expect-workers N``; HOST default 127.0.0.1, so
+only this machine can join unless told otherwise) waits for N Locust workers, spawns
 one user on each (which assigns worker indexes 0..N-1), then sends one ``recchaos_go`` message
 with a common start time, and waits for every worker's ``recchaos_done``. It sends no requests;
 its Locust statistics (and web UI, if someone attaches one) get the workers' request events.
@@ -23,7 +24,7 @@ from typing import Any
 import gevent
 import gevent.event
 
-from harness.load.spec import LoadJob
+from harness.load.spec import LoadJob, host_port
 
 ACK_TIMEOUT_S = 30.0
 GO_LEAD_NS = 200_000_000  # the start is this far after the go message is sent
@@ -70,7 +71,7 @@ def run_master(
             all_done.set()
 
     runner.register_message("recchaos_done", on_done)
-    emit({"event": "ready", "role": "master", "port": bind_port})
+    emit({"event": "ready", "role": "master", "host": bind_host, "port": bind_port})
     deadline = time.monotonic() + ACK_TIMEOUT_S
     while len(runner.clients.ready) < expect_workers:
         if time.monotonic() > deadline:
@@ -99,10 +100,13 @@ def run_master(
     return 0 if ok and not any(done.values()) else 1
 
 
-def attach_worker(env: Any, job: LoadJob, master: str, proc: Any) -> tuple[Any, LoadJob]:
-    """Connect to the master; return the runner and the job with the assigned worker index."""
-    host, _, port = master.rpartition(":")
-    runner = env.create_worker_runner(host or "127.0.0.1", int(port))
+def attach_worker(
+    env: Any, job: LoadJob, master: tuple[str, int], proc: Any
+) -> tuple[Any, LoadJob]:
+    """Connect to the master at ``(host, port)``; return the runner and the job with the
+    assigned worker index."""
+    host, port = master
+    runner = env.create_worker_runner(host, port)
 
     def on_go(environment: Any, msg: Any, **_: Any) -> None:
         data = msg.data
@@ -118,7 +122,7 @@ def attach_worker(env: Any, job: LoadJob, master: str, proc: Any) -> tuple[Any, 
     while runner.worker_index < 0:
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"no acknowledgement from the Locust master at {master} within "
+                f"no acknowledgement from the Locust master at {host_port(host, port)} within "
                 f"{ACK_TIMEOUT_S:.0f} s (is it running?)"
             )
         gevent.sleep(0.02)

@@ -11,7 +11,12 @@ workers' request logs, histograms (exactly: counts add) and summaries into ``req
 
 With ``mode="locust"`` the same workers run under a Locust master process (Locust's distributed
 mode; the master assigns worker indexes and sends the start), which is how several machines
-would share a load; here all processes are local. Nothing here imports locust.
+share a load: ``master_bind`` (``HOST:PORT``, default loopback and a free port) is where the
+master listens, and ``local_workers`` of the ``workers`` are started here; the others join from
+other hosts (``python -m harness.load.worker JOB --locust-master HOST:PORT``, with the job the
+driver writes as ``job-remote.json``) and write their files there, to be copied into the output
+directory before the merge (:func:`merge_load`, which the driver calls itself and which can be
+called again once the files are in). Nothing here imports locust.
 """
 
 from __future__ import annotations
@@ -32,7 +37,13 @@ from typing import IO, Any
 import numpy as np
 
 from harness.load.results import HISTOGRAMS, merge_summaries, write_json
-from harness.load.spec import LoadJob
+from harness.load.spec import (
+    MASTER_HOST,
+    LoadJob,
+    connect_host,
+    host_port,
+    parse_master_address,
+)
 from harness.metrics.histogram import LatencyHistogram
 from harness.model.errors import HarnessError
 from harness.model.requestlog import merge_logs, read_log, write_log
@@ -119,6 +130,8 @@ def run_load(
     workers: int = 1,
     mode: str = "local",
     registry: Registry | None = None,
+    master_bind: str | None = None,
+    local_workers: int | None = None,
 ) -> LoadResult:
     """Run ``job`` split over ``workers`` processes; return the merged result.
 
@@ -127,11 +140,21 @@ def run_load(
     worker's progress line (a dict with ``worker``, ``elapsed_s``, ``rate``, ``p99_ms``,
     ``tiers``, ``errors``, ...). ``registry`` (the run's watchdog) hears of every worker as it
     starts. Raises :class:`LoadError` when a worker fails without leaving a result.
+
+    Locust mode only: ``master_bind`` is the master's ``HOST:PORT`` (default 127.0.0.1 and a
+    free port: this machine only); ``local_workers`` (default: all) are started here, and the
+    master waits for the rest to join from elsewhere.
     """
     if mode not in ("local", "locust"):
         raise ValueError(f"mode must be 'local' or 'locust', got {mode!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    local = workers if local_workers is None else local_workers
+    if mode == "local" and (master_bind is not None or local != workers):
+        raise ValueError("master_bind and local_workers are for mode='locust' only")
+    if not 0 <= local <= workers:
+        raise ValueError(f"local_workers must be 0..{workers} (workers), got {local_workers}")
+    master = parse_master_address(master_bind, "master_bind") if master_bind else None
     out = Path(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for pattern in ("requests-*.npy", "histograms-*.json", "summary-*.json"):
@@ -143,7 +166,7 @@ def run_load(
     lines: Lines = queue.Queue()
     start_ns = 0
     try:
-        procs = _spawn(job, out, workers, mode, lines, registry)
+        procs = _spawn(job, out, workers, mode, lines, registry, master, local)
         if mode == "locust":
             go = None  # the Locust master starts the workers and prints the start time
         elif job.start_mono_ns is not None:
@@ -157,7 +180,14 @@ def run_load(
 
 
 def _spawn(
-    job: LoadJob, out: Path, workers: int, mode: str, lines: Lines, registry: Registry | None
+    job: LoadJob,
+    out: Path,
+    workers: int,
+    mode: str,
+    lines: Lines,
+    registry: Registry | None,
+    master: tuple[str, int] | None = None,
+    local: int | None = None,
 ) -> list[_Proc]:
     procs: list[_Proc] = []
     extra: list[str] = []
@@ -166,12 +196,14 @@ def _spawn(
         procs.append(_start(name, job_path, out, args, lines, registry))
 
     if mode == "locust":
-        port = free_port()
+        host, port = master or (MASTER_HOST, free_port())
         master_job = job.for_worker(0, workers)
-        master_args = ["--locust-master-bind", str(port), "--expect-workers", str(workers)]
+        master_args = ["--locust-master-bind", host_port(host, port)]
+        master_args += ["--expect-workers", str(workers)]
+        master_job.write(out / "job-remote.json")  # what a worker elsewhere runs (see above)
         start("master", master_job.write(out / "job-master.json"), master_args)
-        extra = ["--locust-master", f"127.0.0.1:{port}"]
-    for i in range(workers):
+        extra = ["--locust-master", host_port(connect_host(host), port)]
+    for i in range(workers if local is None else local):
         wjob = job.for_worker(i, workers)
         args = extra or (["--go-stdin"] if job.start_mono_ns is None else [])
         start(f"worker-{i}", wjob.write(out / f"job-{i}.json"), args)
@@ -347,6 +379,13 @@ def _close(stream: IO[bytes] | None) -> None:
             pass
 
 
+def merge_load(job: LoadJob, output_dir: str | os.PathLike[str], workers: int) -> LoadResult:
+    """Merge the files workers ``0..workers-1`` left in ``output_dir`` (workers on other hosts:
+    once their files are copied in) into ``requests.npy``, ``histograms.json`` and
+    ``summary.json``; LoadError naming a missing file."""
+    return _merge(job, Path(output_dir), workers, [], 0, [])
+
+
 def _merge(
     job: LoadJob, out: Path, workers: int, procs: list[_Proc], start_ns: int, errors: list[str]
 ) -> LoadResult:
@@ -359,7 +398,10 @@ def _merge(
         missing = [p.name for p in paths if not p.exists()]
         if missing:
             tails = "\n".join(f"  {p.name} stderr:\n{p.tail()}" for p in procs)
-            raise LoadError(f"worker {i} left no {', '.join(missing)} in {out}:\n{tails}")
+            raise LoadError(
+                f"worker {i} left no {', '.join(missing)} in {out} (a worker on another host "
+                f"writes them there: copy them in, then call merge_load):\n{tails}"
+            )
         logs.append(read_log(paths[0]))
         encoded = json.loads(paths[1].read_text())
         for name in HISTOGRAMS:

@@ -40,6 +40,36 @@ RECOMMENDER_REQUEST = RequestTemplate(
 which the shard servers' fault points hash together with the seed."""
 
 
+MASTER_HOST = "127.0.0.1"  # the Locust master's default bind: loopback only
+
+
+def parse_master_address(text: str, option: str, host_optional: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6; with ``host_optional`` a bare ``PORT`` means
+    :data:`MASTER_HOST`) as ``(host, port)``; ValueError naming ``option``, the text and what
+    is allowed."""
+    raw = text.strip()
+    host, sep, port = raw.rpartition(":")
+    if not sep and host_optional:
+        host, port = MASTER_HOST, raw
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        form = "[HOST:]PORT" if host_optional else "HOST:PORT"
+        raise ValueError(
+            f"{option} {text!r} is not {form} with PORT 1-65535, e.g. 10.0.0.1:5557"
+            + (f" (a bare PORT binds {MASTER_HOST})" if host_optional else "")
+        )
+    return host, int(port)
+
+
+def connect_host(bind_host: str) -> str:
+    """The address a worker on this host dials for a master bound to ``bind_host``."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": MASTER_HOST}.get(bind_host, bind_host)
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class LoadJobError(UsageError):
     """A load job that cannot run: names the field, the value and what is allowed."""
 

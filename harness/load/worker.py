@@ -2,7 +2,7 @@
 
     python -m harness.load.worker JOB.json [--go-stdin]
     python -m harness.load.worker JOB.json --locust-master HOST:PORT        (Locust worker)
-    python -m harness.load.worker JOB.json --locust-master-bind PORT --expect-workers N
+    python -m harness.load.worker JOB.json --locust-master-bind [HOST:]PORT --expect-workers N
 
 This is the only module that imports locust and gevent, and only inside :func:`main` (``import
 locust`` monkey-patches the standard library), so importing it elsewhere has no side effect.
@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from harness.load.results import finite, histograms, summarize, write_json
-from harness.load.spec import LoadJob, WorkerShare, render
+from harness.load.spec import MASTER_HOST, LoadJob, WorkerShare, parse_master_address, render
 from harness.metrics.histogram import LatencyHistogram
 from harness.model.requestlog import ERROR_KINDS, TIERS, empty_log, error_code, write_log
 
@@ -520,19 +520,29 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="after 'ready', wait for {\"start_mono_ns\": T} on stdin",
     )
-    p.add_argument("--go-timeout", type=float, default=60.0)
+    p.add_argument(
+        "--go-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the start line or the master's start (default 60)",
+    )
     p.add_argument(
         "--locust-master",
         metavar="HOST:PORT",
+        type=_address("--locust-master"),
         help="run as a worker of a Locust master (which starts it and sets its index)",
     )
     p.add_argument(
         "--locust-master-bind",
-        type=int,
-        metavar="PORT",
-        help="run as the Locust master of --expect-workers workers (sends nothing)",
+        type=_address("--locust-master-bind", host_optional=True),
+        metavar="[HOST:]PORT",
+        help="run as the Locust master of --expect-workers workers (sends nothing), listening "
+        f"on HOST:PORT (a bare PORT: {MASTER_HOST}, this machine only; an address of another "
+        "interface, or 0.0.0.0, lets workers on other hosts join)",
     )
-    p.add_argument("--expect-workers", type=int, default=1)
+    p.add_argument(
+        "--expect-workers", type=int, default=1, help="workers the master waits for (default 1)"
+    )
     args = p.parse_args(argv)
     job = LoadJob.read(args.job)
     os.makedirs(job.output_dir, exist_ok=True)
@@ -542,8 +552,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.locust_master_bind is not None:
         from harness.load import _distributed
 
-        return _distributed.run_master(job, args.locust_master_bind, args.expect_workers, _emit)
+        host, port = args.locust_master_bind
+        return _distributed.run_master(job, port, args.expect_workers, _emit, bind_host=host)
     return _run_worker(job, args)
+
+
+def _address(option: str, host_optional: bool = False) -> Any:
+    """An argparse type: ``(host, port)`` or a usage error naming the option and the value."""
+
+    def parse(text: str) -> tuple[str, int]:
+        try:
+            return parse_master_address(text, option, host_optional)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _run_worker(job: LoadJob, args: argparse.Namespace) -> int:

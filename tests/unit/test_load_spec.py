@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 
 from harness.load.driver import LoadResult
 from harness.load.results import histograms, merge_summaries, summarize
-from harness.load.spec import RECOMMENDER_REQUEST, LoadJob, LoadJobError, render, worker_share
+from harness.load.spec import (
+    RECOMMENDER_REQUEST,
+    LoadJob,
+    LoadJobError,
+    connect_host,
+    host_port,
+    parse_master_address,
+    render,
+    worker_share,
+)
 from harness.metrics.histogram import LatencyHistogram
 from harness.model.load import LoadPhase, RequestMix
 from harness.model.requestlog import REQUEST_DTYPE, empty_log, error_code, tier_code
@@ -201,3 +210,47 @@ def test_merged_summary_and_histograms_equal_those_of_the_merged_log():
 def test_histogram_round_trip_through_worker_json():
     h = histograms(_log())["response"]
     assert LatencyHistogram.from_dict(json.loads(json.dumps(h.to_dict()))) == h
+
+
+@pytest.mark.parametrize(
+    ("text", "optional", "expected"),
+    [("10.0.0.1:5557", False, ("10.0.0.1", 5557)), ("[::1]:5557", False, ("::1", 5557)),
+     ("0.0.0.0:1", False, ("0.0.0.0", 1)), ("5557", True, ("127.0.0.1", 5557)),
+     ("host.example:65535", True, ("host.example", 65535))],
+)  # fmt: skip
+def test_master_address_forms(text, optional, expected):
+    assert parse_master_address(text, "--x", optional) == expected
+
+
+@pytest.mark.parametrize("text", ["5557", ":5557", "h:0", "h:65536", "h:port", "h:", ""])
+def test_bad_master_addresses_name_the_option_and_value(text):
+    with pytest.raises(ValueError, match=rf"--locust-master {text!r} is not HOST:PORT"):
+        parse_master_address(text, "--locust-master")
+
+
+def test_master_connect_address():
+    assert connect_host("0.0.0.0") == "127.0.0.1" and connect_host("::") == "::1"
+    assert connect_host("10.1.2.3") == "10.1.2.3"
+    assert host_port("::1", 5) == "[::1]:5" and host_port("10.0.0.1", 5) == "10.0.0.1:5"
+
+
+def test_the_worker_cli_names_a_bad_master_address(capsys):
+    from harness.load.worker import main
+
+    for argv in (["--locust-master", "5557"], ["--locust-master-bind", "h:0"]):
+        with pytest.raises(SystemExit) as info:
+            main(["job.json", *argv])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert argv[0] in err and repr(argv[1]) in err and "PORT 1-65535" in err
+
+
+def test_run_load_refuses_master_options_outside_locust_mode(tmp_path):
+    from harness.load.driver import run_load
+
+    with pytest.raises(ValueError, match="for mode='locust' only"):
+        run_load(job(output_dir=str(tmp_path)), 1.0, master_bind="127.0.0.1:5557")
+    with pytest.raises(ValueError, match="local_workers must be 0..2"):
+        run_load(job(output_dir=str(tmp_path)), 1.0, workers=2, mode="locust", local_workers=3)
+    with pytest.raises(ValueError, match="master_bind '5557' is not HOST:PORT"):
+        run_load(job(output_dir=str(tmp_path)), 1.0, mode="locust", master_bind="5557")
