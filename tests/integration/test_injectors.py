@@ -485,9 +485,11 @@ def test_heal_actions_read_the_token_from_the_file_they_name(shard, proxied, tok
     """What the watchdog runs after the harness died: the action names the token file, never
     the token, and healing works from it alone."""
     proxy, _ = proxied
-    ctx = context(shard, proxy_url=proxy.control_url, token_file=token_file)
+    ctx = context(
+        shard, proxy_url=proxy.control_url, token_file=token_file, routes={shard.name: "echo"}
+    )
     app = make_injector("app_error", shard.name, {"rate": 1.0}, ctx)
-    net = make_injector("latency", "echo", {"delay_ms": 50, "direction": "both"}, ctx)
+    net = make_injector("latency", shard.name, {"delay_ms": 50, "direction": "both"}, ctx)
     app.apply()
     net.apply()
     try:
@@ -508,17 +510,17 @@ def test_heal_actions_read_the_token_from_the_file_they_name(shard, proxied, tok
 def test_injectors_without_the_token_are_refused(shard, proxied):
     """A context with no token file (or a stale one) cannot set a fault on either surface."""
     proxy, _ = proxied
+    stale = write_token_file(Path(proxy.log_path).parent / "stale.token", new_token())
+    routes = {shard.name: "echo"}
     for ctx in (
-        context(shard, proxy_url=proxy.control_url),
-        context(shard, proxy_url=proxy.control_url, token_file=write_token_file(
-            Path(proxy.log_path).parent / "stale.token", new_token()
-        )),
-    ):  # fmt: skip
+        context(shard, proxy_url=proxy.control_url, routes=routes),
+        context(shard, proxy_url=proxy.control_url, routes=routes, token_file=stale),
+    ):
         with pytest.raises(HarnessError, match="answered unauthorized"):
             FaultStack().apply(make_injector("app_error", shard.name, {"rate": 1.0}, ctx))
         with pytest.raises(HarnessError, match="answered 401"):
             FaultStack().apply(
-                make_injector("latency", "echo", {"delay_ms": 50, "direction": "both"}, ctx)
+                make_injector("latency", shard.name, {"delay_ms": 50, "direction": "both"}, ctx)
             )
     assert report(shard.address)["faults"] is None
     assert proxy.client.route("echo")["faults"] == []
