@@ -216,6 +216,10 @@ def _run_scenario(engine: PrivateDockerd, name: str, tmp_path: Path, monkeypatch
     timeline = record["timeline"]
     assert timeline and all(e["verified"] for e in timeline), timeline
     assert engine.counts() == {"containers": 0, "networks": 0, "images": 0}
+    gateway_log = (outcome.run_dir / "cluster" / "logs" / "gateway.log").read_text(
+        "utf-8", "replace"
+    )
+    assert "wrote features of" in gateway_log  # Redis took the run's token as its password
     print(f"{name} in containers: verdict {outcome.verdict.value} in {took:.0f} s")
     return outcome, record
 

@@ -8,9 +8,12 @@ import os
 import signal
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
+from harness.auth import read_token_file
+from harness.inject import appfaults
 from harness.process import ProcessRef
 from harness.process.identity import tagged_processes
 from harness.sut.recommender import RecommenderCluster, RecommenderOptions
@@ -58,6 +61,8 @@ def test_the_redis_address_is_where_redis_listens_and_the_gateway_looks(tmp_path
             )
             with urllib.request.urlopen(req, timeout=5) as resp:
                 assert resp.status == 200
+            gateway_log = Path(gateway["log"]).read_text(errors="replace")
+            assert "wrote features of" in gateway_log  # it authenticated with the run's token
             old = ProcessRef(redis["pid"], redis["start_time"])
             new_pid = cluster.restart("redis")
             assert new_pid != old.pid and not old.alive()
@@ -68,6 +73,9 @@ def test_the_redis_address_is_where_redis_listens_and_the_gateway_looks(tmp_path
             manifest = json.loads(cluster.manifest_path.read_text())
             entry = next(c for c in manifest["components"] if c["name"] == "shard-0-replica")
             assert entry["pid"] == new_shard != shard["pid"] and entry["start_time"] > 0
+            token = read_token_file(manifest["control_token_file"])
+            assert token == cluster.token  # the restarted copy got it in its environment too:
+            assert appfaults.control(entry["address"], {}, token=token)["faults"] is None
             refs = [ProcessRef(c["pid"], c["start_time"]) for c in manifest["components"]]
             refs += [ref for _, ref in cluster.extra_pids()] + [old, old_shard]
         deadline = time.monotonic() + 10
