@@ -13,7 +13,7 @@ from system_under_test.gateway.cache import RedisL2, pack_row, unpack_row
 
 def test_l2_round_trip_with_real_redis(redis_server):
     errors: list[str] = []
-    l2 = RedisL2(redis_server.url, on_error=errors.append)
+    l2 = RedisL2(redis_server.url, on_error=errors.append, password=redis_server.password)
     try:
         assert l2.ping()
         row = np.linspace(0, 1, 16, dtype=np.float32)
@@ -88,7 +88,9 @@ def test_l2_frozen_redis_times_out_in_milliseconds():
 
 def test_l2_restarted_redis_is_used_again_after_skip(redis_server):
     clock = [0.0]
-    l2 = RedisL2(redis_server.url, skip_s=1.0, clock=lambda: clock[0])
+    l2 = RedisL2(
+        redis_server.url, skip_s=1.0, clock=lambda: clock[0], password=redis_server.password
+    )
     try:
         l2._failed("get", RuntimeError("simulated"))
         assert l2.mget(["x"]) is None  # skipped
