@@ -5,9 +5,18 @@ timers, feeds answers back, records what happened (breaker, hedge-delay samples,
 cancels whatever is still in flight once the plan is done: a hedged loser is cancelled, its
 pending id dropped from the client, and its late answer discarded by the client's read loop.
 
+Each copy has a breaker (``ShardCopies.breaker`` for the primary, ``replica_breaker``); a call
+answered after ``CallPolicy.slow_call_s`` counts as slow for it. A *best-effort* call (one the
+request can do without) still unanswered after ``slow_call_s`` is given up: the request stops
+waiting for it, and it counts as slow for the breakers of the copies it was out on. A copy whose breaker
+is open gets no calls; once its cool-down has passed, the next call to its shard sends it a
+*probe*: a copy of that call whose answer nobody waits for (the request is served by the other
+copy, or goes on without the shard), timed out at ``slow_call_s``, whose outcome alone closes or
+re-opens the breaker. So a dead, frozen or slow copy costs no request its probe.
+
 A primary that loses a hedge counts as a failure for its breaker: a frozen primary never answers
 and never fails on its own, so without this it would cost every request a hedge delay. Any one
-success resets the count, so an occasional slow answer does not open the breaker.
+fast success resets the count, so an occasional slow answer does not open the breaker.
 
 uvloop timers are millisecond-granular and measured against a loop time cached per iteration, so
 they fire up to about a millisecond early; a wake before its time waits again (a sub-millisecond
@@ -22,7 +31,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,13 +86,20 @@ Validator = Callable[[protocol.Message], str | None]
 
 @dataclass
 class ShardCopies:
-    """One shard's two copies and the primary's health state."""
+    """One shard's two copies and their health state (a breaker each, the primary's latency)."""
 
     shard: int
     primary: Caller
     replica: Caller | None
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    replica_breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     hedges: dict[str, HedgeDelay] = field(default_factory=dict)
+
+    def breaker_of(self, copy: Copy) -> CircuitBreaker:
+        return self.breaker if copy is Copy.PRIMARY else self.replica_breaker
+
+    def client_of(self, copy: Copy) -> Caller:
+        return self.primary if copy is Copy.PRIMARY else self.replica
 
     def hedge(self, op: str) -> HedgeDelay:
         est = self.hedges.get(op)
@@ -119,6 +135,10 @@ class ShardCaller:
     def _export_breakers(self) -> None:
         for copies, label in zip(self.shards, self._labels, strict=True):
             self.metrics.breaker_open.set(label, value=1.0 if copies.breaker.is_open else 0.0)
+            if copies.replica is not None:
+                self.metrics.replica_breaker_open.set(
+                    label, value=1.0 if copies.replica_breaker.is_open else 0.0
+                )
 
     def retry_allowed(self, label: str) -> bool:
         """Take a token from the shared retry budget for one retry on shard ``label``."""
@@ -137,11 +157,15 @@ class ShardCaller:
         tensors: Mapping[str, np.ndarray] | None,
         validate: Validator | None,
         on_done: Done,
+        best_effort: bool = False,
     ) -> None:
         """Start one logical call to ``shard``; ``on_done`` gets its :class:`CallResult`, or a
         :class:`ShardCallFailed` when no copy answered. Never calls ``on_done`` from inside
-        ``start``. Needs a running event loop."""
-        _Call(self, shard, op, deadline, rid, fields, tensors, validate, on_done).start()
+        ``start``. Needs a running event loop.
+
+        ``best_effort``: the request can do without this answer, so it is given up once it has
+        been out ``policy.slow_call_s`` (a required call waits until the deadline)."""
+        _Call(self, shard, op, deadline, rid, fields, tensors, validate, on_done).start(best_effort)
 
     async def call(
         self,
@@ -165,6 +189,27 @@ class ShardCaller:
 
         self.start(shard, op, deadline, rid, fields, tensors, validate, done)
         return await fut
+
+
+def shard_caller(
+    clients: Sequence[tuple[Caller, Caller | None]],
+    metrics: GatewayMetrics,
+    slow_call_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+    breaker: Callable[[float], CircuitBreaker] | None = None,
+) -> ShardCaller:
+    """The gateway's shard caller over ``(primary, replica)`` clients in shard order: every copy
+    behind a breaker that counts calls slower than ``slow_call_s`` (``breaker(slow_call_s)``
+    makes one; a test may pass another), best-effort calls given up at ``slow_call_s``."""
+    make = breaker or (lambda slow_s: CircuitBreaker(slow_call_s=slow_s))
+    copies = [
+        ShardCopies(s, primary, replica, make(slow_call_s), make(slow_call_s))
+        for s, (primary, replica) in enumerate(clients)
+    ]
+    return ShardCaller(
+        copies, metrics, policy=CallPolicy(slow_call_s=slow_call_s), clock=clock, rng=rng
+    )
 
 
 # An attempt in flight: which copy, when it was sent, and how to drop it (a client and its call
@@ -200,6 +245,7 @@ class _Call:
         "timer_at",
         "finished",
         "loop",
+        "capped",
     )
 
     def __init__(
@@ -227,16 +273,28 @@ class _Call:
         self.timer_at: float | None = None
         self.finished = False
         self.loop = asyncio.get_running_loop()
+        self.capped = False
 
     # ---- events
 
-    def start(self) -> None:
+    def start(self, best_effort: bool = False) -> None:
         caller, copies = self.caller, self.copies
         now = caller.clock()
+        if best_effort:  # stop waiting once the call has had its share of the budget
+            give_up = now + caller.policy.slow_call_s
+            if give_up < self.deadline:
+                self.deadline, self.capped = give_up, True
+        primary_ok = copies.breaker.closed
+        replica_ok = copies.replica is not None and copies.replica_breaker.closed
+        for copy, ok in ((Copy.PRIMARY, primary_ok), (Copy.REPLICA, replica_ok)):
+            if not ok and copies.client_of(copy) is not None:
+                if copies.breaker_of(copy).allow(now):  # its cool-down is over: probe it
+                    _Probe(self, copy, now)
         self.plan = ShardCallPlan(
             deadline=self.deadline,
-            primary_allowed=copies.breaker.allow(now),
+            primary_allowed=primary_ok,
             has_replica=copies.replica is not None,
+            replica_allowed=replica_ok,
             hedge_delay_s=copies.hedge(self.op).delay(self.deadline - now),
             # (a partial of the caller, not a bound method of this call: no reference cycle,
             # so a finished call is freed at once instead of by the garbage collector)
@@ -263,8 +321,8 @@ class _Call:
                 exc = BadReply(f"{getattr(client, 'name', '?')}: {problem}")
         if exc is None:
             latency = now - sent
+            copies.breaker_of(copy).record_success(now, latency)
             if copy is Copy.PRIMARY:
-                copies.breaker.record_success(now)
                 copies.hedge(self.op).observe(latency)
             caller.metrics.shard_call.observe(latency, self.label, copy.value)
             self._launch(plan.on_result(copy, now), now)
@@ -288,12 +346,22 @@ class _Call:
         if wake:
             self._launch(plan.on_timer(now), now)
         else:
-            # The deadline: every attempt still out has timed out (a frozen copy).
+            # The deadline: every attempt still out has timed out (a frozen copy), or, at the
+            # slow-call threshold before the request's deadline, is given up as slow.
             for _token, (copy, _sent, _client, _handle) in sorted(self.attempts.items()):
                 if plan.done:
                     break
-                self._failed(copy, protocol.Timeout(f"no answer by the deadline ({self.op})"), now)
-            plan.on_deadline(now)
+                if self.capped:
+                    self._slow(copy, now)
+                else:
+                    self._failed(
+                        copy, protocol.Timeout(f"no answer by the deadline ({self.op})"), now
+                    )
+            if self.capped:
+                slow_ms = self.caller.policy.slow_call_s * 1000
+                plan.on_deadline(now, f"no answer within the slow-call threshold {slow_ms:.1f} ms")
+            else:
+                plan.on_deadline(now)
         self._next()
 
     # ---- helpers
@@ -302,10 +370,15 @@ class _Call:
         kind = error_kind(exc)
         if kind == "error":
             log.error("shard %s %s call failed unexpectedly", self.label, copy.value, exc_info=exc)
-        if copy is Copy.PRIMARY:
-            self.copies.breaker.record_failure(now)
+        self.copies.breaker_of(copy).record_failure(now, slow=kind == "timeout")
         self.caller.metrics.shard_errors.inc(self.label, copy.value, kind)
         self._launch(self.plan.on_result(copy, now, kind, getattr(exc, "code", None)), now)
+
+    def _slow(self, copy: Copy, now: float) -> None:
+        """Give up an attempt that has been out for the whole slow-call threshold."""
+        self.copies.breaker_of(copy).record_slow(now)
+        self.caller.metrics.shard_errors.inc(self.label, copy.value, "slow")
+        self._launch(self.plan.on_result(copy, now, "slow"), now)
 
     def _launch(self, sends: list[Copy], at: float) -> None:
         caller, copies, plan = self.caller, self.copies, self.plan
@@ -409,6 +482,74 @@ class _Call:
                         client.abandon(handle)
                 self.attempts.clear()
                 self.on_done(None, exc)
+
+
+# A probe of a copy with slow_call_s = inf (no threshold configured) still ends: after this.
+_PROBE_TIMEOUT_S = 0.05
+
+
+class _Probe:
+    """One detached call that tests whether a copy with an open breaker is healthy again.
+
+    A copy of the call that granted it (same op, fields and tensors; request id ``RID:probe``),
+    sent to that copy alone. Nobody waits for it: only the breaker hears its outcome, a fast
+    answer closing it, an error, a slow answer or none within ``slow_call_s`` re-opening it.
+    """
+
+    __slots__ = ("call", "copy", "sent", "client", "handle", "timer", "over")
+
+    def __init__(self, call: _Call, copy: Copy, now: float) -> None:
+        self.call, self.copy, self.sent, self.over = call, copy, now, False
+        caller = call.caller
+        client = self.client = call.copies.client_of(copy)
+        timeout = min(caller.policy.slow_call_s, _PROBE_TIMEOUT_S)
+        body = {**(call.fields or {}), "rid": f"{call.rid}:probe"}
+        send = getattr(client, "send", None)
+        if send is not None:
+            self.handle = send(call.op, timeout, body, call.tensors, self._answered)
+            self.timer: asyncio.TimerHandle | None = call.loop.call_later(timeout, self._late)
+        else:  # a test double with only ``async call``: it times out by itself
+            self.handle = call.loop.create_task(client.call(call.op, timeout, body, call.tensors))
+            self.handle.add_done_callback(self._task_done)
+            self.timer = None
+        caller.metrics.probes.inc(call.label, copy.value, "sent")
+
+    def _answered(self, msg: protocol.Message | None, exc: BaseException | None) -> None:
+        if self.over:
+            return
+        self.over = True
+        if self.timer is not None:
+            self.timer.cancel()
+        call = self.call
+        try:
+            if exc is None and call.validate is not None:
+                problem = call.validate(msg)  # type: ignore[arg-type]
+                if problem:
+                    exc = BadReply(f"{getattr(self.client, 'name', '?')}: {problem}")
+            now = call.caller.clock()
+            breaker = call.copies.breaker_of(self.copy)
+            if exc is None:
+                breaker.record_success(now, now - self.sent)
+                outcome = "fast" if breaker.closed else "slow"
+            else:
+                breaker.record_failure(now, slow=error_kind(exc) == "timeout")
+                outcome = "failed"
+            call.caller.metrics.probes.inc(call.label, self.copy.value, outcome)
+        except Exception:  # noqa: BLE001 - a probe must never take a request down with it
+            log.exception("shard %s %s probe failed in the executor", call.label, self.copy.value)
+
+    def _late(self) -> None:
+        if self.over:
+            return
+        self.client.abandon(self.handle)
+        self._answered(None, protocol.Timeout(f"probe of {self.copy.value}: no answer in time"))
+
+    def _task_done(self, task: asyncio.Task[protocol.Message]) -> None:
+        if task.cancelled():
+            self._answered(None, protocol.Timeout("probe cancelled"))
+            return
+        exc = task.exception()
+        self._answered(None if exc else task.result(), exc)
 
 
 def _consume(task: asyncio.Task[protocol.Message]) -> None:

@@ -18,6 +18,7 @@ The rules are those of docs/architecture.md ("Fallback semantics"). For one shar
 
 from __future__ import annotations
 
+import collections
 import enum
 import math
 from collections.abc import Callable
@@ -77,32 +78,63 @@ class BreakerState(enum.Enum):
 
 
 class CircuitBreaker:
-    """Per shard primary: opens after ``threshold`` consecutive failures, probes after a cool-down.
+    """One copy's circuit breaker: failures and slow calls open it, a probe closes it again.
 
-    While open, calls go straight to the replica. After ``cooldown_s`` one probe call is let
-    through (half-open); its success closes the breaker, its failure re-opens it for another
-    cool-down. A probe whose outcome is never recorded does not wedge the breaker: another is let
-    through once ``cooldown_s`` has passed since it started.
+    It opens after ``threshold`` consecutive failures (a dead peer is found in a few calls), or
+    when, over the last ``window_s`` seconds, at least ``min_calls`` calls ended and a share of
+    ``slow_rate`` or more of them were slow: answered after ``slow_call_s``, or given up
+    unanswered at that point (``record_slow``). That is how resilience libraries count slow calls
+    (a slow-call rate threshold over a sliding window): a copy that still answers, but too late
+    to be of use, is treated like a failing one, while a stall of the whole machine, which slows
+    the handful of calls in flight, does not open anything.
+
+    While open, calls skip the copy. After ``cooldown_s`` one probe is granted (half-open): a
+    fast success closes the breaker, a failure or a slow answer re-opens it for another
+    cool-down. A probe whose outcome is never recorded does not wedge the breaker: another is
+    granted once ``cooldown_s`` has passed since it started. Answers to calls sent before the
+    breaker opened do not close it: only a probe does.
     """
 
-    def __init__(self, threshold: int = 5, cooldown_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        threshold: int = 5,
+        cooldown_s: float = 0.5,
+        slow_call_s: float = math.inf,
+        slow_rate: float = 0.5,
+        window_s: float = 1.0,
+        min_calls: int = 10,
+    ) -> None:
         if threshold < 1 or cooldown_s <= 0:
             raise ValueError(
                 f"breaker needs threshold >= 1 and cooldown_s > 0, got {threshold} and {cooldown_s}"
             )
+        if not slow_call_s > 0 or not 0 < slow_rate <= 1 or window_s <= 0 or min_calls < 1:
+            raise ValueError(
+                f"breaker needs slow_call_s > 0, 0 < slow_rate <= 1, window_s > 0 and "
+                f"min_calls >= 1; got {slow_call_s}, {slow_rate}, {window_s}, {min_calls}"
+            )
         self.threshold, self.cooldown_s = threshold, cooldown_s
+        self.slow_call_s, self.slow_rate = slow_call_s, slow_rate
+        self.window_s, self.min_calls = window_s, min_calls
         self.state = BreakerState.CLOSED
         self.failures = 0
         self._opened_at = 0.0
         self._probe_at: float | None = None
+        # (end time, slow) of the calls in the sliding window, and how many of them were slow
+        self._window: collections.deque[tuple[float, bool]] = collections.deque()
+        self._slow = 0
 
     @property
     def is_open(self) -> bool:
-        """True while calls bypass the primary (open, or half-open with its probe out)."""
+        """True while calls bypass the copy (open, or half-open with its probe out)."""
         return self.state is not BreakerState.CLOSED
 
+    @property
+    def closed(self) -> bool:
+        return self.state is BreakerState.CLOSED
+
     def allow(self, now: float) -> bool:
-        """May this call go to the primary? Grants at most one probe per cool-down when open."""
+        """May a call go to the copy? Grants at most one probe per cool-down when open."""
         if self.state is BreakerState.CLOSED:
             return True
         if self.state is BreakerState.OPEN and now - self._opened_at < self.cooldown_s:
@@ -117,17 +149,57 @@ class CircuitBreaker:
         self._probe_at = now
         return True
 
-    def record_success(self, now: float) -> None:
+    def record_success(self, now: float, latency_s: float = 0.0) -> None:
+        """A call answered after ``latency_s``: slow when that exceeds ``slow_call_s``."""
+        slow = latency_s > self.slow_call_s
+        if self.state is BreakerState.HALF_OPEN:
+            if slow:
+                self._open(now)
+            else:
+                self._close()
+        elif self.state is BreakerState.CLOSED:
+            if not slow:
+                self.failures = 0
+            if self._count(now, slow):
+                self._open(now)
+
+    def record_slow(self, now: float) -> None:
+        """A call given up unanswered once it had been out ``slow_call_s``."""
+        if self.state is BreakerState.HALF_OPEN:
+            self._open(now)
+        elif self.state is BreakerState.CLOSED and self._count(now, True):
+            self._open(now)
+
+    def record_failure(self, now: float, slow: bool = False) -> None:
+        """A call failed (``slow``: it timed out, after at least ``slow_call_s``)."""
+        self.failures += 1
+        tripped = self.state is BreakerState.CLOSED and self._count(now, slow)
+        if tripped or self.state is BreakerState.HALF_OPEN or self.failures >= self.threshold:
+            self._open(now)
+
+    def _count(self, now: float, slow: bool) -> bool:
+        """Add one call to the window; True when the window now says "slow copy"."""
+        window = self._window
+        horizon = now - self.window_s
+        while window and window[0][0] <= horizon:
+            self._slow -= window.popleft()[1]
+        window.append((now, slow))
+        self._slow += slow
+        return len(window) >= self.min_calls and self._slow >= self.slow_rate * len(window)
+
+    def _open(self, now: float) -> None:
+        self.state = BreakerState.OPEN
+        self._opened_at = now
+        self._probe_at = None
+        self._window.clear()
+        self._slow = 0
+
+    def _close(self) -> None:
         self.state = BreakerState.CLOSED
         self.failures = 0
         self._probe_at = None
-
-    def record_failure(self, now: float) -> None:
-        self.failures += 1
-        if self.state is BreakerState.HALF_OPEN or self.failures >= self.threshold:
-            self.state = BreakerState.OPEN
-            self._opened_at = now
-            self._probe_at = None
+        self._window.clear()
+        self._slow = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +318,10 @@ class CallPolicy:
     backoff_max_s: float = 0.001
     # Do not start an attempt with less time left than this: it could not answer in time.
     min_attempt_s: float = 0.0003
+    # A call's share of the request's budget: one still unanswered after this long is slow. The
+    # request stops waiting for it (it goes on without the shard, or falls back) and the
+    # copies' breakers count it. (The gateway derives it from its budget; inf: never.)
+    slow_call_s: float = math.inf
 
     def backoff(self, jitter: float) -> float:
         """Backoff for a jitter drawn uniformly from [0, 1)."""
@@ -269,6 +345,10 @@ class ShardCallPlan:
     plan is finished when :attr:`done` is set: :attr:`winner` and :attr:`tier` then say who
     answered, or both are None when no copy did (``reason`` says why). The executor cancels
     whatever is still in flight at that point (a hedged loser is dropped, never leaked).
+
+    ``primary_allowed`` / ``replica_allowed``: the copy's breaker is closed (a copy that failed
+    or became slow is skipped; its probes are the executor's business). ``deadline`` is the time
+    the caller stops waiting: the request's deadline, or earlier (``CallPolicy.slow_call_s``).
     """
 
     deadline: float
@@ -278,6 +358,7 @@ class ShardCallPlan:
     retry_allowed: Callable[[], bool]
     jitter: float = 0.5
     policy: CallPolicy = field(default_factory=CallPolicy)
+    replica_allowed: bool = True
 
     primary: _State = _State.IDLE
     replica: _State = _State.IDLE
@@ -294,12 +375,19 @@ class ShardCallPlan:
 
     # ---- events
 
+    @property
+    def replica_usable(self) -> bool:
+        return self.has_replica and self.replica_allowed
+
     def start(self, now: float) -> list[Copy]:
         if self.primary_allowed:
             return self._send_primary(now)
-        if self.has_replica:
+        if self.replica_usable:
             return self._send_replica(now, hedge=False)
-        return self._fail("primary breaker is open and there is no replica")
+        return self._fail(
+            "no fast copy: the primary's breaker is open and "
+            + ("so is the replica's" if self.has_replica else "there is no replica")
+        )
 
     def on_timer(self, now: float) -> list[Copy]:
         kind, self.wake_at, self._wake_kind = self._wake_kind, None, ""
@@ -347,9 +435,9 @@ class ShardCallPlan:
             return []
         return self._to_replica(now)
 
-    def on_deadline(self, now: float) -> list[Copy]:
+    def on_deadline(self, now: float, reason: str = "deadline reached") -> list[Copy]:
         if not self.done:
-            self._fail("deadline reached")
+            self._fail(reason)
         return []
 
     # ---- helpers
@@ -364,7 +452,7 @@ class ShardCallPlan:
             return self._to_replica(now)
         self.attempts += 1
         self.primary = _State.INFLIGHT
-        if self.has_replica and self.replica is _State.IDLE:
+        if self.replica_usable and self.replica is _State.IDLE:
             hedge_at = now + max(self.hedge_delay_s, 0.0)
             if hedge_at <= self.deadline - self.policy.min_attempt_s:
                 self._wake(hedge_at, "hedge")
@@ -379,16 +467,16 @@ class ShardCallPlan:
         if self.replica is _State.INFLIGHT:
             return []
         if (
-            self.has_replica
+            self.replica_usable
             and self.replica is _State.IDLE
             and self.deadline - now >= self.policy.min_attempt_s
         ):
             return self._send_replica(now, hedge=False)
-        return self._fail(
-            "primary failed and no replica could be tried"
-            if self.has_replica
-            else "primary failed and there is no replica"
-        )
+        if not self.has_replica:
+            return self._fail("primary failed and there is no replica")
+        if not self.replica_allowed:
+            return self._fail("primary failed and the replica's breaker is open")
+        return self._fail("primary failed and no replica could be tried")
 
     def _succeed(self, copy: Copy) -> list[Copy]:
         self.done, self.winner, self.wake_at, self._wake_kind = True, copy, None, ""

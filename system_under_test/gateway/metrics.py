@@ -208,6 +208,16 @@ class GatewayMetrics:
             "1 while the shard primary's circuit breaker is not closed.",
             ("shard",),
         )
+        self.replica_breaker_open = r.gauge(
+            "recchaos_replica_breaker_open",
+            "1 while the shard replica's circuit breaker is not closed.",
+            ("shard",),
+        )
+        self.probes = r.counter(
+            "recchaos_breaker_probes_total",
+            "Probes of copies with an open breaker: sent, and how each ended (fast, slow, failed).",
+            ("shard", "copy", "outcome"),
+        )
         self.retries = r.counter("recchaos_retries_total", "Primary retries sent.", ("shard",))
         self.retry_budget_exhausted = r.counter(
             "recchaos_retry_budget_exhausted_total",

@@ -4,8 +4,9 @@
 are live (answer after a latency), dead (refuse at once), frozen (never answer: the client's
 timeout fires at the deadline) or flaky (the first attempt fails fast, later ones are live).
 Every combination of primary x replica x breaker state is checked exhaustively; Hypothesis
-checks the timing properties. The async executor (``calls.ShardCaller``) gets a few real-loop
-tests with fake clients at the end.
+checks the timing properties. The async executor (``calls.ShardCaller``) is tested at the end
+on a virtual-time event loop (``virtual_loop``) against simulated copies (``sim_cluster``): exact
+times, no wall clock.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import sim_cluster
+import virtual_loop
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from virtual_time import run_virtual
+from sim_cluster import SimCopy
 
-from system_under_test import protocol
-from system_under_test.gateway.calls import ShardCaller, ShardCallFailed, ShardCopies
+from system_under_test.gateway.calls import ShardCallFailed, shard_caller
 from system_under_test.gateway.fallback import (
     BreakerState,
     CallPolicy,
@@ -284,6 +286,69 @@ def test_breaker_failed_probe_reopens_and_lost_probe_does_not_wedge():
     assert b.allow(1.6)  # a new probe after another cool-down
 
 
+def test_breaker_opens_on_a_slow_call_rate_over_its_window():
+    b = CircuitBreaker(slow_call_s=0.01, slow_rate=0.5, window_s=1.0, min_calls=10)
+    for i in range(9):  # 9 slow calls: fewer than min_calls
+        b.record_success(i * 0.01, latency_s=0.012)
+    assert b.closed and b.failures == 0  # slow answers are not failures
+    b.record_slow(0.09)  # the 10th: given up unanswered after slow_call_s
+    assert b.state is BreakerState.OPEN
+    assert not b.allow(0.5) and b.allow(0.6)  # cool-down from 0.09, then one probe
+    b.record_success(0.6, latency_s=0.02)  # a slow probe re-opens it
+    assert b.state is BreakerState.OPEN
+    assert b.allow(1.1)
+    b.record_success(1.1, latency_s=0.001)  # a fast probe closes it
+    assert b.closed
+
+
+def test_breaker_ignores_a_few_slow_calls_and_slides_its_window():
+    b = CircuitBreaker(slow_call_s=0.01, slow_rate=0.5, window_s=1.0, min_calls=10)
+    for i in range(100):  # a stall of the whole machine: 10 slow calls in a second of 100
+        b.record_success(i * 0.01, latency_s=0.03 if 40 <= i < 50 else 0.001)
+    assert b.closed
+    for i in range(9):  # one slow call every 0.1 s from 1.0 s: the fast ones slide out
+        b.record_slow(1.0 + i * 0.1)
+    assert b.closed  # at 1.8 s: 9 slow of the 28 calls in (0.8 s, 1.8 s]
+    b.record_slow(1.9)
+    assert b.state is BreakerState.OPEN  # 10 slow of 19 in (0.9 s, 1.9 s]
+
+
+def test_breaker_answers_to_calls_sent_before_it_opened_do_not_close_it():
+    b = CircuitBreaker(threshold=2)
+    b.record_failure(0.0)
+    b.record_failure(0.1)
+    assert b.state is BreakerState.OPEN
+    b.record_success(0.2)  # a late answer to an earlier call
+    assert b.state is BreakerState.OPEN and not b.allow(0.3)
+
+
+def test_breaker_rejects_bad_settings_naming_them():
+    with pytest.raises(ValueError, match="slow_call_s > 0.*got 0"):
+        CircuitBreaker(slow_call_s=0)
+    with pytest.raises(ValueError, match="0 < slow_rate <= 1"):
+        CircuitBreaker(slow_rate=1.5)
+
+
+@pytest.mark.parametrize("primary_allowed", (True, False))
+def test_a_copy_whose_breaker_is_open_gets_neither_hedges_nor_fallbacks(primary_allowed):
+    plan = ShardCallPlan(
+        deadline=DEADLINE_S,
+        primary_allowed=primary_allowed,
+        has_replica=True,
+        replica_allowed=False,
+        hedge_delay_s=HEDGE_S,
+        retry_allowed=lambda: False,
+    )
+    sends = plan.start(0.0)
+    if not primary_allowed:  # no fast copy at all: fail at once (the caller falls back early)
+        assert sends == [] and plan.done and plan.tier is None
+        assert plan.reason == "no fast copy: the primary's breaker is open and so is the replica's"
+        return
+    assert sends == [Copy.PRIMARY] and plan.wake_at is None  # no hedge timer
+    assert plan.on_result(Copy.PRIMARY, 0.0002, "unavailable") == []
+    assert plan.done and plan.reason == "primary failed and the replica's breaker is open"
+
+
 def test_retry_budget_is_about_ten_percent_of_calls():
     budget = RetryBudget(ratio=0.1, min_per_s=0.0, cap=10.0)
     granted = 0
@@ -322,73 +387,144 @@ def test_tier_order_and_worst():
     assert worst(Tier.STATIC, Tier.DEGRADED) is Tier.STATIC
 
 
-# ---- the executor on an event loop with a virtual clock, with fake clients
+# ---- the executor on a virtual-time event loop, with simulated copies
 
 
-class FakeClient:
-    def __init__(self, name: str, state: str, latency: float = 0.0003) -> None:
-        self.name, self.state, self.latency = name, state, latency
-        self.calls = 0
-        self.cancelled = 0
+def run_call(
+    primary: str,
+    replica: str | None,
+    deadline_s: float = 0.017,
+    repeat: int = 1,
+    gap_s: float = 0.0,
+    slow_call_s: float = math.inf,
+    best_effort: bool = False,
+    breaker: dict | None = None,
+):
+    """``repeat`` calls to one shard whose copies are in the given states (sim_cluster.SimCopy),
+    ``gap_s`` apart, on virtual time: (results, primary, replica, caller)."""
 
-    async def call(self, op, timeout_s, fields=None, tensors=None):
-        self.calls += 1
-        if self.state == "dead" or (self.state == "flaky" and self.calls == 1):
-            raise protocol.Unavailable(f"{self.name}: refused")
-        try:
-            if self.state == "frozen":
-                await asyncio.sleep(timeout_s)
-                raise protocol.Timeout(f"{self.name}: no answer")
-            await asyncio.sleep(self.latency)
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        return protocol.Message({"ok": True, "from": self.name, "rid": fields["rid"]}, {})
-
-
-def run_call(primary: str, replica: str | None, deadline_s: float = 0.05, repeat: int = 1):
     async def scenario():
-        p = FakeClient("p", primary)
-        r = FakeClient("r", replica) if replica else None
         loop = asyncio.get_running_loop()
-        caller = ShardCaller([ShardCopies(0, p, r)], GatewayMetrics(), clock=loop.time)
+
+        def echo(msg):
+            return {"from": msg.header["rid"]}, {}
+
+        p = SimCopy("p", loop, echo)
+        p.set_state(primary)
+        r = None
+        if replica is not None:
+            r = SimCopy("r", loop, echo)
+            r.set_state(replica)
+        caller = shard_caller(
+            [(p, r)],
+            GatewayMetrics(),
+            slow_call_s,
+            clock=loop.time,
+            breaker=lambda slow_s: CircuitBreaker(slow_call_s=slow_s, **(breaker or {})),
+        )
         results = []
-        for _ in range(repeat):
-            try:
-                res = await caller.call(0, "retrieve", loop.time() + deadline_s, "rid-1")
-                results.append(res)
-            except ShardCallFailed as exc:
-                results.append(exc)
-        await asyncio.sleep(0.01)  # let cancelled losers finish
+        for i in range(repeat):
+            done = loop.create_future()
+            caller.start(
+                0,
+                "retrieve",
+                loop.time() + deadline_s,
+                f"rid-{i + 1}",
+                None,
+                None,
+                None,
+                lambda res, exc, done=done: done.set_result(res if exc is None else exc),
+                best_effort=best_effort,
+            )
+            results.append((loop.time(), await done, loop.time()))
+            await asyncio.sleep(gap_s)
+        await asyncio.sleep(0.1)  # let probes and losers finish
+        assert p.violations == [] and (r is None or r.violations == [])
         return results, p, r, caller
 
-    return run_virtual(scenario())
+    return virtual_loop.run(scenario())
 
 
-def test_executor_frozen_primary_is_hedged_and_the_loser_cancelled():
-    (res,), p, r, caller = run_call("frozen", "live")
-    assert res.tier is Tier.REPLICA and res.hedged and res.msg.header["from"] == "r"
-    assert p.cancelled == 1  # the hedged loser was cancelled, not leaked
+def test_executor_frozen_primary_is_hedged_and_the_loser_dropped():
+    ((start, res, end),), p, r, caller = run_call("frozen", "live")
+    assert res.tier is Tier.REPLICA and res.hedged and res.msg.header["from"] == "rid-1"
+    assert end - start == pytest.approx(HedgeDelay().initial_s + sim_cluster.LIVE_S)
+    assert p.pending == {}  # the hedged loser was abandoned, not leaked
     m = caller.metrics
     assert m.hedges.get("0") == 1 and m.hedge_wins.get("0") == 1
     assert m.shard_errors.get("0", "primary", "hedge_lost") == 1
 
 
 def test_executor_flaky_primary_is_retried_with_a_distinct_rid():
-    (res,), p, r, caller = run_call("flaky", "live")
-    assert res.tier is Tier.RETRY and res.msg.header["rid"] == "rid-1:retry"
-    assert p.calls == 2 and r.calls == 0
+    # rid-32 is the flaky copy's: its first attempt fails, the retry ("rid-32:retry") answers
+    results, p, r, caller = run_call("flaky", "live", repeat=32)
+    res = results[-1][1]
+    assert res.tier is Tier.RETRY and res.msg.header["from"] == "rid-32:retry"
+    assert [rid for _, _, rid in p.sent][-2:] == ["rid-32", "rid-32:retry"] and r.sent == []
     assert caller.metrics.retries.get("0") == 1
+    assert all(res.tier is Tier.PRIMARY for _, res, _ in results[:-1])
 
 
 def test_executor_dead_both_fails_and_frozen_breaker_opens():
-    (exc,), *_ = run_call("dead", "dead")
+    ((_, exc, _),), *_ = run_call("dead", "dead")
     assert isinstance(exc, ShardCallFailed) and "unavailable" in str(exc)
     results, p, r, caller = run_call("frozen", "live", repeat=8)
-    assert all(res.tier is Tier.REPLICA for res in results)
+    assert all(res.tier is Tier.REPLICA for _, res, _ in results)
     # After 5 lost hedges the breaker is open: later calls skip the frozen primary entirely.
-    assert caller.shards[0].breaker.is_open and p.calls == 5 and r.calls == 8
+    assert caller.shards[0].breaker.is_open and len(p.sent) == 5 and len(r.sent) == 8
     assert 'recchaos_breaker_open{shard="0"} 1' in caller.metrics.registry.render()
+
+
+def test_executor_gives_up_a_best_effort_call_at_the_slow_call_threshold():
+    ((start, exc, end),), p, r, _ = run_call("slow", "slow", slow_call_s=0.01, best_effort=True)
+    assert isinstance(exc, ShardCallFailed) and "slow" in str(exc)
+    assert end - start == pytest.approx(0.01)  # not the 17 ms deadline
+    # A required call waits for the slow answer (15 ms) within its deadline.
+    ((start, res, end),), *_ = run_call("slow", None, slow_call_s=0.01)
+    assert res.tier is Tier.PRIMARY and end - start == pytest.approx(sim_cluster.SLOW_S)
+
+
+def test_executor_slow_copies_open_their_breakers_and_then_cost_nothing():
+    results, p, r, caller = run_call(
+        "slow", "slow", repeat=40, gap_s=0.005, slow_call_s=0.01, best_effort=True
+    )
+    copies = caller.shards[0]
+    assert copies.breaker.is_open and copies.replica_breaker.is_open
+    failed_at_once = [end - start for start, res, end in results if end == start]
+    assert len(failed_at_once) >= 25  # once both are open: no copy is fast, no waiting
+    assert "no fast copy" in str(results[-1][1])
+    assert caller.metrics.shard_errors.get("0", "primary", "slow") >= 10
+
+
+def test_executor_probes_an_open_copy_without_making_a_request_wait():
+    """A dead primary's breaker opens; after its cool-down, one detached probe goes to it per
+    cool-down (requests keep going to the replica); once it answers fast, it is closed."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        p = SimCopy("p", loop, lambda msg: ({}, {}))
+        r = SimCopy("r", loop, lambda msg: ({}, {}))
+        p.set_state("dead")
+        caller = shard_caller([(p, r)], GatewayMetrics(), 0.01, clock=loop.time)
+        tiers, waits = [], []
+        for i in range(120):  # 1.2 s at 100 calls/s
+            if i == 80:
+                p.set_state("live")  # at 0.8 s
+            start = loop.time()
+            res = await caller.call(0, "retrieve", start + 0.017, f"rid-{i}")
+            tiers.append(res.tier)
+            waits.append(loop.time() - start)
+            await asyncio.sleep(0.01 - (loop.time() - start))
+        return tiers, waits, p, caller
+
+    tiers, waits, p, caller = virtual_loop.run(scenario())
+    probes = [rid for _, _, rid in p.sent if rid.endswith(":probe")]
+    assert probes and max(waits) < 0.002  # no request waited for a probe
+    assert set(tiers[5:80]) == {Tier.REPLICA}
+    # Probes at 0.5 s cool-downs; the one after the restart at 0.8 s (at about 1.0 s) closes it.
+    assert tiers[-1] is Tier.PRIMARY and caller.shards[0].breaker.closed
+    assert caller.metrics.probes.get("0", "primary", "fast") == 1
+    assert caller.metrics.probes.get("0", "primary", "failed") == len(probes) - 1
 
 
 @settings(max_examples=100, deadline=None)
