@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from system_under_test import protocol
 from system_under_test.models import DistilledModel
 from system_under_test.protocol import Message, RemoteError, Tensors
 from system_under_test.shard_server import (
+    WARM_UP_ROUNDS,
     FaultPoints,
     Reply,
     StartupError,
@@ -122,6 +124,22 @@ class RegionService:
         # Fault points: consulted before handling, per request (see shard_server.FaultPoints).
         return self.faults.respond(op, msg.header, lambda: self._recommend(msg))
 
+    def warm_up(self, rounds: int = WARM_UP_ROUNDS) -> None:
+        """Run the recommend path (decode, model, encode) before listening, as a shard does
+        (``ShardService.warm_up``): a fresh process's first calls are the slow ones."""
+        m = self.model
+        rng = np.random.default_rng(0)
+        for i in range(rounds):
+            history = rng.integers(-1, m.n_items, 1 + i % 20)
+            dense = rng.standard_normal(m.n_dense).astype(np.float32)
+            header = {"id": i, "op": "recommend", "deadline": 0, "k": 1 + i % min(K_MAX, m.n_items)}
+            frame = protocol.encode(
+                {**header, "rid": "warm-up"}, {"history": history, "dense": dense}
+            )
+            reply = self.respond(protocol.decode_body(memoryview(frame)[4:]))
+            assert isinstance(reply, tuple)  # no fault point is on before serving
+            protocol.encode({"id": i, "ok": True, **reply[0]}, reply[1])
+
     def ping(self) -> dict[str, Any]:
         return {
             "role": "region",
@@ -173,6 +191,7 @@ def main(argv: list[str]) -> int:
         log.error("%s", exc)
         return 1
     service = RegionService(model, version, token_from_env())
+    service.warm_up()
     freeze_heap()
 
     def ready(port: int) -> str:

@@ -152,25 +152,38 @@ def run_provenance() -> dict[str, Any]:
     }
 
 
-def steady_state(target: Target, scenario: Scenario, timeout_s: float = 30.0) -> None:
-    """Before any fault: STEADY_REQUESTS answers in a row succeed (at tier primary for the
-    recommender). Cold caches and first calls may need a few tries; bounded by ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
+def steady_state(
+    target: Target,
+    scenario: Scenario,
+    timeout_s: float = 30.0,
+    probe: Callable[[str, Scenario, int], tuple[int, str]] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Before any fault: STEADY_REQUESTS answers in a row succeed inside the scenario's SLA
+    (and at tier primary, for the recommender). "Steady" means serving in time, not merely
+    answering: a cold cluster, or a component that has just come back, answers its first
+    requests late. Bounded by ``timeout_s``; ``probe`` sends one request (status, tier)."""
+    probe = probe or _probe
+    deadline = clock() + timeout_s
     streak, seen, user = 0, Counter[str](), 0
     while streak < STEADY_REQUESTS:
-        if time.monotonic() > deadline:
+        if clock() > deadline:
             raise SutFailure(
-                f"steady state not reached within {timeout_s:.0f} s before any "
-                f"fault: {STEADY_REQUESTS} answers in a row at tier primary were "
-                f"expected from {target.base_url}; saw {dict(seen)}"
+                f"steady state not reached within {timeout_s:.0f} s before any fault: "
+                f"{STEADY_REQUESTS} answers in a row within the {scenario.sla_ms:g} ms SLA"
+                f"{'' if isinstance(scenario.target, GenericTarget) else ' at tier primary'} "
+                f"were expected from {target.base_url}; saw {dict(seen)}"
             )
-        status, tier = _probe(target.base_url, scenario, user)
+        sent = clock()
+        status, tier = probe(target.base_url, scenario, user)
+        took_ms = (clock() - sent) * 1000
         user += 1
         good = 200 <= status < 300 and (
             isinstance(scenario.target, GenericTarget) or tier == "primary"
         )
-        seen[f"{status} {tier}".strip()] += 1
-        streak = streak + 1 if good else 0
+        late = good and took_ms > scenario.sla_ms
+        seen[f"{status} {tier}".strip() + (" late" if late else "")] += 1
+        streak = streak + 1 if good and not late else 0
 
 
 def _probe(base_url: str, scenario: Scenario, user: int) -> tuple[int, str]:

@@ -12,6 +12,7 @@ dropped) followed by the ``n_dense`` dense features (little-endian float32).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import numpy as np
@@ -81,5 +82,24 @@ class FeatureStore:
                     "redis failed while loading features (%s): served from process", l2.last_error
                 )
                 return 0
+        l2.set_many({self.loaded_key: b"1"}, use="features")
+        return self.n_users
+
+    async def refill(self, l2: RedisL2, chunk: int = 100, pause_s: float = 0.005) -> int:
+        """Write every user's features back into a Redis that lost them (restarted, flushed),
+        ``chunk`` users at a time with a pause between: each write blocks the event loop, so
+        one big pipeline would stall every request in flight (2,000 keys: milliseconds).
+
+        Returns the number of users written (0 when they were present or Redis failed).
+        """
+        present = l2.mget([self.loaded_key], use="features")
+        if present is None or present[0] is not None:
+            return 0
+        for start in range(0, self.n_users, chunk):
+            users = range(start, min(start + chunk, self.n_users))
+            if not l2.set_many({self.key(u): self.encode(u) for u in users}, use="features"):
+                log.warning("redis failed while refilling features (%s)", l2.last_error)
+                return start
+            await asyncio.sleep(pause_s)
         l2.set_many({self.loaded_key: b"1"}, use="features")
         return self.n_users

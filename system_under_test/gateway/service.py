@@ -59,6 +59,9 @@ log = logging.getLogger("gateway.service")
 _REGION_RESERVE_S = 0.0005
 _REGION_MIN_S = 0.001
 _REGION_FAIR_TIMEOUT_S = 0.005
+# Users whose features one write of the background refill puts back into Redis: each write
+# blocks the event loop (and must finish inside the 2 ms Redis timeout on a busy machine).
+_REFILL_CHUNK = 50
 
 
 @dataclass
@@ -139,6 +142,7 @@ class RecommendService:
         self.min_left_s = settings.min_left_ms / 1000
         self.throttled = _Throttled()
         self._user_key = f"recchaos:{bundle.version}:user:"
+        self._refill: asyncio.Task[int] | None = None
 
     # ---- the API's service interface
 
@@ -167,17 +171,27 @@ class RecommendService:
         return result
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Every shard primary answers ping with our model version (and the model is loaded)."""
+        """Every shard primary answers ping with our model version inside the request budget
+        (the model is loaded, and the gateway warmed up before it listened: ready means serving
+        in time, not merely answering)."""
+        budget_s = self.settings.budget_s
 
         async def ping(s: int) -> str | None:
             client = self.caller.shards[s].primary
+            sent = self.clock()
             try:
                 msg = await client.call("ping", 0.25)
             except protocol.CallError as exc:
                 return f"{exc.kind}: {exc}"
+            took = self.clock() - sent
             version = msg.header.get("version")
             if version != self.bundle.version:
                 return f"serves model {version!r}, the gateway {self.bundle.version!r}"
+            if took > budget_s:
+                return (
+                    f"answered a ping in {took * 1000:.1f} ms, more than the request budget "
+                    f"of {budget_s * 1000:.1f} ms"
+                )
             return None
 
         problems = await asyncio.gather(*(ping(s) for s in range(self.n_shards)))
@@ -205,6 +219,8 @@ class RecommendService:
                     await client.close()
         if self.region is not None:
             await self.region.close()
+        if self._refill is not None:
+            self._refill.cancel()
         if self.l2 is not None:
             self.l2.close()
 
@@ -249,13 +265,36 @@ class RecommendService:
             self.metrics.cache_misses.inc("features")
             feats = self.features.local(user_id)
             if got is not None:  # Redis is up but lacks the key (flushed, restarted): refill
-                self.l2.set_many({keys[0]: self.features.encode(user_id)}, use="features")
+                self._refill_features()
         else:
             self.metrics.cache_hits.inc("features")
         row = unpack_row(got[1], self.bundle.dim) if got and want_row else None
         if want_row and got is not None:
             (self.metrics.cache_hits if row is not None else self.metrics.cache_misses).inc("l2")
         return feats[0], feats[1], row
+
+    def _refill_features(self) -> None:
+        """Refill Redis's features in the background, a chunk at a time (one refill at once).
+
+        Writing each missing user's features back on its request cost every request after a
+        Redis restart a second blocking round trip (and the loop time every answer waited for).
+        """
+        if self._refill is not None and not self._refill.done():
+            return
+        assert self.l2 is not None
+        self._refill = asyncio.get_running_loop().create_task(
+            self.features.refill(self.l2, chunk=_REFILL_CHUNK)
+        )
+        self._refill.add_done_callback(self._refilled)
+
+    def _refilled(self, task: asyncio.Task[int]) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error("refilling redis features failed", exc_info=task.exception())
+        elif task.result():
+            n = task.result()
+            log.info("redis: refilled the features of %d of %d users", n, self.features.n_users)
 
     async def _user_row(
         self, user_id: int, l2_row: np.ndarray | None, deadline: float, rid: str
@@ -415,7 +454,15 @@ class RecommendService:
         tensors = {"query": user_vec, "bag_ids": bag} if m else {"query": user_vec}
         # (bag without offsets: one row per id, so L1 can keep them)
         self.caller.start(
-            shard, "retrieve", deadline, rid, {"top_n": top_n}, tensors, check, on_done
+            shard,
+            "retrieve",
+            deadline,
+            rid,
+            {"top_n": top_n},
+            tensors,
+            check,
+            on_done,
+            best_effort=not m,  # without history rows to fetch, the request can do without it
         )
 
     def _rank(
@@ -558,6 +605,16 @@ class RecommendService:
             out["coverage"] = coverage
         out["timings_ms"] = stages.done()
         return out
+
+    async def warm_up_fallbacks(self) -> None:
+        """The region's and the static list's paths once (at start-up, before listening)."""
+        hist, dense = self.features.local(0)
+        if self.region is not None:
+            try:
+                await self._region(10, "warm-up", hist, dense, 0.25)
+            except (protocol.CallError, OSError) as exc:
+                log.info("warm-up: the region did not answer (%s)", exc)
+        self._static(10, hist)
 
     def warm_up(self) -> None:
         """One ranker pass at start-up: the first torch call costs milliseconds."""

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from system_under_test.gateway.cache import RowCache, pack_row, unpack_row
+from system_under_test.gateway.cache import RedisL2, RowCache, pack_row, unpack_row
 
 
 def rows_for(ids: np.ndarray, dim: int = 4) -> np.ndarray:
@@ -74,3 +74,39 @@ def test_row_packing_round_trip():
     row = np.arange(8, dtype=np.float32) / 3
     np.testing.assert_array_equal(unpack_row(pack_row(row), 8), row)
     assert unpack_row(b"short", 8) is None and unpack_row(None, 8) is None
+
+
+def test_features_refill_a_restarted_redis_in_chunks_between_other_work():
+    """After Redis comes back empty, the features go back in chunks with the event loop free
+    in between (one big pipeline would stall every request in flight)."""
+    import asyncio
+
+    import virtual_loop
+    from sim_cluster import SimRedis
+
+    from system_under_test.gateway.features import FeatureStore
+
+    store = FeatureStore(np.arange(30).reshape(10, 3), np.ones((10, 2), np.float32), "v9")
+    redis = SimRedis()
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        l2 = RedisL2("redis://sim", clock=loop.time)
+        l2.client = redis  # type: ignore[assignment]
+        ticks = []
+        ticker = loop.create_task(tick(ticks))
+        written = await store.refill(l2, chunk=3, pause_s=0.001)
+        ticker.cancel()
+        again = await store.refill(l2, chunk=3)  # present now: nothing to do
+        return written, again, ticks
+
+    async def tick(ticks):
+        while True:
+            ticks.append(len(redis.store))
+            await asyncio.sleep(0.0005)
+
+    written, again, ticks = virtual_loop.run(scenario())
+    assert (written, again) == (10, 0)
+    assert {3, 6, 9} <= set(ticks)  # other work ran between the chunks
+    assert store.decode(redis.store[store.key(7)])[0].tolist() == [21, 22, 23]
+    assert redis.store[store.loaded_key] == b"1"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from harness.checks.verdict import Verdict
 from harness.load.driver import LoadResult
@@ -22,7 +23,7 @@ from harness.model.record import FaultEvent
 from harness.model.requestlog import TIERS, empty_log
 from harness.model.scenario import Scenario, scenario_from_dict
 from harness.runner.guards import GuardWatch
-from harness.runner.run import Effects, RunOutcome, execute
+from harness.runner.run import STEADY_REQUESTS, Effects, RunOutcome, execute, steady_state
 from harness.runner.settings import RunSettings
 
 RATE, SECONDS = 100, 12
@@ -404,3 +405,34 @@ def test_a_guard_that_trips_halts_heals_at_once_records_the_halt_and_fails(tmp_p
         "healed freeze(gateway) (all healed 1 ms after the trip)"
     )
     assert any(line.startswith("  * HALT: guard error ratio") for line in h.lines)
+
+
+class SlowThenFast:
+    """A probe and a clock: the first ``slow`` answers take 25 ms, the rest 3 ms."""
+
+    def __init__(self, slow: int) -> None:
+        self.now, self.n, self.slow = 0.0, 0, slow
+
+    def probe(self, url: str, s: Scenario, user: int) -> tuple[int, str]:
+        self.n += 1
+        self.now += 0.025 if self.n <= self.slow else 0.003
+        return 200, "primary"
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_steady_state_means_answers_inside_the_sla_not_merely_answers():
+    target = FakeTarget("http://target.invalid", Path("manifest.json"))
+    cold = SlowThenFast(slow=5)
+    steady_state(target, scenario(), probe=cold.probe, clock=cold.clock)  # type: ignore[arg-type]
+    assert cold.n == 5 + STEADY_REQUESTS  # the late answers did not count
+    always_late = SlowThenFast(slow=10**6)
+    with pytest.raises(SutFailure, match=r"in a row within the 20 ms SLA at tier primary.*late"):
+        steady_state(
+            target,  # type: ignore[arg-type]
+            scenario(),
+            timeout_s=1.0,
+            probe=always_late.probe,
+            clock=always_late.clock,
+        )

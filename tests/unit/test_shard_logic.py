@@ -491,3 +491,23 @@ def test_cuda_without_a_gpu_is_refused_clearly(capsys, monkeypatch):
     assert (
         "--device cuda was given but torch.cuda.is_available() is False" in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("n_users", (0, 3, 50))
+def test_warm_up_runs_every_op_before_serving_and_leaves_no_trace(n_users):
+    users, items = random_tables(5, n_users, 40, 4)
+    service = ShardService(ShardTables.from_full(users, items, 2, 3), "primary", "v1")
+    calls: list[str] = []
+    respond = service.respond
+
+    def counting(msg: Message):  # type: ignore[no-untyped-def]
+        calls.append(
+            msg.header["op"] + ("/" + msg.header["table"] if "table" in msg.header else "")
+        )
+        return respond(msg)
+
+    service.respond = counting  # type: ignore[method-assign]
+    service.warm_up(top_n=10, rounds=3)
+    assert set(calls) >= {"retrieve", "lookup/item", "ping"}
+    assert ("lookup/user" in calls) == (n_users > 2)  # shard 2 of 3 holds users 2, 5, ...
+    assert service.faults.spec is None and service.faults.counts["requests"] == 0
