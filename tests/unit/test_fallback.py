@@ -287,7 +287,7 @@ def test_breaker_failed_probe_reopens_and_lost_probe_does_not_wedge():
 
 
 def test_breaker_opens_on_a_slow_call_rate_over_its_window():
-    b = CircuitBreaker(slow_call_s=0.01, slow_rate=0.5, window_s=1.0, min_calls=10)
+    b = CircuitBreaker(slow_call_s=0.01, slow_rate=0.5, window_calls=20, min_calls=10)
     for i in range(9):  # 9 slow calls: fewer than min_calls
         b.record_success(i * 0.01, latency_s=0.012)
     assert b.closed and b.failures == 0  # slow answers are not failures
@@ -302,15 +302,20 @@ def test_breaker_opens_on_a_slow_call_rate_over_its_window():
 
 
 def test_breaker_ignores_a_few_slow_calls_and_slides_its_window():
-    b = CircuitBreaker(slow_call_s=0.01, slow_rate=0.5, window_s=1.0, min_calls=10)
-    for i in range(100):  # a stall of the whole machine: 10 slow calls in a second of 100
-        b.record_success(i * 0.01, latency_s=0.03 if 40 <= i < 50 else 0.001)
+    b = CircuitBreaker(slow_call_s=0.01, slow_rate=0.5, window_calls=20, min_calls=10)
+    for i in range(100):  # a stall: 9 slow calls in a row among fast ones
+        b.record_success(i * 0.004, latency_s=0.03 if 40 <= i < 49 else 0.001)
     assert b.closed
-    for i in range(9):  # one slow call every 0.1 s from 1.0 s: the fast ones slide out
-        b.record_slow(1.0 + i * 0.1)
-    assert b.closed  # at 1.8 s: 9 slow of the 28 calls in (0.8 s, 1.8 s]
-    b.record_slow(1.9)
-    assert b.state is BreakerState.OPEN  # 10 slow of 19 in (0.9 s, 1.9 s]
+    for i in range(9):  # a copy that turned slow: its calls push the fast ones out
+        b.record_slow(0.4 + i * 0.004)
+    assert b.closed  # 9 slow of the last 20
+    b.record_slow(0.44)
+    assert b.state is BreakerState.OPEN  # 10 of the last 20
+    old = CircuitBreaker(slow_call_s=0.01, window_s=1.0, min_calls=10)
+    for i in range(9):
+        old.record_slow(i * 0.1)  # 0.0 s .. 0.8 s
+    old.record_slow(2.0)  # the nine are more than a second old: out of the window
+    assert old.closed
 
 
 def test_breaker_answers_to_calls_sent_before_it_opened_do_not_close_it():
@@ -327,6 +332,8 @@ def test_breaker_rejects_bad_settings_naming_them():
         CircuitBreaker(slow_call_s=0)
     with pytest.raises(ValueError, match="0 < slow_rate <= 1"):
         CircuitBreaker(slow_rate=1.5)
+    with pytest.raises(ValueError, match="min_calls <= window_calls; got .* 30 and 20"):
+        CircuitBreaker(min_calls=30)
 
 
 @pytest.mark.parametrize("primary_allowed", (True, False))
