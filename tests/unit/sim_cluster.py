@@ -252,6 +252,7 @@ class SimCluster:
         users = torch.from_numpy(rng.standard_normal((N_USERS, DIM)).astype(np.float32))
         items = torch.from_numpy(rng.standard_normal((N_ITEMS, DIM)).astype(np.float32))
         self.copies: dict[str, SimCopy] = {}
+        self.shard_services: dict[str, ShardService] = {}  # their fault points, by copy name
         clients = []
         for s in range(N_SHARDS):
             tables = ShardTables.from_full(users, items, s, N_SHARDS)
@@ -259,6 +260,7 @@ class SimCluster:
             for role in ("primary", "replica"):
                 service = ShardService(tables, role, "sim")
                 name = f"shard-{s}-{role}"
+                self.shard_services[name] = service
                 self.copies[name] = SimCopy(name, loop, self._shard_answer(service))
                 pair.append(self.copies[name])
             clients.append((pair[0], pair[1]))

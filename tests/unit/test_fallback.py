@@ -23,7 +23,7 @@ import sim_cluster
 import virtual_loop
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sim_cluster import SimCopy
+from sim_cluster import SimCluster, SimCopy
 
 from system_under_test.gateway.calls import ShardCallFailed, shard_caller
 from system_under_test.gateway.fallback import (
@@ -40,6 +40,7 @@ from system_under_test.gateway.fallback import (
     worst,
 )
 from system_under_test.gateway.metrics import GatewayMetrics
+from system_under_test.shard_server import FaultSpec
 
 LIVE_S = 0.0004  # a healthy copy's answer time
 DEAD_S = 0.0002  # a dead copy refuses this fast (connection refused)
@@ -543,3 +544,28 @@ def test_hedge_quantile_equals_numpy_quantile(values, q):
     """The hedge delay's partial-sort quantile is numpy's default (linear) quantile."""
     arr = np.array(values)
     assert _quantile(arr, q) == pytest.approx(float(np.quantile(arr, q)), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("corruption", ("nan_rate", "wrong_shape_rate"))
+def test_corrupt_shard_answers_are_detected_and_never_served(corruption):
+    """A primary whose every answer is corrupt (the fault points app_nan / app_wrong_shape
+    switch on): its first attempt and its retry fail validation, the replica answers, and the
+    answer is the one an intact cluster gives."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        intact, corrupt = SimCluster(loop), SimCluster(loop)
+        faults = {corruption: 1.0, "seed": 5}
+        corrupt.shard_services["shard-2-primary"].faults.spec = FaultSpec.from_fields(faults)
+        good = await intact.service.recommend(7, 10, "sim-1")
+        got = await corrupt.service.recommend(7, 10, "sim-1")
+        return good, got, corrupt
+
+    good, got, corrupt = virtual_loop.run(scenario())
+    assert got.tier == "replica" and got.payload["coverage"] == 1.0
+    assert got.payload["items"] == good.payload["items"]
+    assert np.isfinite(got.payload["scores"]).all()
+    counts = corrupt.shard_services["shard-2-primary"].faults.counts
+    assert counts[corruption.removesuffix("_rate")] == 2  # the first attempt and the retry
+    errors = corrupt.service.metrics.shard_errors
+    assert errors.get("2", "primary", "bad_reply") == 2
