@@ -53,7 +53,7 @@ def role_of(name: str) -> str:
 
 
 def cpu_by_name(cluster: RecommenderCluster) -> dict[str, float | None]:
-    return {c["name"]: cpu_seconds(int(c["pid"])) for c in cluster.manifest["components"]}
+    return {c["name"]: cpu_seconds(int(c["pid"])) for c in cluster.manifest()["components"]}
 
 
 def cpu_ms_by_role(
@@ -161,9 +161,9 @@ def main() -> int:
             up_s = time.monotonic() - t0
             print(
                 f"`up` took {up_s:.1f} s (preset {args.preset}, {args.shards} shards; "
-                f"{cluster.manifest.get('startup_seconds')} s inside the launcher)"
+                f"{cluster.manifest().get('startup_seconds')} s inside the launcher)"
             )
-            users = args.users or int(cluster.manifest.get("n_users") or 100_000)
+            users = args.users or int(cluster.manifest().get("n_users") or 100_000)
             one_step(cluster, rates[0], 5.0, users, 0, work / "warm")  # warm caches, JIT paths
             results: dict[float, list[dict]] = {r: [] for r in rates}
             for rnd in range(args.repeat):
