@@ -82,7 +82,7 @@ def one_step(
     kill: str | None = None,
 ) -> dict:
     job = LoadJob(
-        target=cluster.gateway_url,
+        target=cluster.base_url,
         seed=seed,
         output_dir=str(workdir),
         phases=(LoadPhase("step", rate, step_s, RequestMix(users=users)),),
