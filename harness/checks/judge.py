@@ -3,15 +3,23 @@
 A judgement is PASS or FAIL only on enough evidence; otherwise INCONCLUSIVE, with the reason
 and the value that was measured anyway. Messages name the value, the window, the limit and where
 the SLO is written, e.g. "p99 143.2 ms during kill(shard-1-primary) window [12.0 s, 17.0 s]
-exceeds the SLO of 20.0 ms (scenarios/primary_kill.yaml, slos[0]); 4,812 requests in the window".
+exceeds the SLO of 20.0 ms (scenarios/primary_kill.yaml, slos[0]); 4,812 requests in the window;
+95% CI [138.9, 151.0] ms (ranks 4,745 and 4,779 of 4,812)".
+
+Every quantile check (p50, p95, p99, p99.9) states the distribution-free confidence interval of
+its quantile (:mod:`harness.metrics.confidence`), at 95% or at the SLO's own ``confidence``; with
+``confidence`` set the interval decides: PASS or FAIL only when it lies wholly on one side of the
+limit, INCONCLUSIVE when it straddles it.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from harness.checks import text
 from harness.checks.verdict import CheckResult, Verdict
+from harness.metrics.confidence import DEFAULT_LEVEL, QuantileInterval
 from harness.metrics.failover import Failover, Recovery
 from harness.metrics.stats import WindowStats
 from harness.model.record import FaultEvent
@@ -71,17 +79,63 @@ def judge(
             Verdict.FAIL, message, value, slo.limit, stats.window.name, where, slo.metric
         )
     holds = not math.isnan(value) and slo.holds(value)
-    message = (
-        f"{name} {shown} {window} {text.comparison(slo, holds)} ({where});"
-        f" {text.count(stats.count)} requests in the window"
+    interval = stats.interval(
+        slo.metric, include_errors=slo.include_errors, level=slo.confidence or DEFAULT_LEVEL
     )
+    tally = f"{text.count(stats.count)} requests in the window"
     if math.isinf(value) and stats.errors:
-        message += f", {text.count(stats.errors)} failed (a failure counts as infinitely slow)"
-    return judged(slo, holds, message, value, stats.window.name, where)
+        tally += f", {text.count(stats.errors)} failed (a failure counts as infinitely slow)"
+    if interval is not None:
+        tally += f"; {text.interval(interval)}"
+    if slo.confidence is not None and interval is not None:
+        if straddles(slo, interval):
+            return too_close(slo, stats, value, f"{name} {shown} {window}", where, tally, interval)
+        holds = slo.holds(interval.low_ms)  # both ends agree: the interval decides
+    message = f"{name} {shown} {window} {text.comparison(slo, holds)} ({where}); {tally}"
+    iv = interval.to_dict() if interval is not None else None
+    return judged(slo, holds, message, value, stats.window.name, where, iv)
+
+
+def too_close(
+    slo: SLOSpec,
+    stats: WindowStats,
+    value: float,
+    what: str,
+    where: str,
+    tally: str,
+    interval: QuantileInterval,
+) -> CheckResult:
+    """INCONCLUSIVE: the SLO asks for ``confidence`` and the interval straddles the limit."""
+    message = (
+        f"{what} is too close to call at {(slo.confidence or 0) * 100:g}% confidence: the interval"
+        f" straddles the SLO of {text.number(slo.limit, slo.unit)} ({where}); {tally}; more"
+        " requests in the window (longer, or a higher rate) narrow it"
+    )
+    return CheckResult(
+        Verdict.INCONCLUSIVE,
+        message,
+        value,
+        slo.limit,
+        stats.window.name,
+        where,
+        slo.metric,
+        interval=interval.to_dict(),
+    )
+
+
+def straddles(slo: SLOSpec, interval: QuantileInterval) -> bool:
+    """The SLO holds at one end of the interval and not at the other."""
+    return slo.holds(interval.low_ms) != slo.holds(interval.high_ms)
 
 
 def judged(
-    slo: SLOSpec, holds: bool, message: str, value: float | None, window: str, where: str
+    slo: SLOSpec,
+    holds: bool,
+    message: str,
+    value: float | None,
+    window: str,
+    where: str,
+    interval: dict[str, Any] | None = None,
 ) -> CheckResult:
     """The check result of a judged SLO, its verdict set by :func:`expectation`."""
     verdict, message = expectation(slo, holds, message)
@@ -94,6 +148,7 @@ def judged(
         where,
         slo.metric,
         expected_violation=slo.expects_violation and verdict is Verdict.PASS,
+        interval=interval,
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+from harness.metrics.confidence import QuantileInterval
 from harness.model.slo import LATENCY_METRICS, SLOSpec
 
 
@@ -54,3 +56,20 @@ def comparison(slo: SLOSpec, holds: bool) -> str:
 def requirement(slo: SLOSpec) -> str:
     """``the SLO asks for at most 20.0 ms``."""
     return f"the SLO asks for {slo.bound_text()} {number(slo.limit, slo.unit)}"
+
+
+def interval(iv: QuantileInterval | dict[str, Any], ranks: bool = True) -> str:
+    """``95% CI [140.0, 146.9] ms (ranks 1,968 and 1,992 of 2,000)``; an unbounded end reads
+    ``inf`` (or 0) and says that the window has too few samples to bound it."""
+    d = iv.to_dict() if isinstance(iv, QuantileInterval) else iv
+    n, lo_rank, hi_rank = int(d["samples"]), int(d["low_rank"]), int(d["high_rank"])
+    low, high = float(d["low_ms"]), float(d["high_ms"])
+    hi_text = "inf" if math.isinf(high) else f"{high:.1f}"
+    out = f"{float(d['level']) * 100:g}% CI [{low:.1f}, {hi_text}] ms"
+    if not ranks:
+        return out
+    out += f" (ranks {count(lo_rank)} and {count(hi_rank)} of {count(n)}"
+    open_ends = [side for side, off in (("below", lo_rank == 0), ("above", hi_rank > n)) if off]
+    if open_ends:
+        out += f"; too few samples to bound it {' or '.join(open_ends)}"
+    return out + ")"

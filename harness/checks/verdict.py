@@ -36,6 +36,7 @@ class CheckResult:
     where: str
     metric: str = ""
     expected_violation: bool = False  # PASS because the SLO was violated, as the scenario expects
+    interval: dict[str, Any] | None = None  # a quantile's confidence interval (QuantileInterval)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

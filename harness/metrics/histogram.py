@@ -136,6 +136,22 @@ class LatencyHistogram:
         value = self._hdr.get_highest_equivalent_value(self._hdr.get_value_from_index(index))
         return value / 1000.0
 
+    def value_at_rank(self, rank: int, edge: str = "high") -> float:
+        """The ``rank``-th smallest value (1-based) in ms, failures and overflow ranked above
+        every latency (+inf); ``edge`` ``low`` or ``high``: that end of its bucket."""
+        if rank < 1 or rank > self.total:
+            raise ValueError(f"rank must be in 1..{self.total}, got {rank}")
+        counts = np.ctypeslib.as_array(self._hdr.counts)[: self._hdr.counts_len]
+        cumulative = np.cumsum(counts, dtype=np.int64)
+        if not cumulative.size or rank > int(cumulative[-1]):
+            return math.inf
+        value = self._hdr.get_value_from_index(int(np.searchsorted(cumulative, rank, "left")))
+        if edge == "high":
+            value = self._hdr.get_highest_equivalent_value(value)
+        else:
+            value = self._hdr.get_lowest_equivalent_value(value)
+        return value / 1000.0
+
     # transport -----------------------------------------------------------------------------
     def encode(self) -> str:
         """Text form: ``recchaos-hdr/1 <overflow> <failures> <base64 HDR histogram>``."""

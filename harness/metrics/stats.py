@@ -5,7 +5,8 @@ from the actual send, generator lag from intended to actual send. Percentiles co
 :class:`~harness.metrics.histogram.LatencyHistogram`, success-only and error-inclusive (a failed
 or never-sent request counts as infinitely slow). Shares are of the intended requests in the
 window, so a request that was never sent counts against the system, and the generator's own
-shortfall is reported (``sent_ratio``, lag) for the judges to discount.
+shortfall is reported (``sent_ratio``, lag) for the judges to discount. A quantile's confidence
+interval comes from the same histogram (:meth:`WindowStats.interval`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from harness.metrics.confidence import DEFAULT_LEVEL, QuantileInterval, quantile_interval
 from harness.metrics.histogram import LatencyHistogram
 from harness.metrics.windows import Window
 from harness.model.requestlog import ERROR_KINDS, TIERS, succeeded
 
 QUANTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0), ("p99.9", 99.9))
+QUANTILE_OF = dict(QUANTILES)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,18 @@ class WindowStats:
         if name == "tier_share":
             return self.tier_share(tier or "")
         return (self.latency_all if include_errors else self.latency).get(name)
+
+    def interval(
+        self, name: str, *, include_errors: bool = True, level: float = DEFAULT_LEVEL
+    ) -> QuantileInterval | None:
+        """The confidence interval of a quantile metric (``p99``, ...) of the response time;
+        None for other metrics and for an empty window."""
+        q = QUANTILE_OF.get(name)
+        if q is None:
+            return None
+        return quantile_interval(
+            self.response_hist, name, q / 100, with_errors=include_errors, level=level
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

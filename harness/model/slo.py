@@ -4,6 +4,8 @@ An :class:`SLOSpec` names a metric, one bound (``at_most``, ``at_least``, ``abov
 ``below``) and where it applies: window metrics (percentiles, error ratio, shares) are judged in
 every selected window; fault metrics (time to failover, time to recover) once per selected fault.
 :class:`Evidence` holds the thresholds below which a window is INCONCLUSIVE instead of judged.
+A quantile SLO may set ``confidence`` (e.g. 0.95): its verdict then follows the quantile's
+confidence interval, and a window whose interval straddles the limit is INCONCLUSIVE.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from harness.model.validate import (
 )
 
 LATENCY_METRICS = ("p50", "p95", "p99", "p99.9", "max")
+QUANTILE_METRICS = ("p50", "p95", "p99", "p99.9")  # judged with a confidence interval
 RATIO_METRICS = ("error_ratio", "within_sla", "tier_share")
 FAULT_METRICS = ("time_to_failover", "time_to_last_miss", "time_to_recover")
 METRICS = LATENCY_METRICS + RATIO_METRICS + FAULT_METRICS
@@ -95,6 +98,7 @@ class SLOSpec:
     min_samples: int | None = None
     expect: str = "hold"
     reason: str = ""
+    confidence: float | None = None  # quantile metrics: judge by the interval at this level
     origin: str = field(default="", compare=False)
 
     @property
@@ -133,6 +137,8 @@ class SLOSpec:
         if self.expects_violation:
             d["expect"] = self.expect
             d["reason"] = self.reason
+        if self.confidence is not None:
+            d["confidence"] = self.confidence
         return d
 
 
@@ -184,6 +190,7 @@ def read_slo(data: Any, path: str, problems: list[Problem], origin: str) -> SLOS
     unless = f.get("unless", choice(CONDITIONS), None)
     min_samples = f.get("min_samples", integer(1, 10_000_000), None)
     expect, reason = _read_expectation(f)
+    confidence = _read_confidence(f, metric)
     f.finish()
     values = (
         metric,
@@ -197,6 +204,7 @@ def read_slo(data: Any, path: str, problems: list[Problem], origin: str) -> SLOS
         min_samples,
         expect,
         reason,
+        confidence,
     )
     if not f.ok or any_invalid(*values):
         return None
@@ -217,6 +225,27 @@ def _read_expectation(f: Fields) -> tuple[Any, Any]:
     elif expect == "hold" and reason:
         reason = f.add("reason", reason, "no reason unless expect: violated")
     return expect, reason
+
+
+def _read_confidence(f: Fields, metric: Any) -> Any:
+    """``confidence: 0.95``: a quantile is PASS or FAIL only when its interval at that level
+    lies wholly on one side of the limit, INCONCLUSIVE when it straddles it."""
+    conv = Conv("a number above 0.5 and below 1 (e.g. 0.95)", _level)
+    level = f.get("confidence", conv, None)
+    if level not in (None, INVALID) and metric not in QUANTILE_METRICS:
+        return f.add(
+            "confidence",
+            level,
+            "confidence only with a quantile metric: " + ", ".join(QUANTILE_METRICS),
+            "other metrics have no order-statistic interval",
+        )
+    return level
+
+
+def _level(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0.5 < v < 1:
+        raise Bad()
+    return float(v)
 
 
 def _read_bound(f: Fields, metric: Any) -> tuple[Any, Any]:
@@ -285,6 +314,7 @@ __all__ = [
     "FaultSelector",
     "LATENCY_METRICS",
     "METRICS",
+    "QUANTILE_METRICS",
     "RATIO_METRICS",
     "SLOSpec",
     "TIERS",

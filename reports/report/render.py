@@ -77,6 +77,7 @@ def slo_section(run: RunDir) -> str:
                 c.get("metric", ""),
                 c.get("window") or "whole run",
                 _num_or(c.get("value")),
+                _ci(c.get("interval")),
                 _num_or(c.get("limit")),
                 c.get("where", ""),
                 c.get("message", ""),
@@ -84,9 +85,20 @@ def slo_section(run: RunDir) -> str:
             for c in checks
         ]
         body = table(
-            ["verdict", "metric", "window", "value", "limit", "SLO", "message"], rows, "slo"
+            ["verdict", "metric", "window", "value", "CI", "limit", "SLO", "message"], rows, "slo"
         )
     return '<h2 id="slo">Verdict and SLOs</h2>' + body + window_table(run)
+
+
+def _ci(interval: Any) -> str:
+    """A quantile check's confidence interval, ``95%: 4.1-4.3``; empty for other checks."""
+    if not isinstance(interval, dict):
+        return ""
+    try:
+        level, low, high = (float(interval[k]) for k in ("level", "low_ms", "high_ms"))
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return f"{level * 100:g}%: {fmt(low)}-{fmt(high)}"
 
 
 def _num_or(v: Any) -> Any:

@@ -205,7 +205,8 @@ def test_fail_message_names_value_window_limit_and_where():
     assert r.verdict is Verdict.FAIL
     assert r.message == (
         "p99 143.4 ms during kill(shard-1-primary) window [12.0 s, 22.0 s] exceeds the SLO of"
-        " 20.0 ms (scenarios/primary_kill.yaml, slos[0]); 2,000 requests in the window"
+        " 20.0 ms (scenarios/primary_kill.yaml, slos[0]); 2,000 requests in the window;"
+        " 95% CI [143.2, 143.4] ms (ranks 1,971 and 1,989 of 2,000)"
     )
     assert (r.limit, r.window, r.where) == (20.0, "during kill(shard-1-primary)", WHERE)
 
@@ -215,7 +216,8 @@ def test_pass_message():
     assert r.verdict is Verdict.PASS
     assert re.fullmatch(
         r"p99 4\.1 ms during .* is within the SLO of at most 20\.0 ms \(.*\);"
-        r" 2,000 requests in the window",
+        r" 2,000 requests in the window; 95% CI \[4\.1, 4\.1\] ms \(ranks 1,971 and 1,989 of"
+        r" 2,000\)",
         r.message,
     )
 
