@@ -1,7 +1,7 @@
 """The ``recchaos`` command line: a thin adapter over the harness's layers.
 
 Each command group registers its parser in :data:`COMMANDS` (``scenarios``, ``sut``, ``run``,
-and ``report``, ``compare`` and ``trend`` from :mod:`reports.commands`). Every argument carries
+``explore``, and ``report``, ``compare`` and ``trend`` from :mod:`reports.commands`). Every argument carries
 help text, and an option with a fixed set of values lists them as ``choices``, so a wrong value
 is refused by the parser with the allowed ones named. Exit codes: 0 PASS (or OK), 1 FAIL,
 2 usage error, 3 INCONCLUSIVE, 4 harness error, 130 interrupted (Ctrl-C). ``recchaos sut ...``
@@ -226,6 +226,94 @@ def add_to_history(run_dir: Path, log: Callable[[str], object] = print) -> None:
         log(f"history: run not added to {db}: {type(exc).__name__}: {exc}")
     else:
         log(f"history: run {run_id} in {db}")
+
+
+# explore ------------------------------------------------------------------------------------
+@command
+def _explore(sub: Any) -> None:
+    from harness.explore.settings import DEFAULT_BUDGET, DEFAULT_SHRINK_BUDGET
+    from harness.explore.verdicts import DEFAULT_RERUNS
+    from harness.runner.settings import DEFAULT_RUNS_DIR
+
+    p = sub.add_parser(
+        "explore",
+        help="search fault schedules for one that breaks the scenario's SLOs, and shrink it "
+        "(exit 0 none found, 1 found, 3 INCONCLUSIVE, 2 usage error, 4 harness error)",
+        description="Let Hypothesis draw fault schedules within the scenario's explore: limits, "
+        "run each for real, and shrink a failing one to the minimal failing schedule "
+        "(docs/explore.md). Exit codes: 0 no schedule failed, 1 a failing schedule was found "
+        "(minimal.yaml), 3 INCONCLUSIVE, 2 usage error, 4 harness error, 130 interrupted.",
+    )
+    p.add_argument("scenario", metavar="SCENARIO", help="scenario YAML file (with SLOs)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--budget",
+        type=int,
+        metavar="N",
+        help=f"schedules to try while searching (default {DEFAULT_BUDGET})",
+    )
+    budget.add_argument(
+        "--time-budget",
+        dest="time_budget",
+        type=float,
+        metavar="S",
+        help="instead of --budget: start no run after S seconds (shrinking included)",
+    )
+    p.add_argument(
+        "--seed", type=int, help="seed of the draws and the request mix (default: the scenario's)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_RUNS_DIR,
+        help="runs directory: the exploration's directory and the example database "
+        "(explore-db) go there (default: ./runs)",
+    )
+    p.add_argument("--profile", help="scenario profile to apply (default: none)")
+    p.add_argument(
+        "--shrink-budget",
+        type=int,
+        default=DEFAULT_SHRINK_BUDGET,
+        metavar="N",
+        help=f"runs allowed while shrinking a failure (default {DEFAULT_SHRINK_BUDGET})",
+    )
+    p.add_argument(
+        "--reruns",
+        type=int,
+        default=DEFAULT_RERUNS,
+        metavar="N",
+        help="re-runs that must reproduce a FAIL without a confident interval "
+        f"(default {DEFAULT_RERUNS})",
+    )
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no line per example"
+    )
+    p.set_defaults(func=explore_scenario)
+
+
+def explore_scenario(args: argparse.Namespace) -> int:
+    from harness.explore.run import explore
+    from harness.explore.settings import ExploreSettings
+    from harness.runner.settings import OPTIONS_BY_NAME
+
+    seed = args.seed
+    if seed is not None:
+        seed = OPTIONS_BY_NAME["seed"].parse(seed, "the command line (--seed)")
+    settings = ExploreSettings(
+        scenario_path=args.scenario,
+        out_dir=args.out,
+        seed=seed,
+        profile=args.profile,
+        budget=args.budget,
+        time_budget_s=args.time_budget,
+        shrink_budget=args.shrink_budget,
+        reruns=args.reruns,
+        progress=args.progress,
+    )
+    outcome = explore(settings)
+    for line in outcome.lines:
+        print(line)
+    return outcome.exit_code
 
 
 # report, compare, trend, history (reports/: reads saved run records only) ---------------------

@@ -18,6 +18,8 @@ What it adds to pytest:
   is a collection error, a harness error is a test error;
 - fixtures: ``recommender`` (a session cluster, options from ``recommender_options``), ``load``
   and ``chaos`` (see :mod:`harness.chaos`), returning :class:`harness.assertions.ChaosRun`;
+  ``chaos_explore`` (a fault-schedule search, :mod:`harness.explore`: "no schedule within these
+  limits breaks these SLOs", budget by profile);
 - the hook ``pytest_recchaos_run_scenario(settings, log)``, which runs one scenario item (a
   conftest can replace the runner, as the plugin's own tests do).
 
@@ -39,7 +41,13 @@ from typing import Any
 
 import pytest
 
-from harness.model.errors import Inconclusive, RecchaosError, UsageError
+from harness.model.errors import (
+    EXIT_INTERRUPTED,
+    HarnessError,
+    Inconclusive,
+    RecchaosError,
+    UsageError,
+)
 from harness.runner.settings import (
     DEFAULT_SLA_MS,
     OPTIONS_BY_NAME,
@@ -655,6 +663,88 @@ def load(recommender: Any, request: pytest.FixtureRequest) -> Any:
         replay=replay,
     )
     return Load(ctx)
+
+
+@pytest.fixture
+def chaos_explore_runner() -> Any:
+    """How ``chaos_explore`` runs its examples: ``make_runner(scenario, workdir, log)``
+    (default :func:`harness.explore.cluster.runner_for`; override it in a conftest)."""
+    from harness.explore.cluster import runner_for
+
+    return runner_for
+
+
+@pytest.fixture
+def chaos_explore(request: pytest.FixtureRequest, chaos_explore_runner: Any) -> Any:
+    """``chaos_explore(scenario, *, budget=, time_budget_s=, seed=, shrink_budget=)``: search
+    the scenario's fault schedules (its ``explore:`` limits) for one that breaks its SLOs
+    (docs/explore.md). A failing schedule fails the test with the first and the minimal
+    schedule, the failing checks and the replay lines; an INCONCLUSIVE exploration is skipped
+    in the pr profile and fails in nightly. The profile sets the budget: a few schedules in pr,
+    many at night (``PROFILE_BUDGETS``); returns the ``ExploreOutcome``."""
+    from harness.explore.settings import ExploreSettings
+
+    item = request.node
+    s = settings_for(item)
+
+    def explore(
+        scenario: str | os.PathLike[str],
+        *,
+        budget: int | None = None,
+        time_budget_s: float | None = None,
+        seed: int | None = None,
+        shrink_budget: int | None = None,
+    ) -> Any:
+        from harness.explore.settings import PROFILE_BUDGETS, PROFILE_SHRINK_BUDGETS
+
+        path = _scenario_path(item.config, scenario)
+        settings = ExploreSettings(
+            scenario_path=path,
+            out_dir=Path(s.values["out_dir"]),
+            seed=seed if seed is not None else s.values["seed"],
+            profile=_own_profile(path, s.profile),
+            budget=budget if budget or time_budget_s else PROFILE_BUDGETS[s.profile],
+            time_budget_s=time_budget_s,
+            shrink_budget=(
+                shrink_budget if shrink_budget is not None else PROFILE_SHRINK_BUDGETS[s.profile]
+            ),
+        )
+        return _explored(settings, chaos_explore_runner)
+
+    return explore
+
+
+def _scenario_path(config: pytest.Config, scenario: str | os.PathLike[str]) -> str:
+    """A relative path is relative to the rootdir; shown relative to the invocation dir."""
+    path = Path(scenario)
+    if not path.is_absolute():
+        path = config.rootpath / path
+    return os.path.relpath(path, config.invocation_params.dir)
+
+
+def _own_profile(path: str, profile: str) -> str | None:
+    """The session's profile when the scenario defines it, else none (it runs as written)."""
+    from harness.model.scenario import load_scenario
+
+    return profile if profile in load_scenario(path).profiles else None
+
+
+def _explored(settings: Any, make_runner: Any) -> Any:
+    """Run the exploration and turn its ending into the test's outcome."""
+    from harness.checks.verdict import Verdict
+    from harness.explore.run import explore
+
+    outcome = explore(settings, log=print, make_runner=make_runner)
+    text = "\n".join(outcome.lines)
+    if outcome.exit_code == EXIT_INTERRUPTED:
+        raise KeyboardInterrupt(text)
+    if outcome.verdict is None:
+        raise HarnessError(text)
+    if outcome.verdict is Verdict.FAIL:
+        pytest.fail(text, pytrace=False)
+    if outcome.verdict is Verdict.INCONCLUSIVE:
+        raise Inconclusive(text)
+    return outcome
 
 
 @pytest.fixture

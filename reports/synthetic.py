@@ -124,6 +124,7 @@ def write_run(out: str | Path, s: Synth = Synth()) -> Path:
                 "value": p99,
                 "limit": s.sla_ms,
                 "where": "synthetic, slos[0]",
+                "interval": (iv.to_dict() if (iv := st.interval("p99")) is not None else None),
                 "message": f"p99 {p99:.1f} ms {st.window.describe()} "
                 f"{'is within' if verdict == 'PASS' else 'exceeds'} the SLO of "
                 f"{s.sla_ms:g} ms; {st.count} requests in the window",

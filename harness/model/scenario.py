@@ -1,4 +1,5 @@
-"""The scenario: target, seed, load phases, faults, SLOs and profiles, as frozen validated data.
+"""The scenario: target, seed, load phases, faults, SLOs, profiles and the limits of a schedule
+search (``explore:``), as frozen validated data.
 
 A scenario comes from a YAML file (:func:`load_scenario`), from a parsed mapping
 (:func:`scenario_from_dict`) or is built in Python from the dataclasses and then checked with
@@ -18,6 +19,7 @@ from typing import Any
 from harness.model.bounds import check_data
 from harness.model.consistency import cross_check
 from harness.model.errors import MISSING, Problem, ScenarioError
+from harness.model.explore import ExploreSpec, read_explore
 from harness.model.faults import (
     FaultSpec,
     RandomFaultSchedule,
@@ -55,6 +57,7 @@ class Scenario:
     sla_ms: float = 20.0
     evidence: Evidence = Evidence()
     description: str = ""
+    explore: ExploreSpec | None = None  # the limits of `recchaos explore` (harness/explore)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     profile: str | None = None
     guards: tuple[GuardSpec, ...] = ()
@@ -97,6 +100,7 @@ class Scenario:
             "slos": [s.to_dict() for s in self.slos],
             "guards": [g.to_dict() for g in self.guards],
             "evidence": self.evidence.to_dict(),
+            "explore": self.explore.to_dict() if self.explore is not None else None,
             "profiles": {k: dict(v) for k, v in self.profiles.items()},
             "profile": self.profile,
         }
@@ -207,6 +211,8 @@ def _read(data: Any, source: str, problems: list[Problem]) -> Scenario | None:
     slos = _read_list(f, "slos", lambda d, p: read_slo(d, p, problems, p))
     guards = _read_list(f, "guards", lambda d, p: read_guard(d, p, problems, p))
     evidence = read_evidence(f.raw("evidence", {}), "evidence", problems)
+    explore = f.raw("explore")
+    explore = read_explore(explore, "explore", problems, target) if explore is not None else None
     f.raw("profiles")
     f.get("profile", string(), None)
     f.finish()
@@ -226,6 +232,7 @@ def _read(data: Any, source: str, problems: list[Problem]) -> Scenario | None:
         sla,
         evidence,
         description,
+        explore,
         guards=guards or (),
         source=source,
     )

@@ -30,6 +30,16 @@ def test_report_html_is_self_contained_and_has_every_section(tmp_path):
     assert "<script src" not in html
 
 
+def test_report_slo_table_shows_each_quantile_checks_confidence_interval(tmp_path):
+    run = write_run(tmp_path / "r", Synth())
+    checks = read_record(run / "run.json").checks
+    assert all(c["interval"]["level"] == 0.95 for c in checks)
+    html = write_report(run).html.read_text()
+    assert "<th>CI</th>" in html
+    low, high = checks[0]["interval"]["low_ms"], checks[0]["interval"]["high_ms"]
+    assert f"95%: {low:.3g}-{high:.3g}" in html
+
+
 def test_report_markdown_summary(tmp_path):
     run = write_run(tmp_path / "r", Synth(slow=4.0))
     md = write_report(run).markdown.read_text()

@@ -1,0 +1,161 @@
+"""Where an exploration's examples run: one recommender reused across them, restored between.
+
+:class:`SharedClusterRunner` starts the bundled recommender (local processes) once and runs
+every example against it through :func:`harness.runner.run.run_against`: each run has its own
+run directory, journal and watchdog and heals what it injected. After each run it checks that
+the cluster is back in its steady state (:func:`restore_problem`): no error recorded by the run
+(a heal that failed), every component's process running (not gone, not stopped), no fault left
+on the fault proxy, and 20 answers in a row at tier primary. When that fails the run's example
+is INCONCLUSIVE (:mod:`harness.explore.verdicts`) and the cluster is stopped; the next example
+starts a fresh one, so no example inherits a cluster in an unknown state.
+
+A target that cannot be shared (a generic target, the docker backend, extra arguments) runs each
+example on a target of its own instead (:class:`FreshTargetRunner`), as ``recchaos run`` does.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from harness.explore.verdicts import RunResult
+from harness.model.errors import HarnessError, SutFailure
+from harness.model.scenario import Scenario
+from harness.runner.run import OwnTarget, RunOutcome, execute, run_against, steady_state
+from harness.runner.session import ClusterPool, shared_recommender
+from harness.runner.settings import RunSettings
+from harness.runner.target import RunningTarget
+from harness.sut.procs import StartError
+from harness.sut.recommender import RecommenderOptions
+
+RESTORE_TIMEOUT_S = 30.0  # a restarted primary's breaker must close again: half-open probes
+STOPPED_STATES = {"T": "stopped", "t": "stopped (traced)", "Z": "a zombie", "X": "dead"}
+
+
+def result_of(outcome: RunOutcome, seconds: float, not_restored: str | None) -> RunResult:
+    record = outcome.record
+    return RunResult(
+        outcome.verdict,
+        tuple(record.checks) if record is not None else (),
+        outcome.run_dir,
+        outcome.message,
+        seconds,
+        not_restored,
+    )
+
+
+class SharedClusterRunner:
+    """Examples on one bundled recommender, checked and, when needed, replaced between runs."""
+
+    def __init__(self, options: RecommenderOptions, workdir: Path, log: Any = print) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.log = log
+        self.starts = 0
+        self._target: RunningTarget | None = None
+        self._cm: AbstractContextManager[RunningTarget] | None = None
+
+    def _up(self) -> RunningTarget:
+        if self._target is None:
+            self.starts += 1
+            where = self.workdir / f"cluster-{self.starts}"
+            self._cm = shared_recommender(self.options, where, self.log)
+            try:
+                self._target = self._cm.__enter__()
+            except StartError as exc:
+                self._cm = None
+                raise HarnessError(f"the recommender did not start in {where}: {exc}") from exc
+        return self._target
+
+    def run(self, scenario: Scenario, settings: RunSettings) -> RunResult:
+        target = self._up()
+        started = time.monotonic()
+        outcome = run_against(target, scenario, settings, log=self.log)
+        if outcome.interrupted:
+            raise KeyboardInterrupt(outcome.message)
+        problem = restore_problem(target, scenario, outcome)
+        if problem is not None:
+            self.log(f"steady state not restored ({problem}); starting a fresh cluster")
+            self.close()
+        return result_of(outcome, time.monotonic() - started, problem)
+
+    def close(self) -> None:
+        cm, self._cm, self._target = self._cm, None, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+
+class FreshTargetRunner:
+    """Every example on a target of its own, started and stopped by its run."""
+
+    def __init__(self, log: Any = print) -> None:
+        self.log = log
+
+    def run(self, scenario: Scenario, settings: RunSettings) -> RunResult:
+        started = time.monotonic()
+        outcome = execute(settings, scenario, OwnTarget(), self.log)
+        if outcome.interrupted:
+            raise KeyboardInterrupt(outcome.message)
+        return result_of(outcome, time.monotonic() - started, None)
+
+    def close(self) -> None:
+        pass
+
+
+def runner_for(scenario: Scenario, workdir: Path, log: Any = print) -> Any:
+    """A shared cluster for the bundled recommender on local processes, else fresh targets."""
+    options = ClusterPool.options_for(scenario)
+    if options is None:
+        return FreshTargetRunner(log)
+    return SharedClusterRunner(options, workdir, log)
+
+
+def restore_problem(target: RunningTarget, scenario: Scenario, outcome: RunOutcome) -> str | None:
+    """Why the cluster is not back in its steady state after ``outcome``'s run, or None."""
+    record = outcome.record
+    if record is not None and record.errors:
+        return "the run recorded errors: " + "; ".join(record.errors)
+    problem = process_problem(target) or proxy_problem(target)
+    if problem is not None:
+        return problem
+    try:
+        steady_state(target, scenario, timeout_s=RESTORE_TIMEOUT_S)
+    except SutFailure as exc:
+        return str(exc)
+    return None
+
+
+def process_problem(target: RunningTarget) -> str | None:
+    """A component whose process is gone, stopped or a zombie (by its manifest PID)."""
+    from harness.inject.signals import read_stat
+
+    cluster = target.cluster
+    if cluster is None:
+        return None
+    names = [c["name"] for c in cluster.manifest.get("components", [])]
+    if target.redis is not None:
+        names.append("redis")
+    for name in names:
+        pid = int(cluster.component(name).get("pid") or 0)
+        stat = read_stat(pid) if pid else None
+        if stat is None:
+            return f"{name} (PID {pid}) is not running"
+        if stat[0] in STOPPED_STATES:
+            return f"{name} (PID {pid}) is {STOPPED_STATES[stat[0]]}"
+    return None
+
+
+def proxy_problem(target: RunningTarget) -> str | None:
+    """A fault still active on the fault proxy."""
+    if target.proxy_url is None:
+        return None
+    from harness.proxy.client import ProxyClient, ProxyControlError
+
+    try:
+        routes = ProxyClient(target.proxy_url).routes()
+    except ProxyControlError as exc:
+        return f"the fault proxy does not answer: {exc}"
+    left = [f"{r['name']}: {len(r.get('faults') or [])}" for r in routes if r.get("faults")]
+    return f"faults still active on the fault proxy ({', '.join(left)})" if left else None
