@@ -106,11 +106,11 @@ def write_minimal(exp: Exploration) -> Path | None:
     e = exp.path[-1]
     base = exp.scenario
     data = example_scenario(base, e.faults, f"{base.name}-minimal")
+    broken = sorted({_slo_of(c) for c in e.judgement.failing})
     data["description"] = (
         f"The minimal failing fault schedule that `recchaos explore {exp.settings.scenario_path}`"
-        f" (seed {base.seed}) found: {e.label}. It broke: "
-        + "; ".join(sorted({c.get("where", "") for c in e.judgement.failing}))
-        + f" ({e.judgement.reason})."
+        f" (seed {base.seed}) found: {e.label}. It breaks {', '.join(broken)}"
+        f" ({e.judgement.reason})."
     )
     checks = "\n".join(f"#   {c.get('message', '')}" for c in e.judgement.failing)
     header = (
@@ -124,6 +124,12 @@ def write_minimal(exp: Exploration) -> Path | None:
     path = exp.workdir / MINIMAL
     path.write_text(header + scenario_yaml(data))
     return path
+
+
+def _slo_of(check: dict[str, Any]) -> str:
+    """``slos[0] (tier_share)``: the SLO a check judged, without the example file's path."""
+    where = str(check.get("where", "")).rsplit(", ", 1)[-1]
+    return f"{where} ({check.get('metric', '')})"
 
 
 def closing_note(exp: Exploration) -> list[str]:

@@ -168,8 +168,9 @@ class Exploration:
 
         def saved(saved_key: bytes) -> None:
             last = self._cache.get(self._last_key)
+            # two choice sequences can draw the same schedule: a path holds each one once
             if saved_key == key and last is not None and last.verdict is Verdict.FAIL:
-                if not self.path or self.path[-1] is not last:
+                if last not in self.path:
                     self._adopt(last)
 
         return watched_database(inner, saved), key

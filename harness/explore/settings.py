@@ -23,7 +23,7 @@ from harness.runner.settings import DEFAULT_RUNS_DIR
 DEFAULT_BUDGET = 20
 DEFAULT_SHRINK_BUDGET = 30
 DATABASE_DIR = "explore-db"
-PROFILE_BUDGETS = {"pr": 3, "nightly": 30}
+PROFILE_BUDGETS = {"pr": 4, "nightly": 30}
 """The pytest fixture's search budget per profile: a pr run tries a few schedules, a night many."""
 PROFILE_SHRINK_BUDGETS = {"pr": 12, "nightly": 40}
 

@@ -238,7 +238,7 @@ def test_the_simplest_schedule_is_the_steady_state_and_a_slot_drops_out_at_zero(
 
 # -- when a FAIL counts ------------------------------------------------------------------------
 def fail_check(
-    value: float = 40.0, low: float = 30.0, high: float = 50.0, where: str = "w, slos[0]"
+    value: float = 40.0, low: float = 30.0, high: float = 50.0, where: str = "w.yaml, slos[0]"
 ) -> dict[str, Any]:
     return {
         "verdict": "FAIL",
@@ -264,7 +264,7 @@ def test_a_fail_without_interval_needs_its_rerun_to_reproduce() -> None:
     first = first_look(RunResult(Verdict.FAIL, ({**fail_check(), "interval": None},)))
     assert first.verdict is Verdict.FAIL and not first.confident
     same = RunResult(Verdict.FAIL, (fail_check(),))
-    other = RunResult(Verdict.FAIL, (fail_check(where="w, slos[3]"),))
+    other = RunResult(Verdict.FAIL, (fail_check(where="w.yaml, slos[3]"),))
     assert confirm(first, [same], 1).verdict is Verdict.FAIL
     noise = confirm(first, [RunResult(Verdict.PASS)], 1)
     assert noise.verdict is Verdict.INCONCLUSIVE and "did not reproduce" in noise.reason
@@ -368,6 +368,7 @@ def test_leaves_record_minimal_scenario_and_html(tmp_path: Path) -> None:
     assert [f.label for f in minimal.faults] == ["freeze(shard-1-primary)"]
     text = (outcome.workdir / "minimal.yaml").read_text()
     assert "# Failing checks:\n#   p99 40.0 ms exceeds the SLO of 20.0 ms" in text
+    assert minimal.description.endswith("It breaks slos[0] (p99) (a confident FAIL).")
     html = (outcome.workdir / "explore.html").read_text()
     assert "Shrink path" in html and "Failing schedule found" in html
     for example in record["examples"]:  # every example replays as is
