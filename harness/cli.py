@@ -269,6 +269,13 @@ def _explore(sub: Any) -> None:
         help="runs directory: the exploration's directory and the example database "
         "(explore-db) go there (default: ./runs)",
     )
+    p.add_argument(
+        "--database",
+        type=Path,
+        metavar="DIR",
+        help="the example database: failing schedules saved there are replayed first next time "
+        "(default: OUT/explore-db)",
+    )
     p.add_argument("--profile", help="scenario profile to apply (default: none)")
     p.add_argument(
         "--shrink-budget",
@@ -308,6 +315,7 @@ def explore_scenario(args: argparse.Namespace) -> int:
         time_budget_s=args.time_budget,
         shrink_budget=args.shrink_budget,
         reruns=args.reruns,
+        database=args.database,
         progress=args.progress,
     )
     outcome = explore(settings)

@@ -5,6 +5,8 @@
 #   bash scripts/nightly.sh run        run the scenarios and benchmarks, write run directories
 #   bash scripts/nightly.sh merge P... merge the run directories and benchmark files found under
 #                                      the paths P (searched recursively) into the history
+#   bash scripts/nightly.sh explore    a budget-bounded fault-schedule search (recchaos explore)
+#                                      of each NIGHTLY_EXPLORE scenario (`all` runs it after run)
 #
 # run: ROUNDS rounds, interleaved: each round runs every scenario once (nightly profile) and the
 # component benchmarks once, so slow drift of the machine hits every scenario alike (compare
@@ -19,7 +21,15 @@
 # no regression) becomes the new baseline; the first night only sets it. A scenario with fewer
 # runs than NIGHTLY_ROUNDS (a runner that died, a run that could not finish) is a harness error.
 #
-# Exit: 0 clean; 1 a FAIL verdict or a regression; 4 a harness error; 2 a corrupt run directory.
+# explore: `recchaos explore` of each NIGHTLY_EXPLORE scenario into $OUT/explore/$BATCH, with the
+# example database $OUT/explore-db kept from night to night (so last night's failing schedules are
+# replayed first). merge finds every exploration (explore.json) under its paths too: a failing
+# schedule is a FAIL of the night, its minimal.yaml and explore.html are copied to
+# $REPORTS/explore/, and its closing note goes into summary.md. (An exploration's own example runs
+# never enter the history: a directory holding an explore.json is not searched for run.json.)
+#
+# Exit: 0 clean; 1 a FAIL verdict, a failing schedule or a regression; 4 a harness error; 2 a
+# corrupt run directory.
 # INCONCLUSIVE runs are listed and fail the job only with NIGHTLY_STRICT=1 (exit 3).
 #
 # Settings (environment):
@@ -33,6 +43,10 @@
 #   NIGHTLY_STRICT     1: INCONCLUSIVE runs fail the job too
 #   RECCHAOS_BATCH     the night's batch name (default nightly-DATE-TIME)
 #   RECCHAOS_HISTORY   history store (default $NIGHTLY_OUT/history.sqlite)
+#   NIGHTLY_EXPLORE    scenarios to explore, space separated (default
+#                      scenarios/explore/shard_faults.yaml; empty: none)
+#   NIGHTLY_EXPLORE_TIME    the exploration's time budget in seconds (default 1200)
+#   NIGHTLY_EXPLORE_BUDGET  instead: the schedules to try (unset: the time budget applies)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +63,8 @@ PY=${NIGHTLY_PYTHON:-.venv/bin/python}
 RECCHAOS=("$PY" -m harness.cli)
 RUNS=$OUT/runs/$BATCH
 REPORTS=$OUT/reports/$BATCH
+EXPLORE=${NIGHTLY_EXPLORE-scenarios/explore/shard_faults.yaml}
+EXPLORED=$OUT/explore/$BATCH
 LOG=$REPORTS/nightly.log
 mkdir -p "$REPORTS"
 
@@ -100,13 +116,58 @@ phase_run() {
   return $status
 }
 
+phase_explore() {
+  local status=0 rc output args
+  mkdir -p "$EXPLORED"
+  for scenario in $EXPLORE; do
+    say "explore: $scenario -> $EXPLORED"
+    args=(explore "$scenario" --out "$EXPLORED" --database "$OUT/explore-db" --no-progress)
+    if [ -n "${NIGHTLY_EXPLORE_BUDGET:-}" ]; then
+      args+=(--budget "$NIGHTLY_EXPLORE_BUDGET")
+    else
+      args+=(--time-budget "${NIGHTLY_EXPLORE_TIME:-1200}")
+    fi
+    output=$("${RECCHAOS[@]}" "${args[@]}" 2>&1)
+    rc=$?
+    echo "$output" >>"$LOG"
+    echo "$output" | tail -n 12
+    case $rc in 0) ;; 1) [ $status = 4 ] || status=1 ;; 3) [ $status = 0 ] && status=3 ;; *) status=4 ;; esac
+  done
+  return $status
+}
+
+# explore.json -> "verdict<TAB>status<TAB>scenario path<TAB>name", then the closing note's lines
+exploration_fields() {
+  "$PY" -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+print("\t".join(str(d.get(k) or "-") for k in ("verdict", "status", "scenario_path", "scenario_name")))
+print("\n".join(d.get("closing_note") or []))' "$1"
+}
+
+merge_explorations() {  # paths; appends to the caller's fails, inconclusive, errors, notes
+  local rec dir fields verdict status path name
+  while IFS= read -r rec; do
+    dir=$(dirname "$rec")
+    fields=$(exploration_fields "$rec") || { errors+=("exploration $dir: unreadable explore.json"); continue; }
+    IFS=$'\t' read -r verdict status path name <<<"$(echo "$fields" | head -n 1)"
+    mkdir -p "$REPORTS/explore"
+    cp "$dir/explore.html" "$REPORTS/explore/$name-explore.html" 2>/dev/null
+    [ -f "$dir/minimal.yaml" ] && cp "$dir/minimal.yaml" "$REPORTS/explore/$name-minimal.yaml"
+    notes+=("$(echo "$fields" | tail -n +2)")
+    if [ "$status" != complete ]; then errors+=("explore $path: exploration $status ($dir)")
+    elif [ "$verdict" = FAIL ]; then fails+=("explore $path: a failing schedule ($REPORTS/explore/$name-minimal.yaml)")
+    elif [ "$verdict" = INCONCLUSIVE ]; then inconclusive+=("explore $path ($dir)"); fi
+  done < <(find "$@" -name explore.json 2>/dev/null | sort)
+}
+
 scenario_name() {  # scenario file -> its name: field
   "${RECCHAOS[@]}" scenarios show "$1" 2>/dev/null | sed -n 's/^name: //p' | head -n 1
 }
 
 phase_merge() {
-  local fails=() inconclusive=() errors=() run_dirs=() benches=() line
-  while IFS= read -r line; do run_dirs+=("$line"); done < <(find "$@" -name run.json -printf '%h\n' | sort -u)
+  local fails=() inconclusive=() errors=() run_dirs=() benches=() notes=() line
+  # a directory holding an explore.json is an exploration: its example runs stay out of the history
+  while IFS= read -r line; do run_dirs+=("$line"); done < <(find "$@" -type d -exec test -f '{}/explore.json' \; -prune -o -name run.json -printf '%h\n' | sort -u)
   while IFS= read -r line; do benches+=("$line"); done < <(find "$@" -name 'benchmarks-round-*.json' | sort)
   while IFS= read -r line; do [ -n "$line" ] && errors+=("$line"); done < <(find "$@" -name problems.txt -exec cat {} + 2>/dev/null)
   say "merge into batch $BATCH: ${#run_dirs[@]} run(s), ${#benches[@]} benchmark file(s) from $*"
@@ -136,6 +197,8 @@ phase_merge() {
     [ "$got" -lt "$ROUNDS" ] && errors+=("$scenario: $got of $ROUNDS complete run(s) arrived")
   done
 
+  merge_explorations "$@"
+
   local regression=0
   if "$PY" -m reports has-baseline --db "$RECCHAOS_HISTORY" >/dev/null 2>&1; then
     local promote=()
@@ -161,6 +224,7 @@ phase_merge() {
     for f in "${errors[@]}"; do echo "- 🛑 harness error: $f"; done
     for f in "${inconclusive[@]}"; do echo "- ⚠️ INCONCLUSIVE: $f"; done
     echo
+    for n in "${notes[@]}"; do echo '```'; echo "$n"; echo '```'; echo; done
     [ -f "$REPORTS/compare.md" ] && cat "$REPORTS/compare.md" && echo
     [ -f "$REPORTS/trend.md" ] && cat "$REPORTS/trend.md" && echo
     for d in "${run_dirs[@]}"; do [ -f "$d/report.md" ] && cat "$d/report.md" && echo; done
@@ -185,6 +249,7 @@ case ${1:-all} in
     if [ $# -eq 0 ]; then echo "usage: $0 merge PATH... (run directories or folders holding them)" >&2; exit 2; fi
     phase_merge "$@"
     ;;
-  all) phase_run; phase_merge "$RUNS" ;;
-  *) echo "usage: $0 [run | merge PATH... | all]" >&2; exit 2 ;;
+  explore) phase_explore ;;
+  all) phase_run; phase_explore; phase_merge "$RUNS" "$EXPLORED" ;;
+  *) echo "usage: $0 [run | merge PATH... | explore | all]" >&2; exit 2 ;;
 esac

@@ -34,6 +34,8 @@ def replay_explore(exp: Exploration) -> str:
     else:
         parts += ["--time-budget", f"{s.time_budget_s:g}"]
     parts += ["--out", str(s.out_dir)]
+    if s.database is not None:
+        parts += ["--database", str(s.database)]
     return shlex.join(parts)
 
 
@@ -50,7 +52,9 @@ def _brief(e: Example | None) -> dict[str, Any] | None:
     }
 
 
-def record_dict(exp: Exploration, status: str, started_wall: float) -> dict[str, Any]:
+def record_dict(
+    exp: Exploration, status: str, started_wall: float, note: list[str] | None = None
+) -> dict[str, Any]:
     s = exp.settings
     first = exp.path[0] if exp.path else None
     minimal = exp.path[-1] if exp.path else None
@@ -85,6 +89,7 @@ def record_dict(exp: Exploration, status: str, started_wall: float) -> dict[str,
         "first_failing": _brief(first),
         "minimal": _brief(minimal),
         "minimal_scenario": str(exp.workdir / MINIMAL) if minimal is not None else None,
+        "closing_note": list(note or []),
         "replay": {
             "explore": replay_explore(exp),
             "minimal": f"recchaos run {exp.workdir / MINIMAL}" if minimal is not None else None,

@@ -96,8 +96,8 @@ def explore(
         shown = _tee(fh, log if settings.progress else None)
         runner = make_runner(scenario, workdir, file_log)
 
-        def write(exp: Exploration, status: str = "running") -> None:
-            write_json(workdir / RECORD, record_dict(exp, status, started_wall))
+        def write(exp: Exploration, status: str = "running", note: list[str] | None = None) -> None:
+            write_json(workdir / RECORD, record_dict(exp, status, started_wall, note))
 
         exp = Exploration(scenario, settings, runner, workdir, log=shown, on_change=write)
         shown(
@@ -105,9 +105,9 @@ def explore(
             f" {exp.space.describe()}; database {settings.database_dir}"
         )
         status, error = _search(exp, runner)
-        write(exp, status)
         minimal = write_minimal(exp)  # a failure found before an interruption is kept too
         lines = _ending(exp, status, error)
+        write(exp, status, lines)
         _render(workdir, file_log)
         for line in lines:
             file_log(line)

@@ -89,7 +89,7 @@ def test_one_job_per_scenario_and_round_then_a_merge(workflow):
     uploads = [s for s in jobs["chaos"]["steps"] if "upload-artifact" in s.get("uses", "")]
     assert uploads and uploads[0]["if"] == "always()"
     merge = jobs["merge"]
-    assert set(merge["needs"]) == {"plan", "chaos", "bench"}
+    assert set(merge["needs"]) == {"plan", "chaos", "bench", "explore"}
     assert "always()" in merge["if"]
     runs = " ".join(s.get("run", "") for s in merge["steps"])
     assert "scripts/nightly.sh merge runs/nightly/artifacts" in runs
@@ -113,3 +113,14 @@ def test_the_plan_step_lists_every_scenario_and_round(workflow, monkeypatch):
     assert json.loads(got["rounds"]) == [1, 2, 3] and got["round_count"] == "3"
     assert got["scenario_list"].split() == scenarios
     assert os.path.basename(scenarios[0]).endswith(".yaml")
+
+
+def test_an_exploration_job_keeps_its_database_and_uploads_its_findings(workflow):
+    job = workflow["jobs"]["explore"]
+    runs = " ".join(s.get("run", "") for s in job["steps"])
+    assert "scripts/nightly.sh explore" in runs
+    cached = [s["with"]["path"] for s in job["steps"] if "actions/cache" in s.get("uses", "")]
+    assert cached == ["runs/nightly/explore-db", "runs/nightly/explore-db"]  # restore, save
+    upload = next(s for s in job["steps"] if "upload-artifact" in s.get("uses", ""))
+    assert upload["if"] == "always()" and "minimal.yaml" in upload["with"]["path"]
+    assert "/runs/" not in upload["with"]["path"]  # the example runs stay out of the merge
