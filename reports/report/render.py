@@ -18,7 +18,7 @@ from reports.report import charts
 from reports.report.series import Series, per_second
 from reports.report.stages import StageRow, stage_rows
 from reports.rundir import RunDir
-from reports.svg import esc
+from reports.svg import esc, fmt
 
 
 def _pct(v: Any) -> str:
