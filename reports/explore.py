@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.model.errors import UsageError
-from reports.html import Raw, badge, page, table
+from reports.page import Raw, badge, page, table
 from reports.svg import FAULT_FILL, PALETTE, esc
 
 STRIP_W, STRIP_H = 360, 14

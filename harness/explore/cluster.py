@@ -23,15 +23,15 @@ from typing import Any
 from harness.explore.verdicts import RunResult
 from harness.model.errors import HarnessError, SutFailure
 from harness.model.scenario import Scenario
+from harness.process import ProcessRef, StartError
 from harness.runner.run import OwnTarget, RunOutcome, execute, run_against, steady_state
 from harness.runner.session import ClusterPool, shared_recommender
 from harness.runner.settings import RunSettings
-from harness.runner.target import RunningTarget
-from harness.sut.procs import StartError
 from harness.sut.recommender import RecommenderOptions
+from harness.sut.target import Target
 
 RESTORE_TIMEOUT_S = 30.0  # a restarted primary's breaker must close again: half-open probes
-STOPPED_STATES = {"T": "stopped", "t": "stopped (traced)", "Z": "a zombie", "X": "dead"}
+STOPPED_STATES = {"stopped": "stopped", "tracing-stop": "stopped by a tracer", "dead": "dead"}
 
 
 def result_of(outcome: RunOutcome, seconds: float, not_restored: str | None) -> RunResult:
@@ -54,10 +54,10 @@ class SharedClusterRunner:
         self.workdir = workdir
         self.log = log
         self.starts = 0
-        self._target: RunningTarget | None = None
-        self._cm: AbstractContextManager[RunningTarget] | None = None
+        self._target: Target | None = None
+        self._cm: AbstractContextManager[Target] | None = None
 
-    def _up(self) -> RunningTarget:
+    def _up(self) -> Target:
         if self._target is None:
             self.starts += 1
             where = self.workdir / f"cluster-{self.starts}"
@@ -112,7 +112,7 @@ def runner_for(scenario: Scenario, workdir: Path, log: Any = print) -> Any:
     return SharedClusterRunner(options, workdir, log)
 
 
-def restore_problem(target: RunningTarget, scenario: Scenario, outcome: RunOutcome) -> str | None:
+def restore_problem(target: Target, scenario: Scenario, outcome: RunOutcome) -> str | None:
     """Why the cluster is not back in its steady state after ``outcome``'s run, or None."""
     record = outcome.record
     if record is not None and record.errors:
@@ -127,27 +127,25 @@ def restore_problem(target: RunningTarget, scenario: Scenario, outcome: RunOutco
     return None
 
 
-def process_problem(target: RunningTarget) -> str | None:
-    """A component whose process is gone, stopped or a zombie (by its manifest PID)."""
-    from harness.inject.signals import read_stat
-
-    cluster = target.cluster
-    if cluster is None:
-        return None
-    names = [c["name"] for c in cluster.manifest.get("components", [])]
-    if target.redis is not None:
-        names.append("redis")
-    for name in names:
-        pid = int(cluster.component(name).get("pid") or 0)
-        stat = read_stat(pid) if pid else None
-        if stat is None:
-            return f"{name} (PID {pid}) is not running"
-        if stat[0] in STOPPED_STATES:
-            return f"{name} (PID {pid}) is {STOPPED_STATES[stat[0]]}"
+def process_problem(target: Target) -> str | None:
+    """A component whose process is gone, stopped or a zombie (by its manifest PID), or a
+    helper process of the cluster (the fault proxy, Redis) that is gone."""
+    components = target.manifest().get("components", []) + target.extra_components()
+    for comp in components:
+        pid = int(comp.get("pid") or 0)
+        ref = ProcessRef.of_pid(pid) if pid else None  # None for a zombie, too
+        state = ref.state() if ref is not None else None
+        if state is None:
+            return f"{comp['name']} (PID {pid}) is not running"
+        if state in STOPPED_STATES:
+            return f"{comp['name']} (PID {pid}) is {STOPPED_STATES[state]}"
+    for name, ref in target.extra_pids():
+        if not ref.alive():
+            return f"the {name} (PID {ref.pid}) is not running"
     return None
 
 
-def proxy_problem(target: RunningTarget) -> str | None:
+def proxy_problem(target: Target) -> str | None:
     """A fault still active on the fault proxy."""
     if target.proxy_url is None:
         return None
