@@ -260,11 +260,17 @@ class SessionRunner:
 
     @pytest.hookimpl(trylast=True)
     def pytest_recchaos_run_scenario(self, settings: RunSettings, log: Any) -> Any:
-        from harness.runner.session import ClusterPool, run_scenario
+        from harness.runner.session import run_scenario
+
+        return run_scenario(settings, self.shared_pool(), log)
+
+    def shared_pool(self) -> Any:
+        """The session's pool, started on first use; None with ``--chaos-fresh-cluster``."""
+        from harness.runner.session import ClusterPool
 
         if self.pool is None and self.out_dir is not None:
             self.pool = ClusterPool(self.out_dir)
-        return run_scenario(settings, self.pool, log)
+        return self.pool
 
     def close(self) -> None:
         if self.pool is not None:
@@ -666,12 +672,24 @@ def load(recommender: Any, request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture
-def chaos_explore_runner() -> Any:
+def chaos_explore_runner(request: pytest.FixtureRequest) -> Any:
     """How ``chaos_explore`` runs its examples: ``make_runner(scenario, workdir, log)``
-    (default :func:`harness.explore.cluster.runner_for`; override it in a conftest)."""
-    from harness.explore.cluster import runner_for
+    (override it in a conftest). By default the examples share the session's cluster with the
+    scenario items of the same target (one start fewer), or without a session pool
+    (``--chaos-fresh-cluster``) one cluster of their own (:func:`harness.explore.cluster.runner_for`)."""
+    from harness.explore.cluster import PooledClusterRunner, runner_for
+    from harness.runner.session import ClusterPool
 
-    return runner_for
+    pool = request.config.stash[_RUNNER].shared_pool()
+    redis_address = settings_for(request.node).values["redis_address"]
+
+    def make_runner(scenario: Any, workdir: Path, log: Any) -> Any:
+        options = ClusterPool.options_for(scenario, redis_address)
+        if pool is None or options is None:
+            return runner_for(scenario, workdir, log)
+        return PooledClusterRunner(pool, options, log)
+
+    return make_runner
 
 
 @pytest.fixture

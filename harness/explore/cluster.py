@@ -9,6 +9,11 @@ on the fault proxy, and 20 answers in a row at tier primary. When that fails the
 is INCONCLUSIVE (:mod:`harness.explore.verdicts`) and the cluster is stopped; the next example
 starts a fresh one, so no example inherits a cluster in an unknown state.
 
+Under pytest, :class:`PooledClusterRunner` borrows the session's cluster (the one the scenario
+items of the same target share, :class:`harness.runner.session.ClusterPool`) instead of starting
+one more: the same checks between examples, and at the end the pool's own rule (kept only after
+a clean PASS).
+
 A target that cannot be shared (a generic target, the docker backend, extra arguments) runs each
 example on a target of its own instead (:class:`FreshTargetRunner`), as ``recchaos run`` does.
 """
@@ -16,6 +21,7 @@ example on a target of its own instead (:class:`FreshTargetRunner`), as ``reccha
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -70,21 +76,63 @@ class SharedClusterRunner:
         return self._target
 
     def run(self, scenario: Scenario, settings: RunSettings) -> RunResult:
-        target = self._up()
-        started = time.monotonic()
-        outcome = run_against(target, scenario, settings, log=self.log)
-        if outcome.interrupted:
-            raise KeyboardInterrupt(outcome.message)
-        problem = restore_problem(target, scenario, outcome)
-        if problem is not None:
-            self.log(f"steady state not restored ({problem}); starting a fresh cluster")
-            self.close()
-        return result_of(outcome, time.monotonic() - started, problem)
+        return run_restored(self._up(), scenario, settings, self.log, self.close)
 
     def close(self) -> None:
         cm, self._cm, self._target = self._cm, None, None
         if cm is not None:
             cm.__exit__(None, None, None)
+
+
+def run_restored(
+    target: Target,
+    scenario: Scenario,
+    settings: RunSettings,
+    log: Any,
+    drop: Callable[[], None],
+    seen: list[RunOutcome] | None = None,
+) -> RunResult:
+    """One example on a shared ``target``, then its steady state checked; ``drop()`` stops the
+    cluster when it is not restored (the next example gets a fresh one)."""
+    started = time.monotonic()
+    outcome = run_against(target, scenario, settings, log=log)
+    if seen is not None:
+        seen[:] = [outcome]
+    if outcome.interrupted:
+        raise KeyboardInterrupt(outcome.message)
+    problem = restore_problem(target, scenario, outcome)
+    if problem is not None:
+        log(f"steady state not restored ({problem}); starting a fresh cluster")
+        drop()
+    return result_of(outcome, time.monotonic() - started, problem)
+
+
+class PooledClusterRunner:
+    """Examples on the cluster a pytest session's pool shares for ``options``."""
+
+    def __init__(self, pool: ClusterPool, options: RecommenderOptions, log: Any = print) -> None:
+        self.pool = pool
+        self.options = options
+        self.log = log
+        self._last: list[RunOutcome] = []
+
+    def run(self, scenario: Scenario, settings: RunSettings) -> RunResult:
+        try:
+            target = self.pool.get(self.options, self.log)
+        except StartError as exc:
+            raise HarnessError(f"the shared recommender did not start: {exc}") from exc
+        return run_restored(target, scenario, settings, self.log, self._drop, self._last)
+
+    def _drop(self) -> None:
+        self._last.clear()  # a dropped cluster is not the pool's to settle
+        self.pool.discard(self.options)
+
+    def close(self) -> None:
+        """Leave the cluster to the pool only after a clean PASS, as the pool does after an
+        item (a failing example's cluster passed the restore check, but the items that come
+        next were promised the stricter rule)."""
+        if self._last:
+            self.pool.settle(self.options, self._last[0])
 
 
 class FreshTargetRunner:

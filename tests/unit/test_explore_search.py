@@ -497,3 +497,51 @@ def test_cli_bad_scenario_is_a_usage_error(
     path.write_text(yaml.safe_dump(scenario_data(explore={"max_faults": "many"})))
     assert main(["explore", str(path), "--out", str(tmp_path)]) == 2
     assert "explore.max_faults: got 'many'" in capsys.readouterr().err
+
+
+# -- the pytest session's cluster, borrowed --------------------------------------------------------
+class FakePool:
+    """A ClusterPool's interface, recording what the runner asks of it."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def get(self, options: Any, log: Any) -> str:
+        self.events.append("get")
+        return "target"
+
+    def discard(self, options: Any) -> None:
+        self.events.append("discard")
+
+    def settle(self, options: Any, outcome: Any) -> None:
+        self.events.append(f"settle {outcome}")
+
+
+@pytest.mark.parametrize(
+    ("problems", "expected"),
+    [
+        ([None, None], ["get", "get", "settle o2"]),
+        (["redis is not running", None], ["get", "discard", "get", "settle o2"]),
+        ([None, "faults still active"], ["get", "get", "discard"]),
+    ],
+)
+def test_a_borrowed_cluster_is_dropped_when_not_restored_and_settled_by_the_pool_rule(
+    monkeypatch: pytest.MonkeyPatch, problems: list[str | None], expected: list[str]
+) -> None:
+    from harness.explore import cluster
+
+    outcomes = iter(["o1", "o2"])
+    told = iter(problems)
+    monkeypatch.setattr(cluster, "run_against", lambda *a, **k: FakeOutcome(next(outcomes)))
+    monkeypatch.setattr(cluster, "restore_problem", lambda *a: next(told))
+    monkeypatch.setattr(cluster, "result_of", lambda o, s, p: RunResult(Verdict.PASS, (), None, p))
+    pool = FakePool()
+    runner = cluster.PooledClusterRunner(pool, "options", log=lambda line: None)  # type: ignore[arg-type]
+    results = [runner.run(None, None) for _ in problems]  # type: ignore[arg-type]
+    runner.close()
+    assert [r.message for r in results] == problems
+    assert pool.events == expected
+
+
+class FakeOutcome(str):
+    interrupted = False
