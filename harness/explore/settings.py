@@ -23,9 +23,10 @@ from harness.runner.settings import DEFAULT_RUNS_DIR
 DEFAULT_BUDGET = 20
 DEFAULT_SHRINK_BUDGET = 30
 DATABASE_DIR = "explore-db"
-PROFILE_BUDGETS = {"pr": 4, "nightly": 30}
-"""The pytest fixture's search budget per profile: a pr run tries a few schedules, a night many."""
-PROFILE_SHRINK_BUDGETS = {"pr": 12, "nightly": 40}
+PROFILE_BUDGETS = {"pr": 2, "nightly": 30}
+"""The pytest fixture's search budget per profile: a pr run tries the steady state and one drawn
+schedule (each ~20 s of a suite that must stay a few minutes), a night many."""
+PROFILE_SHRINK_BUDGETS = {"pr": 6, "nightly": 40}
 
 
 @dataclass(frozen=True)

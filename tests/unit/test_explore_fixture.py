@@ -107,7 +107,7 @@ def test_the_pr_profile_tries_a_few_schedules_and_passes(
     monkeypatch.setenv("FAKE_SYSTEM", "robust")
     run(explore_dir).assert_outcomes(passed=1)
     runs = (explore_dir.path / "runs.jsonl").read_text().splitlines()
-    assert len(runs) == 4  # PROFILE_BUDGETS["pr"]
+    assert len(runs) == 2  # PROFILE_BUDGETS["pr"]
     assert json.loads(runs[0]) == []  # the first example is the steady state: no fault
 
 
