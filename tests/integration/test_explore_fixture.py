@@ -82,7 +82,7 @@ def explore_dir(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> p
 
 def run(p: pytest.Pytester, budget: str = "None", *args: str) -> pytest.RunResult:
     p.makepyfile(test_inner_explore=TEST.replace("BUDGET", budget))
-    return p.runpytest("-p", "no:cacheprovider", *_plugin_args(), *args)
+    return p.runpytest("-p", "no:cacheprovider", "-p", "no:benchmark", *_plugin_args(), *args)
 
 
 def test_a_failing_schedule_fails_the_test_with_the_minimal_one(
