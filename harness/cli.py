@@ -47,6 +47,11 @@ def _scenarios(sub: Any) -> None:
         choices=profiles,
         help="also apply this profile (every profile is always checked)",
     )
+    v.add_argument(
+        "--strict",
+        action="store_true",
+        help="a warning (a mix drawing users the target does not know) is an error (exit 2)",
+    )
     v.set_defaults(func=validate_files)
     s = group.add_parser("show", help="print a scenario as resolved, with its fault plan")
     s.add_argument("file", metavar="FILE", help="a scenario YAML file")
@@ -56,6 +61,7 @@ def _scenarios(sub: Any) -> None:
 
 def validate_files(args: argparse.Namespace) -> int:
     from harness.model.scenario import load_scenario
+    from harness.runner.answers import scenario_warnings
 
     status = 0
     for path in args.files:
@@ -63,6 +69,13 @@ def validate_files(args: argparse.Namespace) -> int:
             scenario = load_scenario(path, profile=args.profile)
         except ScenarioError as exc:
             print(exc, file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        warnings = scenario_warnings(scenario)
+        for w in warnings:
+            print(f"WARNING {w}", file=sys.stderr)
+        if warnings and args.strict:
+            print(f"{path}: --strict: {len(warnings)} warning(s) are errors", file=sys.stderr)
             status = EXIT_USAGE
             continue
         print(f"OK {path}: {_summary(scenario)}")
@@ -159,6 +172,12 @@ def _run(sub: Any) -> None:
     )
     p.add_argument("--load-workers", type=int, default=1, help="load worker processes (default 1)")
     p.add_argument(
+        "--strict",
+        action="store_true",
+        help="a warning about what the run can test (a mix drawing users the target does not "
+        "know) is a usage error (exit 2) before any load",
+    )
+    p.add_argument(
         "--junit",
         metavar="FILE",
         help="also write JUnit XML (one test case, the recchaos.* properties the pytest plugin "
@@ -191,6 +210,7 @@ def run_scenario(args: argparse.Namespace) -> int:
         load_workers=args.load_workers,
         dry_run=args.dry_run,
         manifest=args.manifest,
+        strict=args.strict,
         **{opt.name: getattr(args, opt.name) for opt in RUN_OPTIONS},
     )
     check_dry_run(settings)

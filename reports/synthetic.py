@@ -1,11 +1,13 @@
 """A synthetic but valid run directory, for report tests, demos and docs (no cluster needed).
 
-Writes ``run.json`` through :func:`harness.model.record.write_record`, ``load/requests.npy``
-through :func:`harness.model.requestlog.write_log`, ``load/histograms.json`` and the HdrHistogram
-files (with ``hdr_files``), with windows computed by :mod:`harness.metrics` exactly as a real run computes them:
-seeded lognormal latencies, one kill fault whose window is slower and served by the replica,
-optional failures. ``slow`` scales every
-latency (to fake a regression). ``python -m reports.synthetic OUT_DIR`` writes one.
+Writes ``run.json`` through :func:`harness.model.record.write_record`, ``load/requests.npy`` through
+:func:`harness.model.requestlog.write_log`, ``load/histograms.json`` and the HdrHistogram files
+(with ``hdr_files``), with windows computed by :mod:`harness.metrics` exactly as a real run computes
+them: seeded lognormal latencies, one kill fault whose window is slower and served by the replica,
+optional failures, and checked answers whose agreement with the reference is 1.0 for a share
+``agreement`` of them and 0.5 for the rest (NDCG from seeded hits). ``slow`` scales every latency
+and a lower ``agreement`` lowers the quality (to fake regressions). ``python -m reports.synthetic
+OUT_DIR`` writes one.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Synth:
     status: str = "complete"
     sla_ms: float = 20.0
     hdr_files: bool = False  # latency.hlog and hgrm/ too (about 2 s: the .hgrm writer is slow)
+    agreement: float = 1.0  # share of answers that agree fully with the reference (else 0.5)
 
 
 def scenario_dict(s: Synth) -> dict:
@@ -80,6 +83,9 @@ def request_log(s: Synth) -> np.ndarray:
     rows["status"] = 200
     rows["tier"] = np.where(in_fault, TIERS.index("replica"), TIERS.index("primary"))
     rows["user_id"] = rng.integers(0, 4000, n)
+    rows["answer"] = 0
+    rows["agreement"] = np.where(rng.random(n) < s.agreement, 1.0, 0.5)
+    rows["ndcg"] = np.where(rng.random(n) < 0.25, 1.0 / np.log2(rng.integers(1, 11, n) + 1), 0.0)
     if s.failures:
         bad = rng.choice(
             np.nonzero(in_fault)[0], size=min(s.failures, int(in_fault.sum())), replace=False
@@ -88,6 +94,9 @@ def request_log(s: Synth) -> np.ndarray:
         rows["tier"][bad] = -1
         rows["error_kind"][bad] = error_code("timeout")
         rows["done_ns"][bad] = -1
+        rows["answer"][bad] = -1
+        rows["agreement"][bad] = np.nan
+        rows["ndcg"][bad] = np.nan
     return rows
 
 

@@ -114,8 +114,9 @@ def check_record(doc: dict[str, Any]) -> None:
         text(doc.get(key), key, null=True)
     for key in ("versions", "host", "files"):
         obj(doc.get(key, {}), key)
-    for i, e in enumerate(seq(doc.get("errors", []), "errors")):
-        text(e, f"errors[{i}]")
+    for key in ("errors", "warnings"):
+        for i, e in enumerate(seq(doc.get(key, []), key)):
+            text(e, f"{key}[{i}]")
     for i, e in enumerate(seq(doc.get("timeline", []), "timeline")):
         check_fault(obj(e, f"timeline[{i}]"), f"timeline[{i}]")
     for i, w in enumerate(seq(doc.get("windows", []), "windows")):
@@ -164,6 +165,12 @@ def check_window(w: dict[str, Any], where: str) -> None:
         integer(w.get(key, 0), f"{where}.{key}", minimum=0)
     for key in ("error_ratio", "within_sla", "lag_p99_ms", "lag_max_ms"):
         number(w.get(key), f"{where}.{key}")
+    for key in ("valid_share", "agreement_at_k", "ndcg_at_k", "cold_start_share"):
+        number(w.get(key), f"{where}.{key}")
+    answers = obj(w.get("answers", {}), f"{where}.answers")
+    for tier, q in obj(answers.get("by_tier", {}), f"{where}.answers.by_tier").items():
+        for key, value in obj(q, f"{where}.answers.by_tier.{tier}").items():
+            number(value, f"{where}.answers.by_tier.{tier}.{key}")
     for group in PERCENTILE_GROUPS:
         for metric, value in obj(w.get(group, {}), f"{where}.{group}").items():
             number(value, f"{where}.{group}.{metric}")
@@ -188,7 +195,7 @@ def check_check(c: dict[str, Any], where: str) -> None:
 # details.json and load/histograms.json ----------------------------------------------------------
 def check_details(doc: Any) -> dict[str, Any]:
     d = obj(doc, "(file)")
-    for key in ("generator", "tier_cross_check"):
+    for key in ("generator", "tier_cross_check", "answers"):
         if d.get(key) is not None:
             obj(d[key], key)
     for key in ("fault_problems", "unaccounted", "load_errors"):

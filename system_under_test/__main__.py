@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("system_under_test.train", "main_train", "train the models and cache the artifacts"),
     "up": ("system_under_test.launcher", "main_up", "start the whole cluster and write a manifest"),
     "down": ("system_under_test.launcher", "main_down", "stop every process of a manifest"),
+    "reference": ("system_under_test.reference", "main", "write each user's reference top-k"),
     "serve-shard": ("system_under_test.shard_server", "main", "run one shard copy (internal)"),
     "serve-region": (
         "system_under_test.region_server",

@@ -448,6 +448,10 @@ def _manifest(
         "preset": args.preset,
         "n_users": meta["data"]["n_users"],
         "n_items": meta["data"]["n_items"],
+        # What answers are checked against: users it knows (others get a cold start) and the
+        # item ids it may answer ([0, catalogue)).
+        "population": meta["data"]["n_users"],
+        "catalogue": meta["data"]["n_items"],
         "shards": args.shards,
         "redis": args.redis,
         "log_dir": str(log_dir),

@@ -18,6 +18,7 @@ import numpy as np
 from harness.checks.guards import halt_check
 from harness.checks.integrity import RunProblems, problem_checks, run_verdict
 from harness.checks.judge import evidence_problem, judge, judge_fault
+from harness.checks.quality import judge_quality
 from harness.checks.verdict import CheckResult, Verdict
 from harness.metrics.failover import Failover, Recovery, time_to_failover, time_to_recover
 from harness.metrics.stats import WindowStats, window_stats
@@ -25,7 +26,7 @@ from harness.metrics.windows import Window, windows_for
 from harness.model.faults import FAULT_KINDS
 from harness.model.record import FaultEvent, Halt
 from harness.model.scenario import Scenario
-from harness.model.slo import SLOSpec
+from harness.model.slo import QUALITY_METRICS, SLOSpec
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,9 @@ def judge_run(
             _judge_faults(scenario, slo, stats, timeline, times)
             if slo.per_fault
             else [
-                judge(slo, s, where=where, sla_ms=scenario.sla_ms, evidence=scenario.evidence)
+                (judge_quality if slo.metric in QUALITY_METRICS else judge)(
+                    slo, s, where=where, sla_ms=scenario.sla_ms, evidence=scenario.evidence
+                )
                 for s in stats
                 if _selects(slo, s.window, timeline)
             ]

@@ -30,6 +30,7 @@ def metric_name(slo: SLOSpec, sla_ms: float) -> str:
         "error_ratio": "error ratio",
         "within_sla": f"share answered within the {sla_ms:g} ms SLA",
         "tier_share": f"{slo.tier} share",
+        "cold_start_share": "cold-start share",
         "time_to_failover": "time to failover (first replica answer)",
         "time_to_last_miss": "time to last miss",
         "time_to_recover": "time to recover (first primary answer)",

@@ -7,7 +7,8 @@ own process group, stderr to a file, registered with the run's watchdog when giv
 progress lines, and enforces a timeout: on expiry or on any exception the workers get SIGTERM
 (they write partial results), then SIGKILL, and every child is reaped. It then merges the
 workers' request logs, histograms (exactly: counts add) and summaries into ``requests.npy``,
-``histograms.json`` and ``summary.json`` in the job's output directory.
+``histograms.json`` and ``summary.json`` in the job's output directory, and, when the job checks
+answers, the workers' answered item ids into ``answers.npy`` (row for row with ``requests.npy``).
 
 With ``mode="locust"`` the same workers run under a Locust master process (Locust's distributed
 mode; the master assigns worker indexes and sends the start), which is how several machines
@@ -46,7 +47,14 @@ from harness.load.spec import (
 )
 from harness.metrics.histogram import LatencyHistogram
 from harness.model.errors import HarnessError
-from harness.model.requestlog import merge_logs, read_log, write_log
+from harness.model.requestlog import (
+    merge_answers,
+    merge_logs,
+    read_answers,
+    read_log,
+    write_answers,
+    write_log,
+)
 from harness.process import ManagedProcess, Registry, StartError, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +84,7 @@ class LoadResult:
     partial: bool = False
     errors: tuple[str, ...] = ()
     files: dict[str, Path] = field(default_factory=dict)
+    answers: np.ndarray | None = None  # item ids, row for row with ``log``; None: not checked
 
     @property
     def response(self) -> LatencyHistogram:
@@ -157,7 +166,7 @@ def run_load(
     master = parse_master_address(master_bind, "master_bind") if master_bind else None
     out = Path(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for pattern in ("requests-*.npy", "histograms-*.json", "summary-*.json"):
+    for pattern in ("requests-*.npy", "answers-*.npy", "histograms-*.json", "summary-*.json"):
         for stale in out.glob(pattern):  # an earlier run's: never merge those
             stale.unlink()
     deadline = time.monotonic() + timeout_s
@@ -390,11 +399,12 @@ def _merge(
     job: LoadJob, out: Path, workers: int, procs: list[_Proc], start_ns: int, errors: list[str]
 ) -> LoadResult:
     logs, hists, summaries = [], {name: [] for name in HISTOGRAMS}, []  # type: ignore[var-annotated]
+    answers: list[np.ndarray] = []
+    kinds = [("requests", "npy"), ("histograms", "json"), ("summary", "json")]
+    if job.answers is not None:
+        kinds.append(("answers", "npy"))
     for i in range(workers):
-        paths = [
-            out / f"{kind}-{i}.{ext}"
-            for kind, ext in (("requests", "npy"), ("histograms", "json"), ("summary", "json"))
-        ]
+        paths = [out / f"{kind}-{i}.{ext}" for kind, ext in kinds]
         missing = [p.name for p in paths if not p.exists()]
         if missing:
             tails = "\n".join(f"  {p.name} stderr:\n{p.tail()}" for p in procs)
@@ -403,6 +413,8 @@ def _merge(
                 f"writes them there: copy them in, then call merge_load):\n{tails}"
             )
         logs.append(read_log(paths[0]))
+        if job.answers is not None:
+            answers.append(read_answers(paths[3], logs[-1].shape[0]))
         encoded = json.loads(paths[1].read_text())
         for name in HISTOGRAMS:
             hists[name].append(LatencyHistogram.from_dict(encoded[name]))
@@ -420,10 +432,26 @@ def _merge(
         "histograms": out / "histograms.json",
         "summary": out / "summary.json",
     }
+    merged_answers = None
+    if job.answers is not None:
+        merged_answers = merge_answers(logs, answers)
+        files["answers"] = out / "answers.npy"
+        write_answers(files["answers"], merged_answers)
     write_log(files["requests"], log)
     write_json(
         files["histograms"],
         {"unit": "us", "significant_figures": 3, **{n: h.to_dict() for n, h in merged.items()}},
     )
     write_json(files["summary"], summary)
-    return LoadResult(out, start_ns, log, merged, summary, summaries, partial, tuple(errors), files)
+    return LoadResult(
+        out,
+        start_ns,
+        log,
+        merged,
+        summary,
+        summaries,
+        partial,
+        tuple(errors),
+        files,
+        merged_answers,
+    )

@@ -17,7 +17,7 @@ import numpy as np
 
 from harness.load.spec import LoadJob
 from harness.metrics.histogram import LatencyHistogram
-from harness.model.requestlog import ERROR_KINDS, TIERS, error_code
+from harness.model.requestlog import ANSWER_CODES, ERROR_KINDS, TIERS, error_code
 
 HISTOGRAMS = ("response", "service", "lag")
 E_OK = 0
@@ -82,6 +82,7 @@ def summarize(
             for i, t in enumerate(TIERS)
             if (rows["tier"] == i).any()
         },
+        **answer_counts(rows),
         "start_mono_ns": start_ns,
         "active_s": round(active_s, 6),
         "intended_rate": round(n / active_s, 3) if active_s > 0 else 0.0,
@@ -101,6 +102,19 @@ def summarize(
     }
 
 
+def answer_counts(rows: np.ndarray) -> dict[str, Any]:
+    """Answers checked, cold starts, and the checked answers by validity code."""
+    code = rows["answer"]
+    checked = code >= 0
+    return {
+        "answers_checked": int(checked.sum()),
+        "cold_start": int((rows["cold_start"] & checked).sum()),
+        "answer_codes": {
+            name: int((code == i).sum()) for i, name in enumerate(ANSWER_CODES) if (code == i).any()
+        },
+    }
+
+
 def finite(x: float) -> float | None:
     return None if x != x or x in (float("inf"), float("-inf")) else round(x, 4)
 
@@ -115,8 +129,13 @@ def merge_summaries(
     }
     errors: dict[str, int] = {}
     tiers: dict[str, int] = {}
+    codes: dict[str, int] = {}
     for s in summaries:
-        for src, dst in ((s["errors"], errors), (s["tiers"], tiers)):
+        for src, dst in (
+            (s["errors"], errors),
+            (s["tiers"], tiers),
+            (s.get("answer_codes", {}), codes),
+        ):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + int(v)
     active = max(float(s["active_s"]) for s in summaries) if summaries else 0.0
@@ -134,6 +153,9 @@ def merge_summaries(
         **total,
         "errors": {k: errors[k] for k in ERROR_KINDS if k in errors},
         "tiers": tiers,
+        "answers_checked": sum(int(s.get("answers_checked", 0)) for s in summaries),
+        "cold_start": sum(int(s.get("cold_start", 0)) for s in summaries),
+        "answer_codes": {k: codes[k] for k in ANSWER_CODES if k in codes},
         "active_s": active,
         "intended_rate": round(total["intended"] / active, 3) if active else 0.0,
         "achieved_rate": round(total["sent"] / active, 3) if active else 0.0,

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from harness.load.answers import AnswerCheck
 from harness.model.errors import Problem, UsageError
 from harness.model.load import LoadPhase, RequestMix
 from harness.model.schedule import request_schedule
@@ -101,6 +102,7 @@ class LoadJob:
     priority: str = "realtime"  # the worker's CPU priority, see PRIORITIES (falls back if refused)
     progress_interval_s: float = 1.0
     start_mono_ns: int | None = None  # CLOCK_MONOTONIC time of offset 0; None: told at start
+    answers: AnswerCheck | None = None  # how to check each answer's body; None: not checked
     version: int = field(default=JOB_VERSION)
 
     def __post_init__(self) -> None:
@@ -151,6 +153,7 @@ class LoadJob:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["phases"] = [p.to_dict() for p in self.phases]
         d["request"] = self.request.to_dict()
+        d["answers"] = self.answers.to_dict() if self.answers is not None else None
         return d
 
     @classmethod
@@ -169,6 +172,8 @@ class LoadJob:
             d["phases"] = tuple(_phase(p) for p in d.get("phases", ()))
             if "request" in d:
                 d["request"] = _request(d["request"])
+            if d.get("answers") is not None:
+                d["answers"] = AnswerCheck.from_dict(d["answers"])
             return cls(**d)
         except LoadJobError as exc:
             raise LoadJobError(source, list(exc.problems)) from None
@@ -322,6 +327,11 @@ def _problems(job: LoadJob) -> list[Problem]:
         f"{JOB_VERSION}",
         "the job was written by another recchaos version",
     )
+    if job.answers is not None:
+        if not isinstance(job.answers, AnswerCheck):
+            out.append(Problem("answers", job.answers, "None or an AnswerCheck"))
+        else:
+            out += [Problem(*p) for p in job.answers.problems()]
     req = job.request
     if not isinstance(req, RequestTemplate):
         out.append(Problem("request", req, "a RequestTemplate"))

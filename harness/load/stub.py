@@ -1,10 +1,17 @@
 """A stub HTTP server with known behaviour, for calibrating the load generator.
 
     python -m harness.load.stub --port 0 --service-ms 2 [--tier primary] [--status 200]
-        [--realtime]
+        [--realtime] [--answer recommender [--items 10] [--catalogue 1000]
+        [--wrong-share 0.1 --wrong-kind nan --seed 7]]
 
 Every request (any method, any path outside ``/_stub/``) is answered ``service_ms`` after it
 arrived, with a small JSON body and, when ``--tier`` is given, an ``X-Recchaos-Tier`` header.
+With ``--answer recommender`` the body has the bundled recommender's shape (``--items``
+distinct ids below ``--catalogue`` that depend on the ``X-Request-Id``, descending scores,
+``tier``, ``model_version``, timings), and a known, seeded share of the answers is wrong
+(``--wrong-share``): a request is answered wrongly exactly when :func:`answers_wrongly` says so
+for the run's seed and its ``X-Request-Id``, in the way ``--wrong-kind`` names (``nan``
+scores, a ``duplicate`` item, ``missing_version``, or a ``constant`` list, which is well formed).
 The delay is a pure wait, not CPU work, so answers overlap freely and the stub's own latency
 stays small: asyncio on uvloop with httptools, TCP_NODELAY, and a Linux timerfd for the delays
 (event-loop timers are millisecond-granular; a timerfd wakes to the microsecond).
@@ -35,6 +42,7 @@ import signal
 import socket
 import sys
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -52,17 +60,59 @@ REASONS = {
 }
 
 
+WRONG_KINDS = ("nan", "duplicate", "missing_version", "constant")
+
+
+def answers_wrongly(seed: int, request_id: str, share: float) -> bool:
+    """Is the answer to ``request_id`` (its X-Request-Id) one of the seeded wrong ones?"""
+    if share <= 0:
+        return False
+    return zlib.crc32(f"{seed}:{request_id}".encode()) < share * 2**32
+
+
 @dataclass
 class StubConfig:
     service_ns: int = 2_000_000
     tier: str = ""
     status: int = 200
+    answer_format: str = ""  # "recommender": recommender-shaped bodies
+    items: int = 10
+    catalogue: int = 1000
+    wrong_share: float = 0.0
+    wrong_kind: str = "nan"
+    seed: int = 0
 
-    def answer(self, keep_alive: bool) -> bytes:
-        body = b'{"ok": true, "items": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}'
+    def answer(self, keep_alive: bool, request_id: str = "") -> bytes:
+        if self.answer_format == "recommender":
+            body = self.recommendation(request_id)
+        else:
+            body = b'{"ok": true, "items": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}'
         return _response(
             self.status, body, keep_alive, (("X-Recchaos-Tier", self.tier),) if self.tier else ()
         )
+
+    def recommendation(self, request_id: str) -> bytes:
+        n = self.items
+        base = zlib.crc32(request_id.encode()) % self.catalogue
+        items = [(base + i) % self.catalogue for i in range(n)]
+        doc: dict[str, Any] = {
+            "items": items,
+            "scores": [1.0 - i / n for i in range(n)],
+            "tier": self.tier or "primary",
+            "model_version": "stub-1",
+            "cold_start": False,
+            "timings_ms": {"total": self.service_ns / 1e6},
+        }
+        if answers_wrongly(self.seed, request_id, self.wrong_share):
+            if self.wrong_kind == "nan":
+                doc["scores"] = [float("nan")] * n
+            elif self.wrong_kind == "duplicate" and n > 1:
+                items[1] = items[0]
+            elif self.wrong_kind == "missing_version":
+                del doc["model_version"]
+            else:
+                doc["items"] = list(range(n))
+        return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _response(
@@ -98,11 +148,11 @@ class Stub:
         self.loop.remove_reader(self._timer.fd)
         self._timer.close()
 
-    def serve(self, conn: Conn, keep_alive: bool) -> None:
+    def serve(self, conn: Conn, keep_alive: bool, request_id: str = "") -> None:
         now = time.monotonic_ns()
         self.requests += 1
         due = max(now, self.frozen_until) + self.config.service_ns
-        data = self.config.answer(keep_alive)
+        data = self.config.answer(keep_alive, request_id)
         if due <= now:
             self._send(conn, data, keep_alive)
             return
@@ -188,6 +238,7 @@ class Conn(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._url = b""
         self._body: list[bytes] = []
+        self._request_id = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -206,6 +257,11 @@ class Conn(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._body = []
+        self._request_id = ""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"x-request-id":
+            self._request_id = value.decode("latin-1")
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -223,12 +279,23 @@ class Conn(asyncio.Protocol):
             if not keep_alive:
                 self.transport.close()
             return
-        self.stub.serve(self, keep_alive)
+        self.stub.serve(self, keep_alive, self._request_id)
 
 
 async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    stub = Stub(StubConfig(int(args.service_ms * 1e6), args.tier, args.status), loop)
+    config = StubConfig(
+        int(args.service_ms * 1e6),
+        args.tier,
+        args.status,
+        args.answer,
+        args.items,
+        args.catalogue,
+        args.wrong_share,
+        args.wrong_kind,
+        args.seed,
+    )
+    stub = Stub(config, loop)
     server = await loop.create_server(lambda: Conn(stub), args.host, args.port, backlog=4096)
     port = server.sockets[0].getsockname()[1]
     stop = asyncio.Event()
@@ -253,6 +320,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tier", default="", help="X-Recchaos-Tier header value (none when empty)")
     p.add_argument("--status", type=int, default=200)
     p.add_argument("--no-uvloop", action="store_true", help="plain asyncio event loop")
+    p.add_argument(
+        "--answer",
+        choices=("", "recommender"),
+        default="",
+        help="recommender: bodies shaped like the bundled recommender's answers",
+    )
+    p.add_argument("--items", type=int, default=10, help="items per recommender answer")
+    p.add_argument("--catalogue", type=int, default=1000, help="item ids lie below this")
+    p.add_argument(
+        "--wrong-share",
+        type=float,
+        default=0.0,
+        help="share of recommender answers that are wrong, chosen by a hash of (seed, "
+        "X-Request-Id)",
+    )
+    p.add_argument("--wrong-kind", choices=WRONG_KINDS, default="nan")
+    p.add_argument("--seed", type=int, default=0, help="seed of the wrong answers' hash")
     p.add_argument(
         "--realtime",
         action="store_true",

@@ -7,16 +7,16 @@
 This is the only module that imports locust and gevent, and only inside :func:`main` (``import
 locust`` monkey-patches the standard library), so importing it elsewhere has no side effect.
 
-Open loop: the schedule fixes every request's intended send time; a dispatcher greenlet waits
-for each due time and hands the request to a new greenlet at once, however slow earlier answers
-are. The wait is a Linux timerfd (wakes to the microsecond without spinning; see
+Open loop: the schedule fixes every request's intended send time; a dispatcher greenlet waits for
+each due time and hands the request to a new greenlet at once, however slow earlier answers are. The
+wait is a Linux timerfd (wakes to the microsecond without spinning; see
 :mod:`harness.load._timerfd`), or, with ``timer: spin`` / ``sleep``, gevent's millisecond timers.
-The worker runs as SCHED_FIFO where permitted (``priority: realtime``, see
-:func:`apply_priority`): on a busy 2-core VM that kept send-lag p99 near 0.3 ms where normal
-priority gave 2-4 ms. At most ``max_in_flight`` requests are outstanding: a request due while
-the bound is reached is recorded as a miss (``not_sent``), never sent late. Connections are keep-alive, TCP_NODELAY,
-opened before the start, and more are opened on demand (inside the request's service time).
-Answers are parsed by geventhttpclient's C parser.
+The worker runs as SCHED_FIFO where permitted (``priority: realtime``, see :func:`apply_priority`):
+on a busy 2-core VM that kept send-lag p99 near 0.3 ms where normal priority gave 2-4 ms. At most
+``max_in_flight`` requests are outstanding: a request due while the bound is reached is recorded as
+a miss (``not_sent``), never sent late. Connections are keep-alive, TCP_NODELAY, opened before the
+start, and more are opened on demand (inside the request's service time). Answers are parsed by
+geventhttpclient's C parser.
 
 Locust supplies the rest of the engine: the Environment, a runner (local, or a worker of a Locust
 master, which then assigns worker indexes and starts all workers together), and its request
@@ -26,7 +26,11 @@ Output, in the job's ``output_dir`` (times in ns from the load start, the run's 
 ``requests-<worker>.npy`` (one :data:`~harness.model.requestlog.REQUEST_DTYPE` row per intended
 request), ``histograms-<worker>.json`` (response time from the intended send, service time from
 the actual send, generator lag; microseconds, 3 significant figures, failures counted) and
-``summary-<worker>.json`` (counts, achieved rate, lag, CPU). Stdout carries JSON lines: ``ready``,
+``summary-<worker>.json`` (counts, achieved rate, lag, CPU) and, when the job checks answers,
+``answers-<worker>.npy`` (the answered item ids, row for row with the log). Each answer's
+body is checked when it arrives (:mod:`harness.load.answers`), after its completion time is
+taken: a body that fails is the error kind ``bad_answer``, with its validity code, item ids and
+cold-start flag in the log. Stdout carries JSON lines: ``ready``,
 then ``progress`` every ``progress_interval_s``, then ``done``. On SIGTERM or SIGINT the worker
 stops dispatching, gives in-flight requests a short grace, and writes what it has
 (``partial: true``): requests in flight are recorded as ``aborted``, requests not yet due are not
@@ -50,10 +54,21 @@ from typing import Any
 
 import numpy as np
 
+from harness.load.answers import Checker
 from harness.load.results import finite, histograms, summarize, write_json
 from harness.load.spec import MASTER_HOST, LoadJob, WorkerShare, parse_master_address, render
 from harness.metrics.histogram import LatencyHistogram
-from harness.model.requestlog import ERROR_KINDS, TIERS, empty_log, error_code, write_log
+from harness.model.requestlog import (
+    ANSWER_CODES,
+    ERROR_KINDS,
+    NOT_CHECKED,
+    TIERS,
+    empty_answers,
+    empty_log,
+    error_code,
+    write_answers,
+    write_log,
+)
 
 # filled in by _load_gevent(), inside the worker process only
 gevent: Any = None
@@ -78,6 +93,7 @@ E_BAD = error_code("bad_response")
 E_MISS = error_code("not_sent")
 E_OTHER = error_code("other")
 E_ABORTED = error_code("aborted")
+E_BAD_ANSWER = error_code("bad_answer")
 
 
 def _load_gevent() -> None:
@@ -175,6 +191,10 @@ class OpenLoop:
         self.status = np.zeros(n, dtype=np.int16)
         self.tier = np.full(n, -1, dtype=np.int8)
         self.error = np.zeros(n, dtype=np.int8)
+        self.checker = Checker(job.answers) if job.answers is not None else None
+        self.answer = np.full(n, NOT_CHECKED, dtype=np.int8)
+        self.cold = np.zeros(n, dtype=np.bool_)
+        self.items = empty_answers(n, job.answers.width if job.answers is not None else 1)
         self.pool = Pool(job.host, job.port, job.timeout_s)
         self.waiter = Waiter(job.timer)
         self.live_response = LatencyHistogram()
@@ -260,10 +280,10 @@ class OpenLoop:
         return None
 
     def _request(self, j: int, data: bytes, sock: Any) -> None:
-        status, tier, err, exc, length = 0, "", E_OTHER, None, 0
+        status, tier, err, exc, body = 0, "", E_OTHER, None, b""
         try:
             with gevent.Timeout(self.job.timeout_s):
-                status, tier, length = self._exchange(j, data, sock)
+                status, tier, body = self._exchange(j, data, sock)
             err = E_OK if 200 <= status < 300 else E_STATUS
         except gevent.Timeout as e:
             err, exc = E_TIMEOUT, e
@@ -279,9 +299,9 @@ class OpenLoop:
         except Exception as e:  # noqa: BLE001 - every failure is recorded, none is lost
             err, exc = (E_CONNECT if isinstance(e, OSError) and not status else E_OTHER), e
         finally:
-            self._record(j, status, tier, err, exc, length)
+            self._record(j, status, tier, err, exc, body)
 
-    def _exchange(self, j: int, data: bytes, sock: Any) -> tuple[int, str, int]:
+    def _exchange(self, j: int, data: bytes, sock: Any) -> tuple[int, str, bytes]:
         """Read the answer (sending first if the dispatcher could not); a connection the
         server closed while idle is replaced once."""
         pool = self.pool
@@ -312,12 +332,14 @@ class OpenLoop:
             else:
                 pool.idle.append(sock)
             tier = resp.get("x-recchaos-tier") or ""
-            return resp.status_code, tier if isinstance(tier, str) else tier[-1], len(body)
+            return resp.status_code, tier if isinstance(tier, str) else tier[-1], body
         raise AssertionError("unreachable")
 
-    def _record(self, j: int, status: int, tier: str, err: int, exc: Any, length: int) -> None:
+    def _record(self, j: int, status: int, tier: str, err: int, exc: Any, body: bytes) -> None:
         done = time.monotonic_ns()
         t0 = int(self.send[j])
+        if err == E_OK and self.checker is not None:
+            err, exc = self._check(j, body)
         self.in_flight -= 1
         if err == E_ABORTED:
             self.error[j] = err
@@ -344,13 +366,29 @@ class OpenLoop:
                 request_type=self._method,
                 name=self._name,
                 response_time=(done - t0) / 1e6,
-                response_length=length,
+                response_length=len(body),
                 response=None,
                 context={},
                 exception=exc if exc is not None else (f"HTTP {status}" if err else None),
             )
         if self.in_flight == 0:
             self.idle.set()
+
+    def _check(self, j: int, body: bytes) -> tuple[int, Any]:
+        """Check answer ``j`` (after its completion time was taken); its error and why."""
+        assert self.checker is not None
+        share = self.share
+        code, ids, cold = self.checker.check(
+            body, int(share.user_ids[j]), int(share.k[j]), int(share.ids[j])
+        )
+        self.answer[j] = code
+        self.cold[j] = cold
+        if ids:
+            width = self.checker.width
+            self.items[j, : min(len(ids), width)] = ids[:width]
+        if code:
+            return E_BAD_ANSWER, f"bad answer: {ANSWER_CODES[code]}"
+        return E_OK, None
 
     # stopping ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -401,7 +439,13 @@ class OpenLoop:
         rows["error_kind"] = np.where(unfinished, E_ABORTED, self.error[:n])
         rows["user_id"] = share.user_ids[:n]
         rows["worker"] = self.job.worker_index
+        rows["answer"] = self.answer[:n]
+        rows["cold_start"] = self.cold[:n]
         return rows
+
+    def answers(self) -> np.ndarray:
+        """The answered item ids of every dispatched row (-1 where none)."""
+        return self.items[: self.dispatched]
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -712,6 +756,10 @@ def _finish(
     summary = summarize(
         job, rows, hists, scheduled, start_ns, active_s, cpu, partial, error, priority
     )
+    if job.answers is not None:
+        width = job.answers.width
+        answers = engine.answers() if engine is not None else empty_answers(0, width)
+        write_answers(job.path("answers-{worker}.npy"), answers)
     write_log(job.path("requests-{worker}.npy"), rows)
     counts = ("intended", "sent", "answered", "failed", "missed")
     write_json(

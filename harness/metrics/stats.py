@@ -6,7 +6,9 @@ from the actual send, generator lag from intended to actual send. Percentiles co
 or never-sent request counts as infinitely slow). Shares are of the intended requests in the
 window, so a request that was never sent counts against the system, and the generator's own
 shortfall is reported (``sent_ratio``, lag) for the judges to discount. A quantile's confidence
-interval comes from the same histogram (:meth:`WindowStats.interval`).
+interval comes from the same histogram (:meth:`WindowStats.interval`). Answer quality (valid
+share, agreement and NDCG, over all and per tier; cold starts) comes from
+:mod:`harness.metrics.quality`; an invalid answer is a failure like any other.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from harness.metrics.confidence import DEFAULT_LEVEL, QuantileInterval, quantile_interval
 from harness.metrics.histogram import LatencyHistogram
+from harness.metrics.quality import WindowQuality, window_quality
 from harness.metrics.windows import Window
 from harness.model.requestlog import ERROR_KINDS, TIERS, succeeded
 
@@ -75,6 +78,7 @@ class WindowStats:
     response_hist: LatencyHistogram
     service_hist: LatencyHistogram
     lag_hist: LatencyHistogram
+    quality: WindowQuality
 
     @property
     def errors(self) -> int:
@@ -103,6 +107,19 @@ class WindowStats:
     def tier_share(self, tier: str) -> float:
         return self._share(self.tier_counts.get(tier, 0))
 
+    @property
+    def cold_start_share(self) -> float:
+        """Cold-start answers (users the target does not know) among the intended requests."""
+        return self._share(self.quality.cold_start)
+
+    def answer_metric(self, name: str, tier: str | None = None) -> float:
+        """``valid_share``, ``agreement_at_k`` or ``ndcg_at_k`` over the window's answers (of
+        ``tier`` only, if given); NaN when none was checked or measured."""
+        q = self.quality.tier(tier)
+        if name == "valid_share":
+            return q.valid_share
+        return q.agreement if name == "agreement_at_k" else q.ndcg
+
     def metric(self, name: str, *, include_errors: bool = True, tier: str | None = None) -> float:
         """The value of a window metric named as in an SLO (``p99``, ``error_ratio``, ...)."""
         if name == "error_ratio":
@@ -111,6 +128,10 @@ class WindowStats:
             return self.within_sla_share
         if name == "tier_share":
             return self.tier_share(tier or "")
+        if name == "cold_start_share":
+            return self.cold_start_share
+        if name in ("valid_share", "agreement_at_k", "ndcg_at_k"):
+            return self.answer_metric(name, tier)
         return (self.latency_all if include_errors else self.latency).get(name)
 
     def interval(
@@ -137,6 +158,11 @@ class WindowStats:
             "within_sla": self.within_sla_share,
             "tier_shares": {t: self.tier_share(t) for t in TIERS},
             "tier_counts": dict(self.tier_counts),
+            "cold_start_share": self.cold_start_share,
+            "valid_share": self.answer_metric("valid_share"),
+            "agreement_at_k": self.answer_metric("agreement_at_k"),
+            "ndcg_at_k": self.answer_metric("ndcg_at_k"),
+            "answers": self.quality.to_dict(),
             "error_kinds": dict(self.error_kinds),
             "latency_ms": self.latency.to_dict(),
             "latency_with_errors_ms": self.latency_all.to_dict(),
@@ -186,6 +212,7 @@ def window_stats(requests: np.ndarray, window: Window, sla_ms: float) -> WindowS
         response_hist=response,
         service_hist=service,
         lag_hist=lag,
+        quality=window_quality(rows),
     )
 
 

@@ -132,6 +132,7 @@ class RunRecord:
     checks: tuple[dict[str, Any], ...] = ()
     verdict: str | None = None
     errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # what the run could not test as asked (e.g. its mix)
     files: dict[str, str] = field(default_factory=dict)
     halt: Halt | None = None  # set when a guard tripped (the run was halted)
     schema_version: int = SCHEMA_VERSION
@@ -140,7 +141,7 @@ class RunRecord:
         d = asdict(self)
         d["timeline"] = [asdict(e) for e in self.timeline]
         d["halt"] = None if self.halt is None else asdict(self.halt)
-        for key in ("windows", "checks", "errors"):
+        for key in ("windows", "checks", "errors", "warnings"):
             d[key] = list(d[key])
         return d
 
@@ -156,7 +157,7 @@ class RunRecord:
         kw["timeline"] = tuple(FaultEvent.from_dict(e) for e in d.get("timeline", ()))
         halt = d.get("halt")
         kw["halt"] = Halt.from_dict(halt) if isinstance(halt, dict) else None
-        for key in ("windows", "checks", "errors"):
+        for key in ("windows", "checks", "errors", "warnings"):
             kw[key] = tuple(d.get(key, ()))
         return cls(**kw)
 

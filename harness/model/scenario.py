@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness.model.answers import AnswerSpec, cross_check_answers, read_answers
 from harness.model.bounds import check_data
 from harness.model.consistency import cross_check
 from harness.model.errors import MISSING, Problem, ScenarioError
@@ -32,7 +33,14 @@ from harness.model.guards import GuardSpec, read_guard
 from harness.model.load import LoadPhase, read_mix, read_phase, total_duration_s
 from harness.model.profiles import apply_profile, read_profiles, relocate
 from harness.model.schedule import RequestSchedule, random_fault_schedule, request_schedule
-from harness.model.slo import Evidence, SLOSpec, read_evidence, read_slo
+from harness.model.slo import (
+    QUALITY_METRICS,
+    REFERENCE_METRICS,
+    Evidence,
+    SLOSpec,
+    read_evidence,
+    read_slo,
+)
 from harness.model.target import Target, read_target
 from harness.model.validate import Fields, integer, list_at, number, string, text
 from harness.model.yamlio import YamlProblem, read_yaml
@@ -58,6 +66,7 @@ class Scenario:
     evidence: Evidence = Evidence()
     description: str = ""
     explore: ExploreSpec | None = None  # the limits of `recchaos explore` (harness/explore)
+    answers: AnswerSpec = AnswerSpec()
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     profile: str | None = None
     guards: tuple[GuardSpec, ...] = ()
@@ -101,6 +110,7 @@ class Scenario:
             "guards": [g.to_dict() for g in self.guards],
             "evidence": self.evidence.to_dict(),
             "explore": self.explore.to_dict() if self.explore is not None else None,
+            "answers": self.answers.to_dict(),
             "profiles": {k: dict(v) for k, v in self.profiles.items()},
             "profile": self.profile,
         }
@@ -213,12 +223,14 @@ def _read(data: Any, source: str, problems: list[Problem]) -> Scenario | None:
     evidence = read_evidence(f.raw("evidence", {}), "evidence", problems)
     explore = f.raw("explore")
     explore = read_explore(explore, "explore", problems, target) if explore is not None else None
+    answers = read_answers(f.raw("answers", {}), "answers", problems, source)
     f.raw("profiles")
     f.get("profile", string(), None)
     f.finish()
     parts = (name, description, seed, warmup, settle, sla, load, faults, slos, guards)
-    if len(problems) > before or target is None or evidence is None or None in parts:
+    if len(problems) > before or target is None or None in (evidence, answers) or None in parts:
         return None
+    assert evidence is not None and answers is not None
     s = Scenario(
         name,
         target,
@@ -233,11 +245,42 @@ def _read(data: Any, source: str, problems: list[Problem]) -> Scenario | None:
         evidence,
         description,
         explore,
+        answers,
         guards=guards or (),
         source=source,
     )
     cross_check(s, problems)
+    cross_check_answers(answers, target.kind, problems)
+    _check_quality_slos(s, problems)
     return s if len(problems) == before else None
+
+
+def _check_quality_slos(s: Scenario, problems: list[Problem]) -> None:
+    """Answer-quality SLOs need checked answers, and agreement and NDCG need a reference."""
+    kind = s.target.kind
+    checked = s.answers.checked(kind)
+    has_reference = s.answers.resolved_reference(kind) != "none"
+    for i, slo in enumerate(s.slos):
+        if slo.metric in QUALITY_METRICS and not checked:
+            problems.append(
+                Problem(
+                    f"slos[{i}].metric",
+                    slo.metric,
+                    "a metric that does not need answers checked",
+                    "answers are not checked for this target: give answers.format, "
+                    "answers.schema or answers.validator",
+                )
+            )
+        elif slo.metric in REFERENCE_METRICS and not has_reference:
+            problems.append(
+                Problem(
+                    f"slos[{i}].metric",
+                    slo.metric,
+                    "a metric that does not need a reference answer",
+                    "give answers.reference (auto for the bundled recommender, or a file "
+                    "written by `recchaos sut reference`)",
+                )
+            )
 
 
 def _read_list(f: Fields, key: str, reader: Any, required: bool = False) -> Any:

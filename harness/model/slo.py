@@ -1,8 +1,10 @@
 """Declarative service-level objectives and the evidence rules that guard every verdict.
 
 An :class:`SLOSpec` names a metric, one bound (``at_most``, ``at_least``, ``above`` or
-``below``) and where it applies: window metrics (percentiles, error ratio, shares) are judged in
-every selected window; fault metrics (time to failover, time to recover) once per selected fault.
+``below``) and where it applies: window metrics (percentiles, error ratio, shares, answer
+quality) are judged in every selected window; fault metrics (time to failover, time to recover)
+once per selected fault. Answer-quality metrics (``valid_share``, ``agreement_at_k``,
+``ndcg_at_k``) may name a ``tier``: then only the answers served at that tier count.
 :class:`Evidence` holds the thresholds below which a window is INCONCLUSIVE instead of judged.
 A quantile SLO may set ``confidence`` (e.g. 0.95): its verdict then follows the quantile's
 confidence interval, and a window whose interval straddles the limit is INCONCLUSIVE.
@@ -34,9 +36,11 @@ from harness.model.validate import (
 
 LATENCY_METRICS = ("p50", "p95", "p99", "p99.9", "max")
 QUANTILE_METRICS = ("p50", "p95", "p99", "p99.9")  # judged with a confidence interval
-RATIO_METRICS = ("error_ratio", "within_sla", "tier_share")
+RATIO_METRICS = ("error_ratio", "within_sla", "tier_share", "cold_start_share")
+QUALITY_METRICS = ("valid_share", "agreement_at_k", "ndcg_at_k")
 FAULT_METRICS = ("time_to_failover", "time_to_last_miss", "time_to_recover")
-METRICS = LATENCY_METRICS + RATIO_METRICS + FAULT_METRICS
+METRICS = LATENCY_METRICS + RATIO_METRICS + QUALITY_METRICS + FAULT_METRICS
+REFERENCE_METRICS = ("agreement_at_k", "ndcg_at_k")  # need a reference answer per user
 WINDOW_KINDS = ("steady", "before", "during", "after")
 EXPECTATIONS = ("hold", "violated")
 CONDITIONS = ("both_copies_dead", "region_down")
@@ -184,8 +188,10 @@ def read_slo(data: Any, path: str, problems: list[Problem], origin: str) -> SLOS
     tier = f.get("tier", choice(TIERS), None)
     if metric == "tier_share" and tier is None:
         tier = f.add("tier", MISSING, "one of " + ", ".join(TIERS))
-    elif tier not in (None, INVALID) and metric != "tier_share":
-        tier = f.add("tier", tier, "tier only with metric: tier_share")
+    elif tier not in (None, INVALID) and metric not in ("tier_share",) + QUALITY_METRICS:
+        tier = f.add(
+            "tier", tier, "tier only with metric: tier_share, " + ", ".join(QUALITY_METRICS)
+        )
     errors = f.get("include_errors", boolean(), True)
     unless = f.get("unless", choice(CONDITIONS), None)
     min_samples = f.get("min_samples", integer(1, 10_000_000), None)
@@ -259,6 +265,8 @@ def _read_bound(f: Fields, metric: Any) -> tuple[Any, Any]:
     bound = given[0]
     if metric in RATIO_METRICS:
         conv = number(0, 1, unit="a share of requests")
+    elif metric in QUALITY_METRICS:
+        conv = number(0, 1, unit="a mean over answers, 0..1")
     else:
         conv = number(0, unit="ms")
     return bound, f.get(bound, conv)
@@ -315,7 +323,9 @@ __all__ = [
     "LATENCY_METRICS",
     "METRICS",
     "QUANTILE_METRICS",
+    "QUALITY_METRICS",
     "RATIO_METRICS",
+    "REFERENCE_METRICS",
     "SLOSpec",
     "TIERS",
     "WINDOW_KINDS",

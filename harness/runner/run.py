@@ -40,6 +40,7 @@ from harness.checks.run import Evaluation, evaluate
 from harness.checks.verdict import Verdict
 from harness.inject.base import FaultStack, InjectContext
 from harness.inject.journal import Journal
+from harness.load.answers import AnswerCheck
 from harness.load.driver import LoadResult, run_load
 from harness.load.spec import RECOMMENDER_REQUEST, LoadJob
 from harness.model.errors import (
@@ -50,10 +51,11 @@ from harness.model.errors import (
     UsageError,
 )
 from harness.model.record import FaultEvent, Halt, RecordFile, RunRecord
-from harness.model.requestlog import TIERS, succeeded
+from harness.model.requestlog import TIERS, error_code, succeeded
 from harness.model.scenario import Scenario
 from harness.model.target import GenericTarget, RecommenderTarget
 from harness.runner import provenance
+from harness.runner.answers import AnswerSetup, prepare_answers, score_answers
 from harness.runner.faults import FaultPlanRun
 from harness.runner.guards import GuardWatch, halt
 from harness.runner.hdrfiles import write_hdr_files
@@ -210,7 +212,13 @@ def _probe(base_url: str, scenario: Scenario, user: int) -> tuple[int, str]:
         raise SutFailure(f"steady state not reached: {base_url}{path} unreachable: {exc}") from None
 
 
-def build_job(scenario: Scenario, target: Target, run_dir: Path, now_ns: int) -> LoadJob:
+def build_job(
+    scenario: Scenario,
+    target: Target,
+    run_dir: Path,
+    now_ns: int,
+    answers: AnswerCheck | None = None,
+) -> LoadJob:
     """The load job; it starts START_LEAD_S after ``now_ns`` (CLOCK_MONOTONIC)."""
     request = (
         scenario.target.request
@@ -224,6 +232,7 @@ def build_job(scenario: Scenario, target: Target, run_dir: Path, now_ns: int) ->
         output_dir=str(run_dir / "load"),
         request=request,
         start_mono_ns=now_ns + int(START_LEAD_S * 1e9),
+        answers=answers,
     )
 
 
@@ -302,7 +311,8 @@ def _halt_if_tripped(
 
 
 def client_tiers(log: np.ndarray) -> Counter[str]:
-    ok = log[succeeded(log)]
+    """Answers per tier as the client saw them; a bad answer was still served at its tier."""
+    ok = log[succeeded(log) | (log["error_kind"] == error_code("bad_answer"))]
     codes, counts = np.unique(ok["tier"], return_counts=True)
     return Counter(
         {
@@ -319,6 +329,7 @@ def judge(
     record: RecordFile,
     cross: dict[str, Any],
     heal_errors: list[str],
+    answers: dict[str, Any] | None = None,
 ) -> Evaluation:
     """The evaluation (:func:`harness.checks.evaluate`, the run's own problems included),
     written to ``run.json`` and ``details.json``."""
@@ -339,7 +350,7 @@ def judge(
         load_end_s=end_s,
         origin_mono_ns=result.start_mono_ns,
     )
-    _write_extra(record.path.parent, result, cross, faults)
+    _write_extra(record.path.parent, result, cross, faults, answers or {})
     write_hdr_files(record.path.parent, result.log, ev.windows, result.start_mono_ns)
     return ev
 
@@ -350,7 +361,11 @@ def job_end_s(result: LoadResult) -> float:
 
 
 def _write_extra(
-    run_dir: Path, result: LoadResult, cross: dict[str, Any], faults: FaultPlan
+    run_dir: Path,
+    result: LoadResult,
+    cross: dict[str, Any],
+    faults: FaultPlan,
+    answers: dict[str, Any],
 ) -> None:
     extra = {
         "generator": result.summary,
@@ -358,6 +373,7 @@ def _write_extra(
         "fault_problems": faults.problems,
         "unaccounted": result.unaccounted(),
         "load_errors": list(result.errors),
+        "answers": answers,
     }
     (run_dir / "details.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
 
@@ -536,8 +552,11 @@ def run_phases(
     load workers are registered with ``watchdog``."""
     fx = effects or Effects()
     fx.steady_state(target, scenario)
+    setup = fx.answers(scenario, target, run_dir, settings.strict, display.log)
+    if setup.warnings:
+        record.update(warnings=setup.warnings)
     before = fx.scrape_tiers(target.base_url, run_dir / METRICS_BEFORE)
-    job = build_job(scenario, target, run_dir, fx.monotonic_ns())
+    job = build_job(scenario, target, run_dir, fx.monotonic_ns(), setup.check)
     faults = fx.fault_plan(scenario, target, run_dir, journal, job, display)
     record.update(
         origin_mono_ns=job.start_mono_ns or 0, files={"cluster": str(target.manifest_path.parent)}
@@ -553,9 +572,27 @@ def run_phases(
         client_tiers(result.log),
         tolerance=max(5, len(result.log) // 100),
     )
-    ev = judge(scenario, result, faults, record, cross, heal_errors)
+    answers = answer_details(scenario, setup, result)
+    ev = judge(scenario, result, faults, record, cross, heal_errors, answers)
     display.final(ev.verdict, record)
     return ev
+
+
+def answer_details(scenario: Scenario, setup: AnswerSetup, result: LoadResult) -> dict[str, Any]:
+    """Each answer's quality filled into the log; what ``details.json`` says about answers."""
+    expected = score_answers(
+        scenario, setup, result.log, result.answers, result.files.get("requests")
+    )
+    return {
+        "checked": setup.check is not None,
+        "format": setup.check.format if setup.check else None,
+        "population": setup.population,
+        "catalogue": setup.catalogue,
+        "reference": str(setup.reference_path) if setup.reference_path else None,
+        "reference_meta": setup.reference.meta if setup.reference is not None else None,
+        "expected": expected,
+        "warnings": list(setup.warnings),
+    }
 
 
 def plan_faults(
@@ -650,5 +687,8 @@ class Effects:
     )
     load: LoadFunction = _run_load
     guards: Callable[[Scenario, str, int], GuardWatch] = watch_guards
+    answers: Callable[[Scenario, Target, Path, bool, Callable[[str], None]], AnswerSetup] = (
+        prepare_answers
+    )
     monotonic_ns: Callable[[], int] = time.monotonic_ns
     sleep: Callable[[float], None] = time.sleep

@@ -191,6 +191,7 @@ class RunSettings:
     redis_address: str | None = None  # HOST:PORT of the Redis the harness starts
     dry_run: bool = False  # resolve and check, start nothing that injects (harness.runner.dryrun)
     manifest: Path | None = None  # with dry_run: a running target's manifest (nothing started)
+    strict: bool = False  # a warning about what the run can test (its mix) is a usage error
 
 
 def check_dry_run(settings: RunSettings) -> None:

@@ -40,6 +40,12 @@ def compare(args: argparse.Namespace) -> int:
             f"  REGRESSION {r.scenario} / {r.window} {r.metric}: {j.base:.3g} -> {j.cur:.3g} ms"
             f" ({j.method}, p={j.p_value:.3g})"
         )
+    for r in result.quality_regressions:
+        j = r.judgement
+        print(
+            f"  REGRESSION {r.scenario} / {r.window} {r.metric}: {j.base:.4g} -> {j.cur:.4g}"
+            f" ({j.method}, p={j.p_value:.3g})"
+        )
     for b in result.bench_regressions:
         print(
             f"  REGRESSION benchmark {b.name}: {b.judgement.base:.3g} -> {b.judgement.cur:.3g} us"

@@ -40,9 +40,16 @@ def _p(j: Judgement) -> str:
 
 
 def headline(c: Comparison) -> str:
-    n_reg, n_bench = len(c.regressions), len(c.bench_regressions)
-    if n_reg or n_bench:
-        return f"REGRESSION: {n_reg} latency and {n_bench} benchmark regression(s)"
+    n_reg, n_qual, n_bench = (
+        len(c.regressions),
+        len(c.quality_regressions),
+        len(c.bench_regressions),
+    )
+    if n_reg or n_qual or n_bench:
+        return (
+            f"REGRESSION: {n_reg} latency, {n_qual} answer-quality and {n_bench} benchmark "
+            "regression(s)"
+        )
     return "no regression"
 
 
@@ -145,6 +152,15 @@ def render_html(c: Comparison) -> str:
     for scen in dict.fromkeys(r.scenario for r in c.rows):
         out.append(strip_chart(c, scen))
     out.append(table(heads, [_row_cells(r) for r in c.rows], "compare"))
+    if c.quality:
+        qheads = ["status", "scenario", "window", "metric", "baseline", "current", "delta"]
+        qheads += ["95% CI of delta", "p", "runs", "method"]
+        out.append(
+            "<h2>Answer quality by scenario and window</h2>"
+            '<p class="note">Valid share, agreement@k with the reference and NDCG@k against the '
+            "held-out item, over each window's answers (higher is better): a drop is a "
+            "regression.</p>" + table(qheads, [_row_cells(r) for r in c.quality], "quality")
+        )
     if c.bench:
         out.append(
             "<h2>Component benchmarks (median µs per call)</h2>"
@@ -181,8 +197,8 @@ def render_markdown(c: Comparison, html_name: str = "compare.html") -> str:
     ]
     if c.failed_runs:
         out += [f"- current run with verdict FAIL: {s.label}" for s in c.failed_runs] + [""]
-    rows = c.regressions or [r for r in c.rows if r.metric == "p99"]
-    title = "Regressions" if c.regressions else "p99 per window"
+    rows = c.regressions + c.quality_regressions or [r for r in c.rows if r.metric == "p99"]
+    title = "Regressions" if c.regressions or c.quality_regressions else "p99 per window"
     out += [
         f"**{title}**",
         "",
@@ -205,6 +221,28 @@ def render_markdown(c: Comparison, html_name: str = "compare.html") -> str:
         ),
         "",
     ]
+    if c.quality and not c.quality_regressions:
+        out += [
+            "**Answer quality per window** (higher is better)",
+            "",
+            md_table(
+                ["status", "scenario", "window", "metric", "base", "cur", "delta", "p"],
+                [
+                    [
+                        r.judgement.status,
+                        r.scenario,
+                        r.window,
+                        r.metric,
+                        fmt(r.judgement.base),
+                        fmt(r.judgement.cur),
+                        _delta(r.judgement),
+                        _p(r.judgement),
+                    ]
+                    for r in c.quality
+                ],
+            ),
+            "",
+        ]
     if c.bench:
         out += [
             "**Component benchmarks** (median µs)",

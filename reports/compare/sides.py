@@ -1,9 +1,11 @@
 """``recchaos compare BASELINE CURRENT``: per scenario and window, p50/p95/p99 deltas judged with
-:mod:`reports.compare.stats`, plus component-benchmark deltas; rendered as HTML and markdown.
+:mod:`reports.compare.stats`, answer quality (valid share, agreement@k, NDCG@k: a drop is a
+regression) judged with :mod:`reports.compare.quality`, plus component-benchmark deltas;
+rendered as HTML and markdown.
 
 A side is a run directory, a directory of run directories, or ``history:SELECTOR`` (see
-:mod:`reports.history.store`). Partial runs are left out (and listed). Values per run are the window's
-error-inclusive percentiles from the run record; the merged window histograms feed the
+:mod:`reports.history.store`). Partial runs are left out (and listed). Values per run are the
+window's error-inclusive percentiles from the run record; the merged window histograms feed the
 request-level bootstrap when a side has fewer runs than ``min_runs``.
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from harness.metrics.histogram import LatencyHistogram
 from harness.model.errors import UsageError
 from reports.compare.bench import BenchRow
+from reports.compare.quality import QUALITY_METRICS, Stat, judge_quality, window_quality
 from reports.compare.stats import REGRESSION, Judgement, judge
 from reports.effect import MinEffect
 from reports.history import store
@@ -34,6 +37,7 @@ class Sample:
     scenario: str
     verdict: str | None
     windows: dict[str, tuple[dict[str, float], str | None]]
+    quality: dict[str, dict[str, Stat]] = field(default_factory=dict)  # window -> metric -> stat
 
 
 @dataclass
@@ -70,6 +74,7 @@ def load_side(spec: str, db: Path | None) -> Side:
                     e.scenario,
                     e.verdict,
                     {n: _history_window(db, e.id, n, w) for n, w in e.windows.items()},
+                    {n: dict(w.quality) for n, w in e.windows.items() if w.quality},
                 )
             )
         return side
@@ -79,14 +84,17 @@ def load_side(spec: str, db: Path | None) -> Side:
         if run.partial:
             side.skipped.append(f"{path.name}: partial ({'; '.join(run.notes)})")
             continue
-        wins = {}
+        wins, quality = {}, {}
         for w in run.record.windows:
             lat = w.get("latency_with_errors_ms", {})
-            wins[str(w.get("window", {}).get("name"))] = (
+            name = str(w.get("window", {}).get("name"))
+            wins[name] = (
                 {m: _ms(lat.get(m)) for m, _ in METRICS},
                 (w.get("histograms") or {}).get("response"),
             )
-        side.samples.append(Sample(path.name, run.scenario_name, run.record.verdict, wins))
+            if window_quality(w):
+                quality[name] = window_quality(w)
+        side.samples.append(Sample(path.name, run.scenario_name, run.record.verdict, wins, quality))
     if not side.samples:
         raise UsageError(f"{spec}: no complete runs to compare ({'; '.join(side.skipped)})")
     return side
@@ -125,10 +133,15 @@ class Comparison:
     min_effect: MinEffect
     alpha: float
     notes: list[str] = field(default_factory=list)
+    quality: list[Row] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[Row]:
         return [r for r in self.rows if r.judgement.status == REGRESSION]
+
+    @property
+    def quality_regressions(self) -> list[Row]:
+        return [r for r in self.quality if r.judgement.status == REGRESSION]
 
     @property
     def bench_regressions(self) -> list[BenchRow]:
@@ -140,7 +153,7 @@ class Comparison:
 
     @property
     def regressed(self) -> bool:
-        return bool(self.regressions or self.bench_regressions)
+        return bool(self.regressions or self.quality_regressions or self.bench_regressions)
 
 
 def _merged(encoded: Sequence[str | None]) -> LatencyHistogram | None:
@@ -158,6 +171,7 @@ def compare_sides(
     bench: list[BenchRow] | None = None,
 ) -> Comparison:
     rows: list[Row] = []
+    quality: list[Row] = []
     notes: list[str] = []
     scen_b = {s.scenario for s in base.samples}
     scen_c = {s.scenario for s in cur.samples}
@@ -187,6 +201,7 @@ def compare_sides(
                     vb, vc, min_effect=min_effect, alpha=alpha, min_runs=min_runs, hists=hists, q=q
                 )
                 rows.append(Row(scen, wname, metric, j, tuple(vb), tuple(vc)))
+            quality += _quality_rows(scen, wname, sb, sc, alpha, min_runs)
     return Comparison(
         base,
         cur,
@@ -197,4 +212,19 @@ def compare_sides(
         notes
         + [f"skipped (baseline) {s}" for s in base.skipped]
         + [f"skipped (current) {s}" for s in cur.skipped],
+        quality,
     )
+
+
+def _quality_rows(
+    scen: str, wname: str, sb: list[Sample], sc: list[Sample], alpha: float, min_runs: int
+) -> list[Row]:
+    out = []
+    for metric in QUALITY_METRICS:
+        qb = [s.quality[wname][metric] for s in sb if metric in s.quality.get(wname, {})]
+        qc = [s.quality[wname][metric] for s in sc if metric in s.quality.get(wname, {})]
+        if not qb or not qc:
+            continue
+        j = judge_quality(metric, qb, qc, alpha=alpha, min_runs=min_runs)
+        out.append(Row(scen, wname, metric, j, tuple(q[0] for q in qb), tuple(q[0] for q in qc)))
+    return out

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.model.errors import UsageError
+from reports.compare.quality import window_quality
 from reports.history.benchfiles import Bench, read_benchmarks
 from reports.rundir import RunDir, load_run
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: window_quality
 DB_NAME = "history.sqlite"
 ENV_DB = "RECCHAOS_HISTORY"
 ENV_BATCH = "RECCHAOS_BATCH"
@@ -65,6 +66,16 @@ CREATE TABLE IF NOT EXISTS windows (
     response_hist TEXT,
     PRIMARY KEY (run_id, name)
 );
+CREATE TABLE IF NOT EXISTS window_quality (
+    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    n INTEGER,
+    sd REAL,
+    PRIMARY KEY (run_id, name, tier, metric)
+);
 CREATE TABLE IF NOT EXISTS benchmarks (
     id INTEGER PRIMARY KEY,
     batch TEXT NOT NULL,
@@ -94,6 +105,7 @@ class WindowEntry:
     p99: float
     count: int
     response_hist: str | None
+    quality: dict[str, tuple[float, int, float]] = field(default_factory=dict)  # tier all
 
 
 @dataclass
@@ -234,7 +246,20 @@ def append_loaded(
                     (w.get("histograms") or {}).get("response"),
                 ),
             )
+            _append_quality(conn, run_id, str(win.get("name")), w)
     return run_id
+
+
+def _append_quality(conn: sqlite3.Connection, run_id: int, name: str, w: dict[str, Any]) -> None:
+    """The window's answer quality per tier (``all`` and each tier that served)."""
+    by_tier = (w.get("answers") or {}).get("by_tier") or {}
+    for tier, q in by_tier.items():
+        stats = window_quality({"answers": {"by_tier": {"all": q}}})
+        for metric, (value, n, sd) in stats.items():
+            conn.execute(
+                "INSERT OR REPLACE INTO window_quality VALUES (?,?,?,?,?,?,?)",
+                (run_id, name, tier, metric, _real(value), n, _real(sd)),
+            )
 
 
 def append_benchmarks(
@@ -338,6 +363,13 @@ def select_runs(
                 e.windows[w[0]] = WindowEntry(
                     w[0], w[1] or "", _f(w[2]), _f(w[3]), _f(w[4]), int(w[5] or 0), w[6]
                 )
+            for name, metric, value, n, sd in conn.execute(
+                "SELECT name, metric, value, n, sd FROM window_quality WHERE run_id = ? AND "
+                "tier = 'all'",
+                (e.id,),
+            ):
+                if name in e.windows:
+                    e.windows[name].quality[metric] = (_f(value), int(n or 0), _f(sd))
     return entries
 
 

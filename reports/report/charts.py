@@ -1,9 +1,9 @@
 """The run report's charts, each a function from saved data to one SVG string.
 
-Latency over time (fault windows shaded and labelled), tier shares over time (stacked), the
-percentile spectrum per window (HdrHistogram's log axis), the per-stage budget bars and the fault
-timeline. Data preparation lives in :mod:`reports.report.series` and
-:mod:`reports.report.stages`; drawing in :mod:`reports.svg`.
+Latency over time (fault windows shaded and labelled), answer quality over time (valid share,
+agreement and NDCG), tier shares over time (stacked), the percentile spectrum per window
+(HdrHistogram's log axis), the per-stage budget bars and the fault timeline. Data preparation lives
+in :mod:`reports.report.series` and :mod:`reports.report.stages`; drawing in :mod:`reports.svg`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from harness.metrics.histogram import LatencyHistogram
 from harness.model.record import FaultEvent, Halt
@@ -73,6 +75,30 @@ def latency_chart(
         strict=True,
     ):
         chart.line(mid.tolist(), s.quantiles[q].tolist(), name, color)
+    return chart.render()
+
+
+def quality_chart(s: Series, timeline: Sequence[FaultEvent], end_s: float) -> str:
+    """Valid share, mean agreement@k and mean NDCG@k per bin, on one 0..1 axis."""
+    chart = Chart.frame(
+        f"Answer quality per {s.bin_s:g} s: valid share, agreement@k with the reference, "
+        "NDCG@k against the held-out item",
+        (0.0, _x_end(s, end_s)),
+        (0.0, 1.05),
+        height=240,
+        x_label="seconds since load start",
+        y_label="0..1",
+        css_class="chart quality",
+    )
+    shade_faults(chart, timeline, end_s)
+    mid = (s.t_s + s.bin_s / 2).tolist()
+    for values, name, color in (
+        (s.valid_share, "valid share", PALETTE[2]),
+        (s.agreement, "agreement@k", PALETTE[0]),
+        (s.ndcg, "NDCG@k", PALETTE[1]),
+    ):
+        if not np.isnan(values).all():
+            chart.line(mid, values.tolist(), name, color, unit="")
     return chart.render()
 
 

@@ -1,9 +1,10 @@
 """The run report as one self-contained HTML file: inline CSS, inline SVG, a few lines of JS.
 
-Order follows what a reader needs first: the verdict and the SLO table, then latency over time
-with the fault windows shaded (and a guard's halt marked), tier shares, the percentile spectrum per window, the per-stage
-budget, generator health, the fault timeline, and how to replay the run. Nothing is fetched from
-the network; the page opens from a file or a CI artifact as is.
+Order follows what a reader needs first: the verdict and the SLO table (with the answers'
+validity and quality per window and tier), then latency over time with the fault windows shaded
+(and a guard's halt marked) and answer quality under it, tier shares, the percentile spectrum per
+window, the per-stage budget, generator health, the fault timeline, and how to replay the run.
+Nothing is fetched from the network; the page opens from a file or a CI artifact as is.
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ def header(run: RunDir) -> str:
         out.append(
             f'<div class="partial"><b>Errors recorded by the harness</b><ul>{items}</ul></div>'
         )
+    if r.warnings:
+        items = "".join(f"<li>{esc(w)}</li>" for w in r.warnings)
+        out.append(
+            f'<div class="partial"><b>What this run could not test as asked</b><ul>{items}'
+            "</ul></div>"
+        )
     return "".join(out)
 
 
@@ -87,7 +94,72 @@ def slo_section(run: RunDir) -> str:
         body = table(
             ["verdict", "metric", "window", "value", "CI", "limit", "SLO", "message"], rows, "slo"
         )
-    return '<h2 id="slo">Verdict and SLOs</h2>' + body + window_table(run)
+    return '<h2 id="slo">Verdict and SLOs</h2>' + body + window_table(run) + quality_table(run)
+
+
+def _q(v: Any) -> str:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(x) else f"{x:.3f}"
+
+
+EXPECTED_MODEL = {
+    "primary": "full",
+    "retry": "full",
+    "replica": "full",
+    "degraded": "distilled",
+    "static": "popular",
+}
+
+
+def quality_table(run: RunDir) -> str:
+    """Per window and tier: answers checked, valid share, agreement@k and NDCG@k, next to
+    what the tier's model scores offline on this run's users (``details.json``)."""
+    expected = (run.details.get("answers") or {}).get("expected") or {}
+    rows = []
+    for w in run.record.windows:
+        name = w.get("window", {}).get("name", "?")
+        for tier, q in ((w.get("answers") or {}).get("by_tier") or {}).items():
+            model = EXPECTED_MODEL.get(tier)
+            exp = expected.get(model) or {} if model else {}
+            rows.append(
+                [
+                    name,
+                    tier,
+                    q.get("checked", 0),
+                    _q(q.get("valid_share")),
+                    q.get("measured", 0),
+                    _q(q.get("agreement_at_k")),
+                    _q(q.get("ndcg_at_k")),
+                    f"{model}: {_q(exp.get('agreement_at_k'))} / {_q(exp.get('ndcg_at_k'))}"
+                    if exp
+                    else "",
+                ]
+            )
+    if not rows:
+        return '<p class="note">No answers were checked in this run.</p>'
+    return (
+        '<p class="note">Answer quality per window and tier: valid share of the answers '
+        "checked; mean agreement@k (overlap with the full model's unsharded top-k) and NDCG@k "
+        "(against the held-out item) of those measured; and what the tier's model scores "
+        "offline on this run's stream of users (agreement / NDCG).</p>"
+        + table(
+            [
+                "window",
+                "tier",
+                "answers",
+                "valid",
+                "measured",
+                "agreement@k",
+                "NDCG@k",
+                "offline (agreement / NDCG)",
+            ],
+            rows,
+            "quality",
+        )
+    )
 
 
 def _ci(interval: Any) -> str:
@@ -128,6 +200,10 @@ def window_table(run: RunDir) -> str:
                 _pct(w.get("within_sla")),
                 _pct(w.get("error_ratio")),
                 tiers,
+                _pct(w.get("cold_start_share")),
+                _q(w.get("valid_share")),
+                _q(w.get("agreement_at_k")),
+                _q(w.get("ndcg_at_k")),
                 _num_or(w.get("lag_p99_ms")),
             ]
         )
@@ -148,6 +224,10 @@ def window_table(run: RunDir) -> str:
                 "within SLA",
                 "errors",
                 "tiers",
+                "cold start",
+                "valid",
+                "agreement@k",
+                "NDCG@k",
                 "lag p99",
             ],
             rows,
@@ -169,12 +249,25 @@ def series_sections(run: RunDir, s: Series | None) -> str:
         "fault windows (inject to heal); red squares at the top: failures reach that "
         "percentile.</p>"
         + charts.latency_chart(s, r.timeline, run.end_s, run.sla_ms, r.halt)
+        + quality_section(run, s)
         + '<h2 id="tiers">Tier shares over time</h2>'
         + charts.tier_chart(s, r.timeline, run.end_s)
         + '<div id="rates">'
         + charts.rate_chart(s, r.timeline, run.end_s)
         + "</div>"
     )
+
+
+def quality_section(run: RunDir, s: Series) -> str:
+    head = '<h2 id="quality">Answer quality over time</h2>'
+    if not s.checked.any():
+        return head + '<p class="note">No answers were checked in this run.</p>'
+    note = (
+        '<p class="note">Per second of intended send time: the share of checked answers that '
+        "are valid, and the mean agreement@k and NDCG@k of the answers measured (cold starts "
+        "and users without a reference answer are not measured).</p>"
+    )
+    return head + note + charts.quality_chart(s, run.record.timeline, run.end_s)
 
 
 def spectrum_section(run: RunDir) -> str:

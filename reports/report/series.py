@@ -1,12 +1,13 @@
 """Time series and spectra for the report, computed from saved data only (pure numpy).
 
-:func:`per_second` bins the request log by *intended* send time (the open-loop schedule, so a
-stall shows up in the second it should have been served, not when it finally was) and gives per
-bin p50/p95/p99 of the response time from the intended send, error-inclusive (a failed or unsent
-request is infinitely slow, as in :mod:`harness.metrics.stats`), tier counts, failures and the
-generator's lag. Percentiles use HdrHistogram's rank rule (nearest rank, rounded) on exact values.
-:func:`spectrum` is the percentile spectrum of one window's stored histogram, sampled the way
-HdrHistogram plots it: evenly in ``log10(1 / (1 - q))``.
+:func:`per_second` bins the request log by *intended* send time (the open-loop schedule, so a stall
+shows up in the second it should have been served, not when it finally was) and gives per bin
+p50/p95/p99 of the response time from the intended send, error-inclusive (a failed or unsent request
+is infinitely slow, as in :mod:`harness.metrics.stats`), tier counts, failures and the generator's
+lag, and the answers' quality: checked and valid answers, cold starts, and the mean agreement@k and
+NDCG@k of the answers measured in the bin. Percentiles use HdrHistogram's rank rule (nearest rank,
+rounded) on exact values. :func:`spectrum` is the percentile spectrum of one window's stored
+histogram, sampled the way HdrHistogram plots it: evenly in ``log10(1 / (1 - q))``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ class Series:
     tiers: dict[str, np.ndarray]  # successful answers per tier
     lag_p99_ms: np.ndarray  # intended -> actual send, of the sent requests; nan when none
     within_sla: np.ndarray  # answered within the SLA
+    checked: np.ndarray  # answers the load worker checked
+    valid: np.ndarray  # of those, valid
+    cold_start: np.ndarray  # cold-start answers (users the target does not know)
+    agreement: np.ndarray  # mean overlap@k with the reference; nan when none was measured
+    ndcg: np.ndarray  # mean NDCG@k against the held-out item; nan when none was measured
+
+    @property
+    def valid_share(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.checked > 0, self.valid / np.maximum(self.checked, 1), np.nan)
 
     def __len__(self) -> int:
         return int(self.t_s.size)
@@ -89,7 +100,21 @@ def per_second(
         tiers=tiers,
         lag_p99_ms=lag,
         within_sla=np.bincount(bins[response_ms <= sla_ms], minlength=n_bins),
+        checked=np.bincount(bins[requests["answer"] >= 0], minlength=n_bins),
+        valid=np.bincount(bins[requests["answer"] == 0], minlength=n_bins),
+        cold_start=np.bincount(bins[requests["cold_start"]], minlength=n_bins),
+        agreement=bin_means(requests["agreement"], bins, n_bins),
+        ndcg=bin_means(requests["ndcg"], bins, n_bins),
     )
+
+
+def bin_means(values: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
+    """Mean of the non-NaN ``values`` per bin; NaN for a bin with none."""
+    has = ~np.isnan(values)
+    total = np.bincount(bins[has], weights=values[has].astype(np.float64), minlength=n_bins)
+    count = np.bincount(bins[has], minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def spectrum_points(count: int, step: float = 0.1, top: float = 6.0) -> list[float]:

@@ -1,7 +1,8 @@
 """Short markdown summaries for CI pages (GitHub job summaries, merge-request comments).
 
-One screen: the verdict, the failing or inconclusive checks, a per-window latency table, the
-faults, and the replay command. The HTML report next to it has the plots.
+One screen: the verdict, the failing or inconclusive checks, a per-window table of latency and
+answer quality (valid share, agreement@k, NDCG@k, cold starts), the faults, and the replay
+command. The HTML report next to it has the plots.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ def _ms(v: Any) -> str:
     except (TypeError, ValueError):
         return "n/a"
     return "n/a" if math.isnan(x) else fmt(x)
+
+
+def _quality(v: Any) -> str:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(x) else f"{x:.3f}"
 
 
 def run_summary(run: RunDir, html_name: str = "report.html") -> str:
@@ -45,6 +54,7 @@ def run_summary(run: RunDir, html_name: str = "report.html") -> str:
     if r.halt is not None:
         out += [f"**HALTED**: {r.halt.message()}", ""]
     out += [f"- harness error: `{e}`" for e in r.errors]
+    out += [f"- warning: {w}" for w in r.warnings]
     bad = [c for c in r.checks if c.get("verdict") != "PASS"]
     passed = len(r.checks) - len(bad)
     out.append(f"**Checks**: {passed} of {len(r.checks)} PASS")
@@ -61,10 +71,16 @@ def run_summary(run: RunDir, html_name: str = "report.html") -> str:
                 _ms(lat.get("p95")),
                 _ms(lat.get("p99")),
                 f"{float(w.get('error_ratio') or 0) * 100:.2f}%",
+                _quality(w.get("valid_share")),
+                _quality(w.get("agreement_at_k")),
+                _quality(w.get("ndcg_at_k")),
+                f"{float(w.get('cold_start_share') or 0) * 100:.1f}%",
             ]
         )
     if rows:
-        out += [md_table(["window", "requests", "p50 ms", "p95 ms", "p99 ms", "errors"], rows), ""]
+        heads = ["window", "requests", "p50 ms", "p95 ms", "p99 ms", "errors", "valid"]
+        heads += ["agreement@k", "NDCG@k", "cold start"]
+        out += [md_table(heads, rows), ""]
     if r.timeline:
         out.append(
             "**Faults**: "

@@ -22,13 +22,21 @@ from harness.model.record import (
     write_record,
 )
 from harness.model.requestlog import (
+    ANSWER_CODES,
+    NOT_CHECKED,
     REQUEST_DTYPE,
+    V1_DTYPE,
+    answer_code,
+    empty_answers,
     empty_log,
     error_code,
+    merge_answers,
     merge_logs,
+    read_answers,
     read_log,
     succeeded,
     tier_code,
+    write_answers,
     write_log,
 )
 from harness.model.scenario import load_scenario
@@ -148,8 +156,35 @@ def test_request_log_codes_merge_and_files(tmp_path):
     path = tmp_path / "requests.npy"
     write_log(path, merged)
     back = read_log(path)
-    assert back.dtype == REQUEST_DTYPE and np.array_equal(back, merged)
+    assert back.dtype == REQUEST_DTYPE and back.tobytes() == merged.tobytes()  # NaN quality
     np.save(tmp_path / "other.npy", np.zeros(3))
     with pytest.raises(ValueError, match="not a recchaos request log"):
         read_log(tmp_path / "other.npy")
     assert merge_logs([]).shape == (0,)
+
+
+def test_request_logs_written_before_answers_were_recorded_still_read(tmp_path):
+    old = np.zeros(2, dtype=V1_DTYPE)
+    old["id"], old["status"], old["done_ns"] = [0, 1], 200, [5, 6]
+    np.save(tmp_path / "requests.npy", old)
+    back = read_log(tmp_path / "requests.npy")
+    assert back.dtype == REQUEST_DTYPE and back["done_ns"].tolist() == [5, 6]
+    assert (back["answer"] == NOT_CHECKED).all() and np.isnan(back["agreement"]).all()
+
+
+def test_answers_follow_their_rows_through_a_merge(tmp_path):
+    a, b = empty_log(2), empty_log(2)
+    a["id"], b["id"] = [0, 2], [1, 3]
+    a["intended_ns"], b["intended_ns"] = [0, 20], [10, 30]
+    ans_a = np.array([[0, 0, 0], [2, 2, 2]], dtype=np.int32)
+    ans_b = np.array([[1, 1], [3, 3]], dtype=np.int32)  # a narrower worker: padded with -1
+    merged = merge_answers([a, b], [ans_a, ans_b])
+    assert merged.tolist() == [[0, 0, 0], [1, 1, -1], [2, 2, 2], [3, 3, -1]]
+    write_answers(tmp_path / "answers.npy", merged)
+    assert np.array_equal(read_answers(tmp_path / "answers.npy", 4), merged)
+    with pytest.raises(ValueError, match="not the answers of a 5-row request log"):
+        read_answers(tmp_path / "answers.npy", 5)
+    assert empty_answers(2, 3).tolist() == [[-1] * 3] * 2
+    assert answer_code("non_finite_scores") == ANSWER_CODES.index("non_finite_scores")
+    with pytest.raises(ValueError, match="unknown answer code 'nope'"):
+        answer_code("nope")

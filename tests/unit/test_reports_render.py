@@ -20,7 +20,8 @@ from reports.synthetic import Synth, write_run
 def test_report_html_is_self_contained_and_has_every_section(tmp_path):
     run = write_run(tmp_path / "r", Synth())
     html = write_report(run).html.read_text()
-    ids = ["slo", "latency", "tiers", "spectrum", "stages", "generator", "faults", "replay"]
+    ids = ["slo", "latency", "quality", "tiers", "spectrum", "stages", "generator", "faults"]
+    ids.append("replay")
     positions = [html.index(f'id="{i}"') for i in ids]
     assert positions == sorted(positions)  # verdict and SLO table first
     assert html.count("<svg") >= 7
@@ -40,12 +41,28 @@ def test_report_slo_table_shows_each_quantile_checks_confidence_interval(tmp_pat
     assert f"95%: {low:.3g}-{high:.3g}" in html
 
 
+def test_report_shows_answer_quality_by_window_and_tier_and_the_runs_warnings(tmp_path):
+    run = write_run(tmp_path / "r", Synth(agreement=0.6))
+    record = json.loads((run / "run.json").read_text())
+    record["warnings"] = ["synthetic.yaml: load[0] (main) draws users beyond the population"]
+    (run / "run.json").write_text(json.dumps(record))
+    details = json.loads((run / "details.json").read_text())
+    details["answers"] = {"expected": {"full": {"agreement_at_k": 1.0, "ndcg_at_k": 0.2}}}
+    (run / "details.json").write_text(json.dumps(details))
+    html = write_report(run).html.read_text()
+    assert "What this run could not test as asked" in html and "beyond the population" in html
+    assert 'class="chart quality"' in html and "Answer quality over time" in html
+    table = html[html.index('class="quality"') :]
+    assert "agreement@k" in table and "full: 1.000 / 0.200" in table  # offline, beside measured
+    assert "<td>replica</td>" in table and "<td>primary</td>" in table
+
+
 def test_report_markdown_summary(tmp_path):
     run = write_run(tmp_path / "r", Synth(slow=4.0))
     md = write_report(run).markdown.read_text()
     assert md.startswith("## ❌ synthetic_kill: FAIL")
     assert "exceeds the SLO of 20 ms" in md
-    assert "| window | requests | p50 ms | p95 ms | p99 ms | errors |" in md
+    assert "| window | requests | p50 ms | p95 ms | p99 ms | errors | valid | agreement@k |" in md
     assert "Replay: `recchaos run synthetic.yaml --seed 7`" in md
 
 

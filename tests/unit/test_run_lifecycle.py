@@ -22,6 +22,7 @@ from harness.model.errors import EXIT_INTERRUPTED, SutFailure
 from harness.model.record import FaultEvent
 from harness.model.requestlog import TIERS, empty_log
 from harness.model.scenario import Scenario, scenario_from_dict
+from harness.runner.answers import AnswerSetup
 from harness.runner.guards import GuardWatch
 from harness.runner.run import STEADY_REQUESTS, Effects, RunOutcome, execute, steady_state
 from harness.runner.settings import RunSettings
@@ -158,6 +159,7 @@ class Harness:
     plan: FakeFaultPlan | None = None
     lines: list[str] = field(default_factory=list)
     progress: list[dict[str, Any]] = field(default_factory=list)  # the load's progress lines
+    warnings: tuple[str, ...] = ()
 
     def effects(self) -> Effects:
         story = self.story
@@ -194,6 +196,9 @@ class Harness:
             scrape_tiers=lambda url, save_to: story("scrape"),  # the gateway's /metrics unreadable
             fault_plan=fault_plan,
             load=load,
+            answers=lambda scenario, target, run_dir, strict, log: AnswerSetup(
+                warnings=self.warnings
+            ),
             monotonic_ns=lambda: CLOCK_NS,
             sleep=lambda s: story(f"sleep {s:g}"),
         )
@@ -245,6 +250,16 @@ def test_a_pass_runs_every_phase_in_order_and_records_the_verdict(tmp_path):
     assert h.lines[-1] == "verdict: PASS"
     details = json.loads((outcome.run_dir / "details.json").read_text())
     assert details["fault_problems"] == [] and details["unaccounted"] == []
+
+
+def test_what_the_run_could_not_test_is_recorded_as_a_warning(tmp_path):
+    h = Harness(tmp_path, warnings=("lifecycle.yaml: load[0] (main) draws users beyond 4,000",))
+    outcome = h.run(scenario())
+    assert outcome.verdict is Verdict.PASS
+    assert saved(outcome)["warnings"] == list(h.warnings)
+    details = json.loads((outcome.run_dir / "details.json").read_text())
+    assert details["answers"]["warnings"] == list(h.warnings)
+    assert details["answers"]["checked"] is False
 
 
 def test_a_fail_is_judged_complete_with_the_failing_check(tmp_path):

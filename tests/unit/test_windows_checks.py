@@ -30,7 +30,7 @@ from harness.metrics import (
     windows_for,
 )
 from harness.model.record import FaultEvent
-from harness.model.requestlog import TIERS, empty_log, error_code
+from harness.model.requestlog import NOT_CHECKED, TIERS, empty_log, error_code
 from harness.model.scenario import load_scenario
 from harness.model.slo import Evidence, SLOSpec
 
@@ -56,6 +56,11 @@ def synth(duration_s, rate, behave):
     rows["status"] = np.where(ok, 200, 503)
     rows["tier"] = np.where(ok, tier, -1)
     rows["error_kind"] = np.where(ok, 0, error_code("http_status"))
+    # Every answer valid and the full model's own (the scenarios' quality SLOs hold); the
+    # quality checks themselves are tested in test_answer_quality.py.
+    rows["answer"] = np.where(ok, 0, NOT_CHECKED)
+    rows["agreement"] = np.where(ok, 1.0, np.nan)
+    rows["ndcg"] = np.where(ok, 0.2, np.nan)
     return rows
 
 
