@@ -480,8 +480,10 @@ def stop(manifest_path: Path, timeout_s: float = 10.0, log=print) -> list[str]:
 
 
 def main_up(argv: list[str]) -> int:
+    from system_under_test.__main__ import prog
+
     parser = argparse.ArgumentParser(
-        prog="python -m system_under_test up", description="Start the recommender cluster."
+        prog=f"{prog()} up", description="Start the recommender cluster."
     )
     add_up_arguments(parser)
     args = parser.parse_args(argv)
@@ -508,8 +510,10 @@ def main_up(argv: list[str]) -> int:
 
 
 def main_down(argv: list[str]) -> int:
+    from system_under_test.__main__ import prog
+
     parser = argparse.ArgumentParser(
-        prog="python -m system_under_test down", description="Stop every process a manifest names."
+        prog=f"{prog()} down", description="Stop every process a manifest names."
     )
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     parser.add_argument(

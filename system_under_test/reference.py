@@ -199,8 +199,10 @@ def _log(line: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from system_under_test.__main__ import prog
+
     parser = argparse.ArgumentParser(
-        prog="python -m system_under_test reference",
+        prog=f"{prog()} reference",
         description="Write each user's top-k from the full, unsharded model (and the held-out "
         "ground truth) for checking served answers against.",
     )

@@ -174,8 +174,10 @@ def load_region(args: argparse.Namespace) -> tuple[RegionModel, str]:
 
 
 def main(argv: list[str]) -> int:
+    from system_under_test.__main__ import prog
+
     parser = argparse.ArgumentParser(
-        prog="python -m system_under_test serve-region",
+        prog=f"{prog()} serve-region",
         description="Serve the degraded region: the distilled model (internal; started by `up`).",
     )
     add_common_arguments(parser)

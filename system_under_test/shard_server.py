@@ -719,8 +719,10 @@ def load_shard(args: argparse.Namespace) -> tuple[ShardTables, str]:
 
 
 def main(argv: list[str]) -> int:
+    from system_under_test.__main__ import prog
+
     parser = argparse.ArgumentParser(
-        prog="python -m system_under_test serve-shard",
+        prog=f"{prog()} serve-shard",
         description="Serve one shard copy of the embedding tables (internal; started by `up`).",
     )
     parser.add_argument("--shard", type=int, required=True, help="this shard's number, 0..N-1")

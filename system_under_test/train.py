@@ -94,8 +94,10 @@ class _Tensors:
 
 def main_train(argv: Sequence[str] | None = None) -> int:
     """``python -m system_under_test train [--preset P] [--artifacts DIR] [--force]``."""
+    from system_under_test.__main__ import prog
+
     parser = argparse.ArgumentParser(
-        prog="python -m system_under_test train",
+        prog=f"{prog()} train",
         description="Train the recommender's models (or reuse them) and print held-out metrics.",
     )
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))

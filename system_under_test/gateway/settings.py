@@ -135,8 +135,10 @@ def parse_address(option: str, value: str) -> Address:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from system_under_test.__main__ import prog
+
     p = argparse.ArgumentParser(
-        prog="python -m system_under_test serve-gateway",
+        prog=f"{prog()} serve-gateway",
         description="Serve the HTTP gateway (internal; started by `up`).",
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -181,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help=f"a shard call out this long is slow: given up, and counted by the copies' "
-        f"breakers (default: {SLOW_CALL_SHARE:.0%} of SLA minus margin)",
+        f"breakers (default: {SLOW_CALL_SHARE * 100:.0f}%% of SLA minus margin)",
     )
     p.add_argument(
         "--l1-rows",

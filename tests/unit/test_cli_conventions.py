@@ -90,3 +90,16 @@ def test_recchaos_sut_help_names_recchaos_sut(monkeypatch, capsys):
     assert "python -m system_under_test" not in out
     monkeypatch.delenv(cli.SUT_PROG_ENV)
     assert sut_main.usage().startswith("usage: python -m system_under_test COMMAND")
+
+
+@pytest.mark.parametrize("command", sorted(sut_main.COMMANDS))
+def test_every_sut_command_help_names_the_command_typed(monkeypatch, capsys, command):
+    """``recchaos sut COMMAND --help`` prints its help (no formatting error) under the name the
+    user typed, never ``python -m system_under_test``."""
+    monkeypatch.setenv(cli.SUT_PROG_ENV, "recchaos sut")
+    with pytest.raises(SystemExit) as done:
+        sut_main.main([command, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: recchaos sut {command} "), out[:200]
+    assert "python -m system_under_test" not in out
