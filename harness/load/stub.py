@@ -81,6 +81,9 @@ class StubConfig:
     wrong_share: float = 0.0
     wrong_kind: str = "nan"
     seed: int = 0
+    # Close a keep-alive connection idle (nothing unanswered on it) this long, as a server's idle
+    # timeout does; 0: never. Set through /_stub/config.
+    idle_close_ms: float = 0.0
 
     def answer(self, keep_alive: bool, request_id: str = "") -> bytes:
         if self.answer_format == "recommender":
@@ -136,7 +139,7 @@ class Stub:
         self.config = config
         self.loop = loop
         self.frozen_until = 0
-        self.requests = self.answered = self.connections = 0
+        self.requests = self.answered = self.connections = self.idle_closed = 0
         self._heap: list[tuple[int, int, Conn, bytes, bool]] = []
         self._seq = 0
         self._timer = TimerFd()
@@ -151,6 +154,7 @@ class Stub:
     def serve(self, conn: Conn, keep_alive: bool, request_id: str = "") -> None:
         now = time.monotonic_ns()
         self.requests += 1
+        conn.pending += 1
         due = max(now, self.frozen_until) + self.config.service_ns
         data = self.config.answer(keep_alive, request_id)
         if due <= now:
@@ -194,12 +198,15 @@ class Stub:
         }
 
     def _send(self, conn: Conn, data: bytes, keep_alive: bool) -> None:
+        conn.pending -= 1
         if conn.transport.is_closing():
             return
         conn.transport.write(data)
         self.answered += 1
         if not keep_alive:
             conn.transport.close()
+        elif not conn.pending:
+            conn.arm_idle()
 
     def control(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
@@ -214,16 +221,19 @@ class Stub:
             self.late_ns.clear()
             self.config.tier = str(args.get("tier", self.config.tier))
             self.config.status = int(args.get("status", self.config.status))
+            self.config.idle_close_ms = float(args.get("idle_close_ms", self.config.idle_close_ms))
             return 200, {
                 "service_ms": self.config.service_ns / 1e6,
                 "tier": self.config.tier,
                 "status": self.config.status,
+                "idle_close_ms": self.config.idle_close_ms,
             }
         if path == "/_stub/stats":
             return 200, {
                 "requests": self.requests,
                 "answered": self.answered,
                 "connections": self.connections,
+                "idle_closed": self.idle_closed,
                 "late_us": self.lateness_us(),
             }
         return 404, {"error": f"unknown control endpoint {method} {path}"}
@@ -239,6 +249,25 @@ class Conn(asyncio.Protocol):
         self._url = b""
         self._body: list[bytes] = []
         self._request_id = ""
+        self.pending = 0  # requests received and not yet answered
+        self._idle: asyncio.TimerHandle | None = None
+
+    def arm_idle(self) -> None:
+        """Start the idle timeout (when configured): nothing is unanswered on this connection."""
+        if self._idle is not None:
+            self._idle.cancel()
+        ms = self.stub.config.idle_close_ms
+        self._idle = self.stub.loop.call_later(ms / 1e3, self._close_idle) if ms > 0 else None
+
+    def _close_idle(self) -> None:
+        self._idle = None
+        if not self.pending and not self.transport.is_closing():
+            self.stub.idle_closed += 1
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -246,8 +275,12 @@ class Conn(asyncio.Protocol):
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.stub.connections += 1
+        self.arm_idle()
 
     def data_received(self, data: bytes) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:

@@ -303,7 +303,8 @@ class OpenLoop:
 
     def _exchange(self, j: int, data: bytes, sock: Any) -> tuple[int, str, bytes]:
         """Read the answer (sending first if the dispatcher could not); a connection the
-        server closed while idle is replaced once."""
+        server closed while idle is replaced once, by a new one: the other idle connections
+        were likely closed by the same idle timeout."""
         pool = self.pool
         for attempt in (0, 1):
             reused = sock is not None or bool(pool.idle)
@@ -312,7 +313,7 @@ class OpenLoop:
                     if self.send[j] < 0:
                         self.send[j] = time.monotonic_ns()
                         self.sent += 1
-                    sock = pool.idle.pop() if pool.idle else pool.connect()
+                    sock = pool.idle.pop() if pool.idle and not attempt else pool.connect()
                     sock.sendall(data)
                 resp = HTTPSocketResponse(sock, block_size=16384, method=self._method)
                 body = resp.read()

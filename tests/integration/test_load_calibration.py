@@ -11,6 +11,7 @@
   the same time, agrees on p50 and p95 within 10%;
 * Locust's distributed mode (a master and two workers) splits the schedule exactly, and the
   merged histograms give exactly the percentiles of the union of the workers' raw request logs;
+* keep-alive connections a server closed while idle are replaced, and no request fails;
 * a worker stopped by SIGTERM leaves a partial but valid log (in-flight requests ``aborted``,
   requests due while the in-flight bound was reached ``not_sent``).
 
@@ -457,3 +458,32 @@ def test_timeout_stops_the_workers_and_keeps_a_partial_result(configured: Stub, 
     check_accounted(res, tmp_path)
     assert res.partial and any("timeout" in e for e in res.errors), res.errors
     assert 0 < res.summary["intended"] < res.summary["scheduled"] == 3000
+
+
+def test_connections_the_server_closed_while_idle_are_replaced_without_an_error(stub, tmp_path):
+    """A server's idle timeout closes every pooled keep-alive connection during a quiet phase;
+    the next requests find them closed and must go out on new connections, not fail (a stale
+    connection was once replaced by the next pooled one, closed by the same timeout)."""
+    mix = RequestMix(zipf_exponent=1.1, users=10_000, k=10)
+    stub.control("/_stub/config", {"service_ms": 0, "idle_close_ms": 300})
+    try:
+        before = stub.control("/_stub/stats")["idle_closed"]
+        job = LoadJob(
+            target=stub.url,
+            phases=(
+                LoadPhase("busy", 100, 1.0, mix),
+                LoadPhase("quiet", 0, 1.5, mix),  # every pooled connection idles past 300 ms
+                LoadPhase("again", 100, 1.0, mix),
+            ),
+            seed=42,
+            output_dir=str(tmp_path),
+            request=REQUEST,
+        )
+        res = run_load(job, timeout_s=40, workers=1)
+        closed = stub.control("/_stub/stats")["idle_closed"] - before
+    finally:
+        stub.control("/_stub/config", {"service_ms": 2, "idle_close_ms": 0})
+    check_accounted(res, tmp_path)
+    assert closed >= job.pool_size(), f"the stub closed {closed} idle connections"
+    kinds = [ERROR_KINDS[k] or "ok" for k in res.log["error_kind"]]
+    assert len(kinds) == 200 and set(kinds) == {"ok"}, {k: kinds.count(k) for k in set(kinds)}
