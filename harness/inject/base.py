@@ -17,11 +17,11 @@ and still running the others.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import itertools
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -213,9 +213,11 @@ class InjectContext:
         return ProxyClient(self.proxy_url, token=self.token())
 
     def short_run_id(self) -> str:
-        """At most 8 letters and digits of the run id (iptables chain names are short)."""
-        text = re.sub(r"[^A-Za-z0-9]", "", self.run_id)
-        return (text[-8:] or "run").lower()
+        """8 hex digits naming this run's chains and cgroups (iptables chain names are short):
+        a hash of the run id and this process, so two runs of one scenario and seed at once
+        (the same run id's tail) never share a name."""
+        digest = hashlib.blake2b(f"{self.run_id}:{os.getpid()}".encode(), digest_size=4)
+        return digest.hexdigest()
 
     def next_seq(self) -> int:
         return int(next(self._seq))

@@ -300,7 +300,7 @@ def test_chain_names_are_short_and_per_fault():
     c = ctx()
     a = make_injector("partition", "shard-0-primary", {}, c)
     b = make_injector("partition", "region", {}, c)
-    assert a.chain != b.chain and a.chain.startswith("RECCHAOS-ab12cd34-")  # type: ignore[attr-defined]
+    assert a.chain != b.chain and a.chain.startswith(f"RECCHAOS-{c.short_run_id()}-")  # type: ignore[attr-defined]
     assert len(a.chain) <= 28  # type: ignore[attr-defined]
     assert a.heal_action() == {"action": "iptables_drop_chain", "chain": a.chain}  # type: ignore[attr-defined]
 
@@ -381,3 +381,17 @@ def test_the_proxy_imports_neither_injectors_nor_the_cluster_code():
         for f, ms in imports.items()
     }  # fmt: skip
     assert {f: ms for f, ms in bad.items() if ms} == {}
+
+
+def test_chain_and_cgroup_names_differ_between_runs_of_one_scenario_and_seed(monkeypatch):
+    """Two harnesses running one scenario with one seed at once share a run id's tail; the
+    names of their iptables chains and cgroups must not collide (one would heal the other's)."""
+    import harness.inject.base as base
+
+    one = InjectContext(components={}, run_id="20261206-101551-cold_start-s91")
+    name = one.short_run_id()
+    assert len(name) == 8 and all(c in "0123456789abcdef" for c in name)
+    assert name == one.short_run_id()  # stable within a run: heals find what applies made
+    monkeypatch.setattr(base.os, "getpid", lambda: 4242)
+    assert InjectContext(components={}, run_id=one.run_id).short_run_id() != name
+    assert InjectContext(components={}, run_id="x-s91").short_run_id() != name
