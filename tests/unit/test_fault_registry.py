@@ -239,3 +239,26 @@ def test_the_docker_page_lists_the_kinds_the_docker_backend_runs() -> None:
         for name in re.findall(r"`([a-z_*]+)`", row.split("|")[1]):
             named |= {k for k in FAULT_KINDS if re.fullmatch(name.replace("*", ".*"), k)}
     assert named == {k for k, v in FAULT_KINDS.items() if "docker" in v.backends}
+
+
+def test_the_docker_docs_list_exactly_the_kinds_with_a_docker_backend():
+    """docs/docker.md describes each kind's container mechanism by hand; it must cover every
+    kind the registry gives a docker backend and reject exactly the others."""
+    import re
+    from pathlib import Path
+
+    from harness.model.fault_kinds import FAULT_KINDS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "docker.md").read_text()
+    table = text[text.index("| kind | on a container |") :].split("\n\n", 1)[0]
+    listed: set[str] = set()
+    for row in table.splitlines()[2:]:
+        for name in re.findall(r"`([a-z_*]+)`", row.split("|")[1]):
+            prefix = name.rstrip("*")
+            listed |= (
+                {k for k in FAULT_KINDS if k.startswith(prefix)} if name.endswith("*") else {name}
+            )
+    on_docker = {k for k, fk in FAULT_KINDS.items() if "docker" in fk.backends}
+    assert listed == on_docker, (sorted(listed - on_docker), sorted(on_docker - listed))
+    rejected = text[text.index("There is no userspace fault proxy") :].split("are rejected", 1)[0]
+    assert set(re.findall(r"`([a-z_]+)`", rejected)) == set(FAULT_KINDS) - on_docker
