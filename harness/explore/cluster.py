@@ -193,15 +193,25 @@ def process_problem(target: Target) -> str | None:
     return None
 
 
+def _control_token(target: Target) -> str | None:
+    """The run's control token, which the fault proxy's control API requires (from the token
+    file the target's manifest names; None when it names none)."""
+    from harness.auth import manifest_token_file, read_token_file
+
+    path = manifest_token_file(target.manifest(), target.manifest_path)
+    return read_token_file(path) if path is not None else None
+
+
 def proxy_problem(target: Target) -> str | None:
     """A fault still active on the fault proxy."""
     if target.proxy_url is None:
         return None
+    from harness.auth import TokenError
     from harness.proxy.client import ProxyClient, ProxyControlError
 
     try:
-        routes = ProxyClient(target.proxy_url).routes()
-    except ProxyControlError as exc:
+        routes = ProxyClient(target.proxy_url, token=_control_token(target)).routes()
+    except (ProxyControlError, TokenError) as exc:
         return f"the fault proxy does not answer: {exc}"
     left = [f"{r['name']}: {len(r.get('faults') or [])}" for r in routes if r.get("faults")]
     return f"faults still active on the fault proxy ({', '.join(left)})" if left else None
