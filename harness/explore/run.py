@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -33,6 +32,7 @@ from harness.model.errors import (
 )
 from harness.model.fault_kinds import FAULT_KINDS, MECHANISMS
 from harness.model.scenario import Scenario, load_scenario
+from harness.runner.run import new_run_dir
 from harness.runner.settings import RunSettings, apply_overrides
 
 MakeRunner = Callable[[Scenario, Path, Callable[[str], None]], ExampleRunner]
@@ -71,17 +71,6 @@ def resolve(settings: ExploreSettings) -> Scenario:
     return scenario
 
 
-def new_explore_dir(root: Path, scenario: Scenario) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    base = root / f"{stamp}-explore-{scenario.name}-s{scenario.seed}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
-    return path
-
-
 def explore(
     settings: ExploreSettings,
     log: Callable[[str], None] = print,
@@ -89,7 +78,7 @@ def explore(
 ) -> ExploreOutcome:
     """Run one exploration (usage errors raise before anything starts)."""
     scenario = resolve(settings)
-    workdir = new_explore_dir(settings.out_dir, scenario)
+    workdir = new_run_dir(settings.out_dir, scenario, "explore")
     started_wall = time.time()
     with open(workdir / "explore.log", "a", encoding="utf-8") as fh:
         file_log = _to_file(fh)

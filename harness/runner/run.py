@@ -108,9 +108,10 @@ class FaultPlan(Protocol):
     def halt(self) -> tuple[tuple[str, ...], int | None, list[str], tuple[str, ...]]: ...
 
 
-def new_run_dir(root: Path, scenario: Scenario) -> Path:
+def new_run_dir(root: Path, scenario: Scenario, kind: str = "") -> Path:
+    """A new directory ``STAMP-[KIND-]NAME-sSEED`` under ``root`` (``-2``, ``-3``... if taken)."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    base = root / f"{stamp}-{scenario.name}-s{scenario.seed}"
+    base = root / f"{stamp}-{kind + '-' if kind else ''}{scenario.name}-s{scenario.seed}"
     path, n = base, 1
     while path.exists():
         n += 1
