@@ -12,25 +12,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scenarios").glob("*.yaml"))
 
-BAD = """\
-seed: 7
-target: {kind: recommender, shards: 2}
-load:
-  - {name: main, rate: 100, duration_s: 30}
-faults:
-  - {kind: kill, target: shard-1-primary, at_s: 10, duration_s: 5}
-  - {kind: freeze, target: shard-0-primary, at_s: 12, duration_s: 5}
-  - {kind: kill, target: shard-0-replica, at_s: 14, duration_s: -2}
-slos:
-  - {metric: p99, at_most: 20, windws: [during]}
-"""
-
 
 @pytest.fixture
-def bad_file(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text(BAD)
-    return path
+def bad_file():
+    """A scenario with two problems (a negative duration, a misspelt key)."""
+    return ROOT / "tests" / "data" / "bad_scenario.yaml"
 
 
 def run_cli(*args, timeout=60):
