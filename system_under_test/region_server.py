@@ -184,7 +184,12 @@ def main(argv: list[str]) -> int:
     args = parse_or_exit(parser, argv)
     from system_under_test.artifacts import ArtifactError
     from system_under_test.auth import token_from_env
-    from system_under_test.runtime import configure_process, freeze_heap, run_until_signalled
+    from system_under_test.runtime import (
+        configure_process,
+        freeze_heap,
+        run_until_signalled,
+        serving_priority,
+    )
 
     log = configure_process("region")
     try:
@@ -193,6 +198,8 @@ def main(argv: list[str]) -> int:
         log.error("%s", exc)
         return 1
     service = RegionService(model, version, token_from_env())
+    if not serving_priority():
+        log.warning("could not return to normal scheduling priority after start-up")
     service.warm_up()
     freeze_heap()
 

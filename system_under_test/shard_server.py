@@ -740,7 +740,12 @@ def main(argv: list[str]) -> int:
     args = parse_or_exit(parser, argv, check)
     from system_under_test.artifacts import ArtifactError
     from system_under_test.auth import token_from_env
-    from system_under_test.runtime import configure_process, freeze_heap, run_until_signalled
+    from system_under_test.runtime import (
+        configure_process,
+        freeze_heap,
+        run_until_signalled,
+        serving_priority,
+    )
 
     log = configure_process(f"shard-{args.shard}-{args.role}")
     try:
@@ -751,6 +756,8 @@ def main(argv: list[str]) -> int:
     service = ShardService(tables, args.role, version, token_from_env())
     from system_under_test.config import PRESETS
 
+    if not serving_priority():
+        log.warning("could not return to normal scheduling priority after start-up")
     service.warm_up(PRESETS[args.preset].model.n_candidates)
     freeze_heap()
 

@@ -104,6 +104,10 @@ async def serve(
     from system_under_test.gateway.api import GatewayApp
     from system_under_test.gateway.listener import raise_file_limit, start_http_server
 
+    from system_under_test.runtime import serving_priority
+
+    if not serving_priority():
+        log.warning("could not return to normal scheduling priority after start-up")
     await _connect_all(service)
     app = GatewayApp(service)
     await warm_up(app, service, log)

@@ -1,0 +1,68 @@
+"""A server's start-up runs under SCHED_IDLE and its serving at normal priority
+(system_under_test/runtime.py): checked in a child process, which owns its scheduling policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from system_under_test import runtime
+
+CHILD = r"""
+import json, os, sys, threading
+from system_under_test import runtime
+started = runtime.start_up_in_background(dict(os.environ))
+during = os.sched_getscheduler(0)
+# A thread made during start-up inherits SCHED_IDLE: serving_priority must move it too.
+ev, done = threading.Event(), threading.Event()
+t = threading.Thread(target=lambda: (ev.set(), done.wait(10)))
+t.start(); ev.wait(10)
+tid = t.native_id
+inherited = os.sched_getscheduler(tid)
+ok = runtime.serving_priority()
+after = [os.sched_getscheduler(int(x)) for x in os.listdir("/proc/self/task")]
+done.set(); t.join(10)
+print(json.dumps({"started": started, "during": during, "inherited": inherited, "ok": ok, "after": after}))
+"""
+
+
+def run_child(**env: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(out.stdout), out.stderr
+
+
+@pytest.mark.skipif(not runtime.can_restore_priority(), reason="cannot leave SCHED_IDLE here")
+def test_start_up_is_idle_and_serving_is_normal_for_every_thread():
+    got, _ = run_child(RECCHAOS_STARTUP_PRIORITY="idle")
+    assert got["started"] is True and got["during"] == os.SCHED_IDLE
+    assert got["inherited"] == os.SCHED_IDLE
+    assert got["ok"] is True and set(got["after"]) == {os.SCHED_OTHER}
+
+
+def test_normal_start_up_priority_is_left_alone():
+    got, _ = run_child(RECCHAOS_STARTUP_PRIORITY="normal")
+    assert got["started"] is False and got["during"] == os.SCHED_OTHER
+    assert set(got["after"]) == {os.SCHED_OTHER}
+
+
+def test_a_bad_start_up_priority_is_named_and_ignored():
+    got, err = run_child(RECCHAOS_STARTUP_PRIORITY="fast")
+    assert got["started"] is False and got["during"] == os.SCHED_OTHER
+    assert "RECCHAOS_STARTUP_PRIORITY='fast'" in err and "idle, normal" in err
+
+
+def test_without_a_way_back_start_up_is_not_moved(monkeypatch):
+    monkeypatch.setattr(runtime, "can_restore_priority", lambda: False)
+    assert runtime.start_up_in_background({}) is False
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
