@@ -189,6 +189,8 @@ def judge_fault(
         if recover
         else (f"{event.label} at {event.inject_s:.1f} s")
     )
+    if isinstance(times, Recovery) and times.from_s is not None:
+        at += f" (counted from {times.from_s:.1f} s, when the last fault in force with it healed)"
     needed = slo.min_samples or evidence.min_samples
     if times.requests < needed:
         reason = (

@@ -11,7 +11,7 @@ gets a FAIL of its own (:func:`harness.checks.guards.halt_check`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -74,9 +74,33 @@ def fault_times(
         if heal is None:
             out[i] = FaultTimes(failover, None)
             continue
-        later = [x.inject_s for x in timeline if x.inject_s >= heal]
-        out[i] = FaultTimes(failover, time_to_recover(requests, heal, min(later + [run_end_s])))
+        start = outage_end(timeline, heal)
+        later = [x.inject_s for x in timeline if x.inject_s >= start]
+        recovery = time_to_recover(requests, start, min(later + [run_end_s]))
+        if start > heal:
+            recovery = replace(recovery, from_s=start)
+        out[i] = FaultTimes(failover, recovery)
     return out
+
+
+def outage_end(timeline: Sequence[FaultEvent], heal_s: float) -> float:
+    """When the outage a heal belongs to ends: the heal itself, or the later heal of a fault
+    still in force then (and so on, while the heals overlap).
+
+    A whole-cluster restart heals its faults one by one as each process is ready again: the
+    gateway listened at 21.0 s, the shards at 24.4 s, and nothing could be served by the primary
+    tier before that. Recovery is the system's, so its clock starts when the last of those
+    heals. A fault that never heals is not part of the outage: it is the rest of the run's
+    normal, and does not hold the clock back.
+    """
+    end, moved = heal_s, True
+    while moved:
+        moved = False
+        for x in timeline:
+            h = x.heal_s
+            if h is not None and x.inject_s < end < h:
+                end, moved = h, True
+    return end
 
 
 def judge_run(

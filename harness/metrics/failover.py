@@ -32,6 +32,9 @@ class Recovery:
     first_primary_ms: float | None
     last_non_primary_ms: float
     requests: int
+    # When the clock started (s): the heal, or the later heal that ended the outage it was part
+    # of (see harness.checks.run.outage_end); None: the heal itself.
+    from_s: float | None = None
 
 
 def _bounds(kill_s: float, until_s: float | None) -> tuple[int, float]:

@@ -21,7 +21,8 @@ from harness.checks import (
     problem_checks,
     run_verdict,
 )
-from harness.checks.run import condition_holds
+from harness.checks.judge import judge_fault
+from harness.checks.run import condition_holds, fault_times, outage_end
 from harness.metrics import (
     Window,
     time_to_failover,
@@ -383,3 +384,27 @@ def test_problems_never_make_a_pass_nor_hide_a_fail(verdicts, faults, unaccounte
         assert verdict is Verdict.INCONCLUSIVE
     else:
         assert verdict is Verdict.PASS
+
+
+def test_recovery_is_counted_from_the_end_of_the_outage_a_heal_belongs_to():
+    # A whole-cluster restart: the gateway heals at 21 s, the shards (still down until then)
+    # at 24.4 s; the first primary answer comes at 24.6 s. A replica-only permanent fault
+    # (never healed) does not hold the clock back.
+    gateway = event("restart", "gateway", 6, 21)
+    shard = event("restart", "shard-0-primary", 6, 24.4, origin="faults[1]")
+    forever = event("kill", "shard-2-replica", 3, None, origin="faults[2]")
+    timeline = [gateway, shard, forever]
+    assert outage_end(timeline, 21.0) == 24.4 and outage_end(timeline, 24.4) == 24.4
+
+    def behave(t):
+        up = t >= 24.6
+        return np.full(t.shape, 3.0), np.where(up, 0, TIERS.index("replica")), (t < 6) | (t >= 21)
+
+    rows = synth(40, 200, behave)
+    times = fault_times(rows, timeline, 40.0, 20.0)
+    assert times[0].recovery.from_s == 24.4 and times[1].recovery.from_s is None
+    assert times[0].recovery.first_primary_ms == pytest.approx(200 + 3.0, abs=6)
+    slo = SLOSpec("time_to_recover", "at_most", 2000.0, origin="slos[0]")
+    check = judge_fault(slo, gateway, times[0].recovery, where=WHERE, evidence=Evidence())
+    assert check.verdict is Verdict.PASS
+    assert "after the heal of restart(gateway) at 21.0 s (counted from 24.4 s" in check.message
