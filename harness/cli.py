@@ -309,8 +309,8 @@ def _explore(sub: Any) -> None:
         type=int,
         default=DEFAULT_RERUNS,
         metavar="N",
-        help="re-runs that must reproduce a FAIL without a confident interval "
-        f"(default {DEFAULT_RERUNS})",
+        help="re-runs that must reproduce a FAIL without a confident interval, and the "
+        f"first failing schedule's FAIL (default {DEFAULT_RERUNS})",
     )
     p.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no line per example"

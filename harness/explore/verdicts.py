@@ -5,7 +5,10 @@ A run of an example is a real run with noise in it, so a FAIL counts only when i
 
 - confident: some failing check is a quantile check whose confidence interval (95%, or the SLO's
   own ``confidence``) lies wholly on the failing side of the limit; the other checks (ratios,
-  counts, failover times) carry no interval;
+  counts, failover times) carry no interval. A confident FAIL needs no re-run while shrinking;
+  the first failing schedule of a search is re-run even when confident (the search decides
+  that: harness/explore/search.py), since a stall of the machine slows many requests in a row
+  and the intervals assume independent ones;
 - otherwise the example runs again, :data:`DEFAULT_RERUNS` more times (``--reruns``), and the
   FAIL counts only when every re-run fails one of the same SLOs. One re-run is the default: if a
   noisy run fails an SLO falsely with probability p, two in a row do with p**2, and each re-run

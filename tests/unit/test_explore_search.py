@@ -390,6 +390,28 @@ def test_noise_that_does_not_reproduce_is_never_a_failure(tmp_path: Path) -> Non
     assert not (outcome.workdir / "minimal.yaml").exists()
 
 
+def test_a_confident_first_fail_must_reproduce_too(tmp_path: Path) -> None:
+    # A machine stall slows many requests in a row: a confident interval from one run is not
+    # enough to report the first failing schedule; its re-run must fail too.
+    def stalled_once(faults: tuple[FaultSpec, ...], nth: int) -> RunResult:
+        if nth == 0 and any(f.kind == "freeze" for f in faults):
+            return RunResult(Verdict.FAIL, (fail_check(),))  # confident
+        return RunResult(Verdict.PASS)
+
+    outcome, *_ = run_explore(tmp_path, stalled_once, budget=15)
+    exp = outcome.exploration
+    assert exp is not None and not exp.path and outcome.verdict is not Verdict.FAIL
+    noisy = [e for e in exp.examples if "did not reproduce" in e.judgement.reason]
+    assert noisy and all(len(e.runs) == 2 for e in noisy)
+    # A real weakness still shrinks on confident FAILs alone after the first one reproduced.
+    (tmp_path / "weak").mkdir()
+    outcome, *_ = run_explore(tmp_path / "weak", weak_primary, budget=40)
+    exp = outcome.exploration
+    assert exp is not None and outcome.verdict is Verdict.FAIL
+    assert len(exp.path[0].runs) == 2 and "reproduced" in exp.path[0].judgement.reason
+    assert all(len(e.runs) == 1 for e in exp.path[1:])
+
+
 def test_an_unconfident_fail_that_reproduces_counts(tmp_path: Path) -> None:
     def steady(faults: tuple[FaultSpec, ...], nth: int) -> RunResult:
         if any(f.kind == "freeze" for f in faults):
