@@ -31,6 +31,11 @@ COMMANDS = {
 }
 
 
+# The Python servers whose start-up (imports, loading) runs under SCHED_IDLE. Not serve-lb: it
+# becomes HAProxy, which would inherit the policy.
+BACKGROUND_START_UP = frozenset({"serve-shard", "serve-region", "serve-gateway"})
+
+
 def prog() -> str:
     return os.environ.get("RECCHAOS_SUT_PROG") or "python -m system_under_test"
 
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     module_name, func_name, _ = COMMANDS[name]
-    if name.startswith("serve-"):
+    if name in BACKGROUND_START_UP:
         # Imports and loading run under SCHED_IDLE; the server returns to normal priority
         # before its warm-up (system_under_test/runtime.py).
         from system_under_test.runtime import start_up_in_background
