@@ -96,8 +96,13 @@ class ProcessRef:
             return None
 
     def alive(self) -> bool:
+        """Running, or still exiting: a multi-threaded process whose main thread has gone shows
+        as a zombie while its other threads exit, and until the last one has, its sockets (a
+        listening port) stay open."""
         state = self.state()
-        return state is not None and state not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+        if state == psutil.STATUS_ZOMBIE:
+            return _threads_left(self.pid)
+        return state is not None and state != psutil.STATUS_DEAD
 
     def cmdline(self) -> list[str] | None:
         """Its command line while it exists (None when gone, reused or unreadable)."""
@@ -365,3 +370,20 @@ def _ref_of_child(pid: int) -> ProcessRef:
         return ProcessRef(pid, psutil.Process(pid).create_time())
     except psutil.Error:  # pragma: no cover - an unreaped child always has a /proc entry
         return ProcessRef(pid, 0.0)
+
+
+def _threads_left(pid: int) -> bool:
+    """Whether a zombie-looking process still has a thread that has not exited."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X", "x"):
+            return True
+    return False

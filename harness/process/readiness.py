@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from harness.model.errors import HarnessError
 
 
@@ -61,6 +63,25 @@ def wait_until(
             tail = f"; last log lines ({log}):\n{log_tail(log)}" if log else ""
             raise StartError(f"{what} not within {timeout_s:.1f} s{tail}")
         time.sleep(interval_s)
+
+
+def listens(pid: int, host: str, port: int) -> bool:
+    """Whether process ``pid`` itself has a listening TCP socket on ``host:port``.
+
+    A restart's readiness must not be "the port accepts": a killed multi-threaded process shows
+    as a zombie (its main thread gone) while its other threads still exit and its listening
+    socket still queues connections. A restart that took that for the new process returned
+    before the new one listened, and the next request was reset when the old socket closed.
+    """
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    wanted = {host, "0.0.0.0", "::"}
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.laddr.ip in wanted
+        for c in conns
+    )
 
 
 def tcp_open(host: str, port: int, timeout_s: float = 0.2) -> bool:

@@ -36,8 +36,8 @@ from harness.process import (
     Registry,
     StartError,
     free_ports,
+    listens,
     stop_processes,
-    tcp_open,
     wait_until,
 )
 from harness.sut.redis import RedisServer, parse_address
@@ -259,8 +259,11 @@ class RecommenderCluster:
         assert proc.ref is not None
         self._set_pid(name, proc.ref)
         host, port = comp["address"].rsplit(":", 1)
+        # The new process itself must listen: the old one's socket can outlive its main thread.
         proc.wait_ready(
-            lambda: tcp_open(host, int(port)), timeout_s, f"{name} listening again on {host}:{port}"
+            lambda: listens(proc.pid, host, int(port)),
+            timeout_s,
+            f"{name} (PID {proc.pid}) listening again on {host}:{port}",
         )
         if niced:
             _set_nice(proc.pid, 0)

@@ -147,6 +147,9 @@ class RowCache:
         self.put(np.array([row_id], dtype=np.int64), row[None, :])
 
 
+START_UP_TIMEOUT_S = 2.0
+
+
 class RedisL2:
     """A Redis connection used as the shared L2 cache and feature store, behind a breaker.
 
@@ -173,6 +176,7 @@ class RedisL2:
         from redis.retry import Retry
 
         self.url, self.skip_s, self.clock = url, skip_s, clock
+        self._password = password
         self.client = redis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
@@ -186,6 +190,13 @@ class RedisL2:
         self._skip_until = 0.0
         self._on_error = on_error
         self.last_error = ""
+
+    def patient(self, timeout_s: float = START_UP_TIMEOUT_S) -> RedisL2:
+        """A connection to the same Redis with ``timeout_s`` timeouts, for start-up work (the
+        bulk write of every user's features): 2 ms is a serving budget, and a start-up on a
+        busy machine (or a container's first DNS lookup of its Redis) timed out at it, so the
+        gateway served its features from the process for the whole run. Close it after use."""
+        return RedisL2(self.url, timeout_s=timeout_s, skip_s=0.0, password=self._password)
 
     @property
     def available(self) -> bool:

@@ -74,7 +74,11 @@ def build_service(settings, log: logging.Logger):
         )
     service = RecommendService(settings, bundle, caller, region, l2, metrics)
     if l2 is not None:
-        written = service.features.load_into(l2)
+        patient = l2.patient()  # start-up work, not a request: seconds, not 2 ms
+        try:
+            written = service.features.load_into(patient)
+        finally:
+            patient.close()
         log.info(
             "redis %s: %s",
             settings.redis,
@@ -103,7 +107,6 @@ async def serve(
 ) -> int:
     from system_under_test.gateway.api import GatewayApp
     from system_under_test.gateway.listener import raise_file_limit, start_http_server
-
     from system_under_test.runtime import serving_priority
 
     if not serving_priority():

@@ -160,3 +160,63 @@ def test_the_two_copies_log_tail_alike(impl, tmp_path):
     assert impl.log_tail(tmp_path / "none").startswith(f"    | (no log at {tmp_path / 'none'}")
     Path(log).write_text("")
     assert impl.log_tail(log) == "    | (empty log)"
+
+
+# A process whose main thread has exited while another thread still runs: psutil reports it a
+# zombie, but its listening socket is open until the last thread ends.
+ZOMBIE_LEADER = """
+import ctypes, socket, sys, threading, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+print(s.getsockname()[1], flush=True)
+release = sys.stdin
+def hold():
+    release.readline()  # until the test closes our stdin
+threading.Thread(target=hold).start()
+time.sleep(0.2)
+ctypes.CDLL(None).pthread_exit(None)  # the main thread alone exits
+"""
+
+
+def test_a_zombie_leader_with_threads_left_is_alive_and_its_old_port_is_not_its_listening(impl):
+    import subprocess
+
+    proc = subprocess.Popen(python(ZOMBIE_LEADER), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        port = int(proc.stdout.readline())
+        ref = impl.ProcessRef(proc.pid, psutil.Process(proc.pid).create_time())
+        deadline = time.monotonic() + 10
+        while ref.state() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ref.state() == psutil.STATUS_ZOMBIE  # what psutil says of it
+        assert ref.alive()  # but a thread still runs, and the port still accepts
+        assert harness_process.tcp_open("127.0.0.1", port)
+        # A restart's readiness asks whether *this* process listens: a zombie leader does not
+        # count, so the new process is waited for, not the old one's socket.
+        assert not harness_process.listens(proc.pid, "127.0.0.1", port)
+        proc.stdin.close()  # the last thread ends
+        proc.wait(timeout=10)
+        assert not ref.alive() and not harness_process.tcp_open("127.0.0.1", port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_listens_names_the_process_that_holds_the_port():
+    import socket
+    import subprocess
+
+    code = "import socket,sys;s=socket.socket();s.bind(('127.0.0.1',0));s.listen(1);print(s.getsockname()[1],flush=True);sys.stdin.read()"
+    proc = subprocess.Popen(python(code), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        port = int(proc.stdout.readline())
+        assert harness_process.listens(proc.pid, "127.0.0.1", port)
+        assert not harness_process.listens(os.getpid(), "127.0.0.1", port)
+        assert not harness_process.listens(proc.pid, "127.0.0.1", port + 1 if port < 65535 else 1)
+        with socket.socket() as other:  # a port of ours is not the child's
+            other.bind(("127.0.0.1", 0))
+            other.listen(1)
+            assert not harness_process.listens(proc.pid, "127.0.0.1", other.getsockname()[1])
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)

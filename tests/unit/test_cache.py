@@ -110,3 +110,16 @@ def test_features_refill_a_restarted_redis_in_chunks_between_other_work():
     assert {3, 6, 9} <= set(ticks)  # other work ran between the chunks
     assert store.decode(redis.store[store.key(7)])[0].tolist() == [21, 22, 23]
     assert redis.store[store.loaded_key] == b"1"
+
+
+def test_start_up_work_gets_a_patient_connection_to_the_same_redis():
+    from system_under_test.gateway.cache import START_UP_TIMEOUT_S, RedisL2
+
+    l2 = RedisL2("redis://127.0.0.1:6399/0", password="s3cret")  # redis-py connects lazily
+    patient = l2.patient()
+    kw = patient.client.connection_pool.connection_kwargs
+    assert kw["socket_timeout"] == START_UP_TIMEOUT_S and kw["socket_connect_timeout"] == 2.0
+    assert kw["password"] == "s3cret" and kw["port"] == 6399
+    assert l2.client.connection_pool.connection_kwargs["socket_timeout"] == 0.002
+    assert patient.available and patient.skip_s == 0.0
+    patient.close()
