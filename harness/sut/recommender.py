@@ -238,7 +238,8 @@ class RecommenderCluster:
         loading tables: about a core for 1.5 s) at normal priority starved the serving processes
         (p99 24-39 ms in the second after a shard restart, 9-15 ms otherwise), which a deploy
         on its own machine would not do. Without root the priority could not be raised back,
-        so the process starts at normal priority.
+        so the process starts at normal priority. (The recommender's servers also run their own
+        start-up under SCHED_IDLE, whoever starts them: system_under_test/runtime.py.)
 
         A recorded process that still runs (its PID and start time) is stopped first: the
         manifest names one process per component, and one it no longer names would be left.
