@@ -233,13 +233,10 @@ class RecommenderCluster:
     def restart(self, name: str, timeout_s: float = 60.0) -> int:
         """Start ``name`` again with its recorded command; return the new PID once it listens.
 
-        As root, the new process starts at nice ``STARTUP_NICE`` and is put back to nice 0 (every
-        thread) once it listens. Everything here shares two cores: a start-up (importing torch,
-        loading tables: about a core for 1.5 s) at normal priority starved the serving processes
-        (p99 24-39 ms in the second after a shard restart, 9-15 ms otherwise), which a deploy
-        on its own machine would not do. Without root the priority could not be raised back,
-        so the process starts at normal priority. (The recommender's servers also run their own
-        start-up under SCHED_IDLE, whoever starts them: system_under_test/runtime.py.)
+        Its start-up runs under SCHED_IDLE and its warm-up at normal priority: the
+        recommender's servers do that themselves, whoever starts them
+        (system_under_test/runtime.py), so a restart on two shared cores does not starve the
+        serving processes.
 
         A recorded process that still runs (its PID and start time) is stopped first: the
         manifest names one process per component, and one it no longer names would be left.
@@ -256,7 +253,6 @@ class RecommenderCluster:
             comp["command"], log_path, name=name, env=self.component_env(), registry=self.registry
         )
         self._restarted.append(proc.start())
-        niced = _set_nice(proc.pid, STARTUP_NICE) if os.geteuid() == 0 else False
         assert proc.ref is not None
         self._set_pid(name, proc.ref)
         host, port = comp["address"].rsplit(":", 1)
@@ -266,8 +262,6 @@ class RecommenderCluster:
             timeout_s,
             f"{name} (PID {proc.pid}) listening again on {host}:{port}",
         )
-        if niced:
-            _set_nice(proc.pid, 0)
         return proc.pid
 
     def _set_pid(self, name: str, ref: ProcessRef) -> None:
@@ -340,23 +334,3 @@ def wait_gateway_ready(url: str, timeout_s: float) -> None:
             return False
 
     wait_until(ready, timeout_s, f"gateway {url}/readyz returning 200", interval_s=0.05)
-
-
-STARTUP_NICE = 10  # a restarted component's priority until it listens (as root; see restart)
-
-
-def _set_nice(pid: int, nice: int) -> bool:
-    """Set the nice value of every thread of ``pid`` (Linux's is per thread); False if it is
-    gone or the change is not permitted."""
-    try:
-        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return False
-    done = False
-    for tid in tids:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
-            done = True
-        except (ProcessLookupError, PermissionError):
-            pass
-    return done

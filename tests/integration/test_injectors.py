@@ -524,30 +524,3 @@ def test_injectors_without_the_token_are_refused(shard, proxied):
             )
     assert report(shard.address)["faults"] is None
     assert proxy.client.route("echo")["faults"] == []
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority back needs root")
-def test_restart_priority_is_set_on_every_thread_and_back():
-    """A restarted component starts niced and is put back once it listens: Linux keeps the nice
-    value per thread, so every thread must change, not only the main one."""
-    from harness.sut.recommender import STARTUP_NICE, _set_nice
-
-    code = (
-        "import threading, time\n"
-        "for _ in range(3): threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
-        "print('ready', flush=True); time.sleep(30)\n"
-    )
-    with ManagedProcess([sys.executable, "-c", code], Path(os.devnull), pipes=True) as proc:
-        assert proc.popen is not None and proc.popen.stdout is not None
-        assert proc.popen.stdout.readline().strip() == b"ready"
-
-        def nices() -> list[int]:
-            tids = os.listdir(f"/proc/{proc.pid}/task")
-            return [os.getpriority(os.PRIO_PROCESS, int(t)) for t in tids]
-
-        assert len(nices()) == 4 and set(nices()) == {0}
-        assert _set_nice(proc.pid, STARTUP_NICE)
-        assert set(nices()) == {STARTUP_NICE}
-        assert _set_nice(proc.pid, 0)
-        assert set(nices()) == {0}
-    assert not _set_nice(proc.pid, 0)  # gone: nothing to change
