@@ -55,12 +55,31 @@ class LatencyHistogram:
         if arr.size and arr.min() < 0:
             raise ValueError(f"latency must be >= 0 microseconds, got {int(arr.min())}")
         over = arr > HIGHEST_US
-        quantised, counts = np.unique(_lowest_equivalent(arr[~over]), return_counts=True)
-        for value, count in zip(quantised.tolist(), counts.tolist(), strict=True):
-            self._hdr.record_value(value, count)
+        self._add_counts(arr[~over])
         n_over = int(over.sum())
         self.overflow += n_over
         return n_over
+
+    def _add_counts(self, values: np.ndarray) -> None:
+        """Add in-range values straight into the HDR counts array, as ``record_value`` would one
+        by one (a Python call per distinct value cost seconds on a long run's log)."""
+        if not values.size:
+            return
+        hdr = self._hdr
+        if (hdr.unit_magnitude, hdr.sub_bucket_half_count_magnitude) != (0, 10):
+            # not this module's layout (1 us, 3 significant figures): the package's own way
+            quantised, n = np.unique(_lowest_equivalent(values), return_counts=True)
+            for value, count in zip(quantised.tolist(), n.tolist(), strict=True):
+                hdr.record_value(value, count)
+            return
+        counts = np.bincount(_counts_index(values), minlength=hdr.counts_len)
+        filled = np.flatnonzero(counts)
+        np.ctypeslib.as_array(hdr.counts)[filled] += counts[filled].astype(np.uint64)
+        hdr.total_count += int(values.size)
+        # record_value was given each value's lowest equivalent: keep its min and max the same
+        lowest = _lowest_equivalent(np.array([values.min(), values.max()]))
+        hdr.min_value = min(hdr.min_value, int(lowest[0]))
+        hdr.max_value = max(hdr.max_value, int(lowest[1]))
 
     @classmethod
     def from_us(cls, values: np.ndarray | Iterable[int], failures: int = 0) -> LatencyHistogram:
@@ -205,12 +224,23 @@ class LatencyHistogram:
         )
 
 
+def _shift(values: np.ndarray) -> np.ndarray:
+    """The HDR bucket index of each value (3 significant figures, unit 1 us): how many low bits
+    its bucket drops. The bit length comes from integer comparisons (not log2, which rounds near
+    powers of two)."""
+    return np.maximum(np.searchsorted(_POWERS, values, side="right") - 11, 0)
+
+
+def _counts_index(values: np.ndarray) -> np.ndarray:
+    """Each value's slot in hdrh's counts array: ``(bucket + 1) * 1024 + sub_bucket - 1024``."""
+    shift = _shift(values)
+    return (shift << 10) + (values >> shift)
+
+
 def _lowest_equivalent(values: np.ndarray) -> np.ndarray:
     """Round each value down to the lowest value of its HDR bucket (3 significant figures).
 
-    Values below 2048 are exact; above, the bucket width doubles with each power of two. The
-    bit length comes from integer comparisons (not log2, which rounds near powers of two).
+    Values below 2048 are exact; above, the bucket width doubles with each power of two.
     """
-    bit_length = np.searchsorted(_POWERS, values, side="right")
-    shift = np.maximum(bit_length - 11, 0)
+    shift = _shift(values)
     return (values >> shift) << shift

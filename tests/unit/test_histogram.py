@@ -47,6 +47,27 @@ def test_vectorised_recording_equals_one_by_one(vals, failures):
     )
 
 
+powers_of_two = st.integers(0, 31).flatmap(lambda k: st.sampled_from([(1 << k) - 1, 1 << k]))
+
+
+@given(st.lists(st.one_of(st.integers(0, 5_000), powers_of_two, st.integers(0, HIGHEST_US))))
+@settings(max_examples=100, deadline=None)
+def test_vectorised_counts_min_and_max_are_plain_hdrhistograms(vals):
+    """from_us adds straight into the counts array: the same counts, total, min and max as the
+    package recording each value, at every bucket edge."""
+    ref = HdrHistogram(1, HIGHEST_US, 3)
+    for v in vals:
+        assert ref.record_value(v)
+    got = LatencyHistogram.from_us(np.array(vals, dtype=np.int64))._hdr
+    assert np.array_equal(np.ctypeslib.as_array(got.counts), np.ctypeslib.as_array(ref.counts))
+    assert got.get_total_count() == ref.get_total_count()
+    if vals:
+        assert (got.get_min_value(), got.get_max_value()) == (
+            ref.get_min_value(),
+            ref.get_max_value(),
+        )
+
+
 @given(values, st.integers(0, 30))
 @settings(max_examples=100, deadline=None)
 def test_encode_decode_round_trip(vals, failures):
@@ -65,8 +86,9 @@ def test_agrees_with_plain_hdrhistogram(vals):
     for v in vals:
         assert ref.record_value(v)
     h = hist(vals)
+    at = ref.get_percentile_to_value_dict(list(QS))  # one pass, the same rule per percentile
     for q in QS:
-        assert h.percentile(q) == ref.get_value_at_percentile(q) / 1000.0
+        assert h.percentile(q) == at[q] / 1000.0
     assert h.max_ms == ref.get_max_value() / 1000.0
 
 

@@ -11,6 +11,7 @@ process, network or concurrency module either; the harness units form no import 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import sys
 from collections import defaultdict
@@ -96,7 +97,10 @@ def imports_of(path: Path, source: str | None = None) -> list[Import]:
     return found
 
 
+@functools.cache
 def all_imports() -> list[Import]:
+    """Read when a test first asks (once per process), not at collection: every xdist worker
+    collects this module, and parsing the whole tree costs about a second."""
     files = [p for top in TOPS for p in sorted((ROOT / top).rglob("*.py"))]
     return [imp for path in files for imp in imports_of(path)]
 
@@ -127,7 +131,6 @@ def read_table(text: str) -> dict[str, frozenset[str]]:
 
 
 TABLE = read_table(TABLE_DOC.read_text())
-IMPORTS = all_imports()
 
 
 def allowed(imp: Import, table: dict[str, frozenset[str]] = TABLE) -> bool:
@@ -138,7 +141,7 @@ def allowed(imp: Import, table: dict[str, frozenset[str]] = TABLE) -> bool:
 
 
 def test_the_table_has_a_row_for_every_unit_and_names_only_real_ones():
-    units = {imp.unit for imp in IMPORTS} - {"harness"}
+    units = {imp.unit for imp in all_imports()} - {"harness"}
     assert units - set(TABLE) == set(), (
         f"packages with no row in {TABLE_DOC.relative_to(ROOT)}'s import table: "
         f"{sorted(units - set(TABLE))}; add a row saying what each may import"
@@ -151,7 +154,7 @@ def test_the_table_has_a_row_for_every_unit_and_names_only_real_ones():
 def test_every_import_is_allowed_by_the_table():
     bad = [
         f"{imp.where}: {imp.unit} imports {imp.target} ({imp.target_unit})"
-        for imp in IMPORTS
+        for imp in all_imports()
         if not allowed(imp)
     ]
     assert not bad, (
@@ -163,9 +166,9 @@ def test_every_import_is_allowed_by_the_table():
 
 def test_the_recommender_never_imports_the_harness_and_torch_stays_in_it():
     assert not {"harness", "reports"} & {
-        imp.target_unit.split(".")[0] for imp in IMPORTS if imp.unit == "system_under_test"
+        imp.target_unit.split(".")[0] for imp in all_imports() if imp.unit == "system_under_test"
     }
-    torch_users = sorted({imp.unit for imp in IMPORTS if imp.target_unit == "torch"})
+    torch_users = sorted({imp.unit for imp in all_imports() if imp.target_unit == "torch"})
     assert torch_users == ["system_under_test"], torch_users
     assert all("torch" not in TABLE[u] for u in TABLE if u != "system_under_test")
 
@@ -219,7 +222,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def harness_graph() -> tuple[dict[str, set[str]], dict[tuple[str, str], str]]:
     edges: dict[str, set[str]] = defaultdict(set)
     example: dict[tuple[str, str], str] = {}
-    for imp in IMPORTS:
+    for imp in all_imports():
         src, dst = imp.unit, imp.target_unit
         if src.startswith("harness.") and dst.startswith("harness.") and src != dst:
             edges[src].add(dst)
