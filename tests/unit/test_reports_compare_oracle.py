@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 
 from reports.compare.stats import mann_whitney_u
 
-scipy_stats = pytest.importorskip("scipy.stats")
+
+@pytest.fixture(scope="module")
+def scipy_stats():
+    """Imported by the tests that use it, not at collection: every xdist worker collects this
+    module, and scipy.stats costs half a second to import."""
+    return pytest.importorskip("scipy.stats")
+
 
 ALTERNATIVES = st.sampled_from(["greater", "less", "two-sided"])
 # Small integers make ties common; floats make them rare. scipy's permutation test needs two
@@ -30,7 +36,7 @@ def samples(max_size: int, min_size: int = 1) -> st.SearchStrategy[list[float]]:
 
 @settings(max_examples=80, deadline=None)
 @given(x=samples(6, 2), y=samples(6, 2), alternative=ALTERNATIVES)
-def test_exact_p_agrees_with_scipy_permutation(x, y, alternative):
+def test_exact_p_agrees_with_scipy_permutation(x, y, alternative, scipy_stats):
     u, p = mann_whitney_u(x, y, alternative)
     exact = scipy_stats.PermutationMethod(n_resamples=np.inf)
     ref = scipy_stats.mannwhitneyu(x, y, alternative=alternative, method=exact)
@@ -40,7 +46,7 @@ def test_exact_p_agrees_with_scipy_permutation(x, y, alternative):
 
 @settings(max_examples=80, deadline=None)
 @given(x=samples(30, 8), y=samples(30, 8), alternative=ALTERNATIVES)
-def test_normal_approximation_agrees_with_scipy_asymptotic(x, y, alternative):
+def test_normal_approximation_agrees_with_scipy_asymptotic(x, y, alternative, scipy_stats):
     assume(len(set(x + y)) > 1)  # every value equal: no variance, scipy's z is undefined
     u, p = mann_whitney_u(x, y, alternative, exact_limit=0)
     ref = scipy_stats.mannwhitneyu(
@@ -52,7 +58,7 @@ def test_normal_approximation_agrees_with_scipy_asymptotic(x, y, alternative):
 
 @settings(max_examples=40, deadline=None)
 @given(x=samples(6), y=samples(6))
-def test_exact_p_without_ties_agrees_with_scipy_exact(x, y):
+def test_exact_p_without_ties_agrees_with_scipy_exact(x, y, scipy_stats):
     assume(len(set(x + y)) == len(x + y))
     _, p = mann_whitney_u(x, y, "greater")
     ref = scipy_stats.mannwhitneyu(x, y, alternative="greater", method="exact")
