@@ -2,20 +2,27 @@
 
 Starts the cluster (``python -m system_under_test up``, no fault proxy), then drives open-loop
 constant-rate load from a separate process (the harness's load worker; response time from the
-intended send time) at each rate in turn, and finally at ``--kill-rate`` while one primary is
-SIGKILLed halfway through the step. For every step it prints the achieved rate, p50/p95/p99
-(error-inclusive), errors, tier shares, generator lag p99 and CPU milliseconds per request of
-each kind of component (from /proc/PID/stat). The ``up`` start-up time is printed first.
+intended send time) at each rate of each request mix in turn, and finally at ``--kill-rate``
+while one primary is SIGKILLed halfway through the step. For every step it prints the achieved
+rate, p50/p95/p99 (error-inclusive), errors, tier shares, generator lag p99 and CPU milliseconds
+per request of each kind of component (user + system time from /proc/PID/stat over the step,
+divided by the requests sent; the load generator's own separately). The mixes it names
+(``MIXES``) are printed first: ``zipf`` is the scenarios' mix, ``cold`` the same skew over every
+user, so that most requests miss the gateway's caches.
 
-    .venv/bin/python benchmarks/serving.py [--preset default] [--rates 200,300,400] [--step-s 20]
+    .venv/bin/python benchmarks/serving.py [--mixes zipf,cold] [--rates 200,300,400] [--step-s 20]
+    .venv/bin/python benchmarks/serving.py --baseline /work/wt/old   # before/after, one run
 
 Rates are interleaved over ``--repeat`` rounds (machines slow down over time: compare inside one
-run) and the median with [min .. max] is reported.
+run) and the median with [min .. max] is reported, with each mix's capacity (the highest rate
+whose median p99 is at most 20 ms). ``--baseline`` starts a second cluster from another checkout
+(its own ``.venv``) and runs each of its steps right before the same step on this tree's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -24,6 +31,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +43,20 @@ from harness.load.driver import run_load  # noqa: E402
 from harness.load.spec import LoadJob  # noqa: E402
 from harness.model.load import LoadPhase, RequestMix  # noqa: E402
 from harness.model.requestlog import TIERS, succeeded  # noqa: E402
+from harness.process import ManagedProcess, StartError  # noqa: E402
 from harness.sut.recommender import RecommenderCluster, RecommenderOptions  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# The request mixes a step can use. "zipf": the scenarios' mix (Zipf 1.1 over 4,000 users, so
+# the gateway's caches hold most of what is asked); "cold": the same skew over every user the
+# model knows (100,000 in the default preset), so most requests miss the caches.
+MIXES: dict[str, Callable[[RecommenderCluster], RequestMix]] = {
+    "zipf": lambda cluster: RequestMix(zipf_exponent=1.1, users=4000, k=10),
+    "cold": lambda cluster: RequestMix(
+        zipf_exponent=1.1, users=int(cluster.manifest().get("n_users") or 100_000), k=10
+    ),
+}
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -76,7 +96,7 @@ def one_step(
     cluster: RecommenderCluster,
     rate: float,
     step_s: float,
-    users: int,
+    mix: RequestMix,
     seed: int,
     workdir: Path,
     kill: str | None = None,
@@ -85,7 +105,7 @@ def one_step(
         target=cluster.base_url,
         seed=seed,
         output_dir=str(workdir),
-        phases=(LoadPhase("step", rate, step_s, RequestMix(users=users)),),
+        phases=(LoadPhase("step", rate, step_s, mix),),
     )
     cpu0 = cpu_by_name(cluster)
     killer = None
@@ -139,59 +159,138 @@ def summarise(rate: float, steps: list[dict]) -> str:
         vals = [s[key] for s in steps]
         return f"{statistics.median(vals):.2f} [{min(vals):.2f} .. {max(vals):.2f}]"
 
-    return f"{rate:6.0f}/s  p50 {med('p50')}  p95 {med('p95')}  p99 {med('p99')} ms"
+    roles = sorted({r for s in steps for r in s["cpu_ms"]})
+    cpu = "  ".join(
+        f"{r} {statistics.median(s['cpu_ms'].get(r, 0.0) for s in steps):.2f}" for r in roles
+    )
+    total = [sum(s["cpu_ms"].values()) for s in steps]
+    return (
+        f"{rate:6.0f}/s  p50 {med('p50')}  p95 {med('p95')}  p99 {med('p99')} ms\n"
+        f"        CPU ms/request (median): {cpu}  all servers "
+        f"{statistics.median(total):.2f} [{min(total):.2f} .. {max(total):.2f}]"
+    )
+
+
+class TreeCluster(RecommenderCluster):
+    """The recommender of another checkout (its own ``.venv``), for a before/after comparison
+    inside one run: ``up`` runs with that tree's Python from that tree's root."""
+
+    def __init__(self, tree: Path, options: RecommenderOptions, workdir: Path, log=print) -> None:
+        super().__init__(options, workdir, log=log)
+        self.tree = tree.resolve()
+
+    def _run_up(self, args: list[str]) -> None:
+        python = self.tree / ".venv" / "bin" / "python"
+        out = self.workdir / "logs" / "sut-up.log"
+        self.log(f"starting the recommender of {self.tree}; log {out}")
+        up = ManagedProcess(
+            [str(python), "-m", "system_under_test", *args],
+            out,
+            name="launcher",
+            env=self.component_env(),
+            registry=self.registry,
+            cwd=self.tree,
+        )
+        self._stack.enter_context(up)
+        code = up.wait(self.options.startup_timeout_s + 60)
+        if code != 0:
+            raise StartError(f"`system_under_test up` failed with code {code}; {up.tail_text(30)}")
+        self._manifest = json.loads(self.manifest_path.read_text())
+        self._up = True
+
+
+def describe_mix(name: str, mix: RequestMix) -> str:
+    return f"{name}: Zipf exponent {mix.zipf_exponent} over {mix.users} users, k={mix.k}"
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="default", help="data/model preset of the cluster")
+    ap.add_argument("--shards", type=int, default=4, help="number of shards")
+    ap.add_argument("--rates", default="200,300,400", help="comma-separated requests/s")
+    ap.add_argument("--step-s", type=float, default=20.0, help="seconds of load per step")
+    ap.add_argument("--repeat", type=int, default=2, help="interleaved rounds")
+    ap.add_argument("--kill-rate", type=float, default=200.0, help="0: skip the kill step")
+    ap.add_argument(
+        "--mixes",
+        default="zipf,cold",
+        help=f"comma-separated request mixes, of {sorted(MIXES)} (see MIXES)",
+    )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (with its own .venv) measured beside this one, step by step",
+    )
+    args = ap.parse_args()
+    bad = [m for m in args.mixes.split(",") if m not in MIXES]
+    if bad:
+        ap.error(f"--mixes {args.mixes!r}: {bad} not among {sorted(MIXES)}")
+    if args.baseline is not None and not (args.baseline / ".venv" / "bin" / "python").exists():
+        ap.error(f"--baseline {args.baseline}: no .venv/bin/python there (run its setup.sh)")
+    return args
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="default")
-    ap.add_argument("--shards", type=int, default=4)
-    ap.add_argument("--rates", default="200,300,400")
-    ap.add_argument("--step-s", type=float, default=20.0)
-    ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--kill-rate", type=float, default=200.0, help="0: skip the kill step")
-    ap.add_argument("--users", type=int, default=None)
-    args = ap.parse_args()
+    args = parse_args()
     rates = [float(r) for r in args.rates.split(",") if r]
-    with tempfile.TemporaryDirectory(prefix="recchaos-bench-") as tmp:
+    mix_names = args.mixes.split(",")
+    with tempfile.TemporaryDirectory(prefix="recchaos-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        t0 = time.monotonic()
         options = RecommenderOptions(shards=args.shards, preset=args.preset, proxy=False)
-        with RecommenderCluster(options, work / "cluster", log=print) as cluster:
-            up_s = time.monotonic() - t0
-            print(
-                f"`up` took {up_s:.1f} s (preset {args.preset}, {args.shards} shards; "
-                f"{cluster.manifest().get('startup_seconds')} s inside the launcher)"
-            )
-            users = args.users or int(cluster.manifest().get("n_users") or 100_000)
-            one_step(cluster, rates[0], 5.0, users, 0, work / "warm")  # warm caches, JIT paths
-            results: dict[float, list[dict]] = {r: [] for r in rates}
-            for rnd in range(args.repeat):
+        clusters: dict[str, RecommenderCluster] = {}
+        if args.baseline is not None:
+            base = TreeCluster(args.baseline, options, work / "before", log=print)
+            clusters["before"] = stack.enter_context(base)
+        t0 = time.monotonic()
+        here = RecommenderCluster(options, work / "after", log=print)
+        cluster = clusters["after" if args.baseline else "this"] = stack.enter_context(here)
+        print(
+            f"`up` took {time.monotonic() - t0:.1f} s (preset {args.preset}, {args.shards} "
+            f"shards; {cluster.manifest().get('startup_seconds')} s inside the launcher)"
+        )
+        mixes = {m: MIXES[m](cluster) for m in mix_names}
+        for name, mix in mixes.items():
+            print("request mix", describe_mix(name, mix))
+        for label, c in clusters.items():  # warm caches and first-call paths
+            for mix in mixes.values():
+                one_step(c, rates[0], 5.0, mix, 0, work / f"warm-{label}")
+        results: dict[tuple[str, str, float], list[dict]] = {}
+        for rnd in range(args.repeat):
+            for mname, mix in mixes.items():
                 for rate in rates:
-                    step = one_step(
-                        cluster, rate, args.step_s, users, rnd + 1, work / f"r{rnd}-{rate:g}"
-                    )
-                    print(fmt(step), flush=True)
-                    results[rate].append(step)
-            print("\nmedian [min .. max] over rounds:")
-            for rate in rates:
-                print(summarise(rate, results[rate]))
-            capable = [r for r in rates if statistics.median(s["p99"] for s in results[r]) <= 20]
-            print(
-                f"capacity (highest rate with median p99 <= 20 ms): "
-                f"{max(capable) if capable else 'below ' + str(min(rates))} requests/s"
-            )
-            if args.kill_rate:
-                step = one_step(
-                    cluster,
-                    args.kill_rate,
-                    args.step_s,
-                    users,
-                    99,
-                    work / "kill",
-                    kill="shard-1-primary",
+                    for label, c in clusters.items():
+                        step = one_step(
+                            c, rate, args.step_s, mix, rnd + 1, work / f"r{rnd}-{label}-{rate:g}"
+                        )
+                        print(f"[{label} {mname}] {fmt(step)}", flush=True)
+                        results.setdefault((label, mname, rate), []).append(step)
+        print("\nmedian [min .. max] over rounds:")
+        for mname in mixes:
+            for label in clusters:
+                print(f"-- {label}, mix {describe_mix(mname, mixes[mname])}")
+                for rate in rates:
+                    print(summarise(rate, results[(label, mname, rate)]))
+                ok = [
+                    r
+                    for r in rates
+                    if statistics.median(s["p99"] for s in results[(label, mname, r)]) <= 20
+                ]
+                print(
+                    f"capacity ({label}, mix {mname}; highest rate with median p99 <= 20 ms): "
+                    f"{max(ok) if ok else 'below ' + str(min(rates))} requests/s"
                 )
-                print(f"\nwith shard-1-primary SIGKILLed halfway:\n{fmt(step)}")
+        if args.kill_rate:
+            step = one_step(
+                cluster,
+                args.kill_rate,
+                args.step_s,
+                mixes[mix_names[0]],
+                99,
+                work / "kill",
+                kill="shard-1-primary",
+            )
+            print(f"\nwith shard-1-primary SIGKILLed halfway:\n{fmt(step)}")
     return 0
 
 
