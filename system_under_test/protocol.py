@@ -545,9 +545,36 @@ class _ServerProtocol(_FramedProtocol):
     def __init__(self, handler: Handler) -> None:
         super().__init__()
         self.handler = handler
+        # Answers made while one read's frames are handled, sent together by one write: a
+        # pipelining client (the gateway under load) costs one send per read, not per call.
+        self._batch: list[bytes] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self._batch = []
+        try:
+            super().data_received(data)
+        finally:
+            self._flush()
+
+    def _drain(self) -> None:
+        if self._batch is not None:  # inside data_received: flushed there
+            super()._drain()
+            return
+        self._batch = []
+        try:
+            super()._drain()
+        finally:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def _write(self, frame: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self._batch is not None:
+            self._batch.append(frame)
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame)
 
     def _too_large(self, length: int) -> None:
@@ -555,6 +582,7 @@ class _ServerProtocol(_FramedProtocol):
 
     def _bad_frame(self, message: str) -> None:
         self._write(error_frame(None, "bad_frame", message))
+        self._flush()  # the answers before it, and it, go out before the close
         self._closed = True
         if self.transport is not None:
             self.transport.close()
