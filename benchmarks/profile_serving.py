@@ -22,13 +22,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.serving import MIXES, cpu_by_name, cpu_ms_by_role  # noqa: E402
+from benchmarks.serving import CLK_TCK, MIXES, cpu_by_name, cpu_ms_by_role  # noqa: E402
 from harness.load.driver import run_load  # noqa: E402
 from harness.load.spec import LoadJob  # noqa: E402
 from harness.model.load import LoadPhase  # noqa: E402
 from harness.sut.recommender import RecommenderCluster, RecommenderOptions  # noqa: E402
 
 PROFILED = ("gateway", "shard-0-primary")
+
+
+def system_seconds(cluster: RecommenderCluster) -> dict[str, float | None]:
+    """Kernel-mode CPU seconds of each component (the syscalls: socket reads, writes, polls)."""
+    out: dict[str, float | None] = {}
+    for c in cluster.manifest()["components"]:
+        try:
+            stat = Path(f"/proc/{c['pid']}/stat").read_text().rsplit(")", 1)[1].split()
+            out[c["name"]] = int(stat[12]) / CLK_TCK
+        except OSError:
+            out[c["name"]] = None
+    return out
 
 
 def py_spy() -> str:
@@ -75,21 +87,24 @@ def main() -> int:
                 output_dir=str(work / "load"),
             )
             suffix = f"-{args.tag}" if args.tag else ""
-            cpu0 = cpu_by_name(cluster)
+            cpu0, sys0 = cpu_by_name(cluster), system_seconds(cluster)
             spies = [
                 record(cluster, n, args.out / f"{n}{suffix}.svg", args.duration_s, args.sample_rate)
                 for n in PROFILED
             ]
             result = run_load(job, timeout_s=args.duration_s + 90)
-            cpu1 = cpu_by_name(cluster)
+            cpu1, sys1 = cpu_by_name(cluster), system_seconds(cluster)
             for spy in spies:
                 _, err = spy.communicate(timeout=60)
                 if spy.returncode:
                     print(f"py-spy failed ({spy.returncode}): {err.strip()[-400:]}")
             n = len(result.log)
             cpu_ms, _ = cpu_ms_by_role(cpu0, cpu1, n)
+            sys_ms, _ = cpu_ms_by_role(sys0, sys1, n)
             print(f"{n} requests, achieved {result.summary.get('achieved_rate', 0):.1f}/s")
-            print("CPU ms/request (profiler running):", cpu_ms)
+            print("CPU ms/request while profiled (of which in the kernel):")
+            for role in sorted(cpu_ms):
+                print(f"  {role:8s} {cpu_ms[role]:.2f} ({sys_ms.get(role, 0.0):.2f})")
     return 0
 
 

@@ -11,7 +11,7 @@ divided by the requests sent; the load generator's own separately). The mixes it
 user, so that most requests miss the gateway's caches.
 
     .venv/bin/python benchmarks/serving.py [--mixes zipf,cold] [--rates 200,300,400] [--step-s 20]
-    .venv/bin/python benchmarks/serving.py --baseline /work/wt/old   # before/after, one run
+    .venv/bin/python benchmarks/serving.py --baseline ../recchaos-old   # before/after, one run
 
 Rates are interleaved over ``--repeat`` rounds (machines slow down over time: compare inside one
 run) and the median with [min .. max] is reported, with each mix's capacity (the highest rate
@@ -231,8 +231,13 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds: the clusters are stopped
+
+
 def main() -> int:
     args = parse_args()
+    signal.signal(signal.SIGTERM, _interrupted)  # e.g. `timeout`: stop the clusters, no orphans
     rates = [float(r) for r in args.rates.split(",") if r]
     mix_names = args.mixes.split(",")
     with tempfile.TemporaryDirectory(prefix="recchaos-bench-") as tmp, ExitStack() as stack:
