@@ -99,7 +99,7 @@ def test_without_a_manifest_the_dry_run_starts_checks_and_stops_the_target(tmp_p
     assert proc.returncode == 0, out[-3000:]
     assert "starting the target to read its manifest (recommender, 2 shards" in out
     assert "components from the manifest of the target started for this check" in out
-    assert "  5 s to 9 s: kill(shard-0-primary) (faults[0])" in out
+    assert "  4 s to 7 s: kill(shard-0-primary) (faults[0])" in out
     assert "load: 1 phase, 12 s, 1,200 requests (mean 100.0/s, peak 100/s)" in out
     deadline = time.monotonic() + 10
     while tagged(tag) and time.monotonic() < deadline:

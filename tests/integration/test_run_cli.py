@@ -131,7 +131,7 @@ def test_sigkill_of_the_harness_leaves_the_watchdog_to_clean_up(tmp_path):
 def test_ctrl_c_heals_stops_and_writes_a_partial_record(tmp_path):
     with _recchaos(tmp_path / "recchaos.log", "run", str(SCENARIO), "--out", str(tmp_path),
                    "--no-progress") as proc:  # fmt: skip
-        # Mid-load with the kill active (5 s into 12 s of load), so there is a fault to heal.
+        # Mid-load with the kill active (4 s into 12 s of load), so there is a fault to heal.
         _wait_for(lambda: _fault_applied(tmp_path), 180, "the kill fault being applied", proc)
         run_dir = _only_run_dir(tmp_path)
         pids = _started_pids(run_dir)
