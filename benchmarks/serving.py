@@ -22,7 +22,6 @@ whose median p99 is at most 20 ms). ``--baseline`` starts a second cluster from 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -43,7 +42,6 @@ from harness.load.driver import run_load  # noqa: E402
 from harness.load.spec import LoadJob  # noqa: E402
 from harness.model.load import LoadPhase, RequestMix  # noqa: E402
 from harness.model.requestlog import TIERS, succeeded  # noqa: E402
-from harness.process import ManagedProcess, StartError  # noqa: E402
 from harness.sut.recommender import RecommenderCluster, RecommenderOptions  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -179,24 +177,10 @@ class TreeCluster(RecommenderCluster):
         super().__init__(options, workdir, log=log)
         self.tree = tree.resolve()
 
-    def _run_up(self, args: list[str]) -> None:
-        python = self.tree / ".venv" / "bin" / "python"
-        out = self.workdir / "logs" / "sut-up.log"
-        self.log(f"starting the recommender of {self.tree}; log {out}")
-        up = ManagedProcess(
-            [str(python), "-m", "system_under_test", *args],
-            out,
-            name="launcher",
-            env=self.component_env(),
-            registry=self.registry,
-            cwd=self.tree,
+    def _launcher(self, *args: str) -> tuple[list[str], Path | None]:
+        return [str(self.tree / ".venv" / "bin" / "python"), "-m", "system_under_test", *args], (
+            self.tree
         )
-        self._stack.enter_context(up)
-        code = up.wait(self.options.startup_timeout_s + 60)
-        if code != 0:
-            raise StartError(f"`system_under_test up` failed with code {code}; {up.tail_text(30)}")
-        self._manifest = json.loads(self.manifest_path.read_text())
-        self._up = True
 
 
 def describe_mix(name: str, mix: RequestMix) -> str:

@@ -29,7 +29,7 @@ run_tier() {
   local tier=$1
   shift
   case "$tier" in
-    # Two xdist workers: the unit tier is CPU-bound pure logic (about 37 s of CPU on one core).
+    # Two xdist workers: the unit tier is CPU-bound pure logic (about 40 s of CPU in one process).
     unit) run_pytest -n 2 tests/unit "$@" ;;
     integration) run_pytest tests/integration -m "not docker" "$@" ;;
     chaos) run_pytest scenarios --chaos-profile pr "$@" ;;

@@ -169,20 +169,28 @@ class RecommenderCluster:
         """The environment of ``up`` and of a restarted component: this one's, plus the token."""
         return {**os.environ, **token_env(self.token)}
 
+    def _launcher(self, *args: str) -> tuple[list[str], Path | None]:
+        """``system_under_test ARGS`` as a command, and the directory it runs in (None: ours).
+        The serving benchmark overrides it to start another checkout's recommender."""
+        return _sut_command(*args), None
+
     def _run_up(self, args: list[str]) -> None:
         """``up`` as a child of ours: every component inherits the registry's environment, so
         the watchdog finds them even if this process or ``up`` dies before the manifest."""
         out = self.workdir / "logs" / "sut-up.log"
+        argv, cwd = self._launcher(*args)
+        where = f" from {cwd}" if cwd else ""
         self.log(
             f"starting the recommender ({self.options.shards} shards, preset "
-            f"{self.options.preset}); log {out}"
+            f"{self.options.preset}){where}; log {out}"
         )
         up = ManagedProcess(
-            _sut_command(*args),
+            argv,
             out,
             name="launcher",
             env=self.component_env(),
             registry=self.registry,
+            cwd=cwd,
         )
         # Interrupted while waiting: stop() stops `up`, which stops what it started (SIGTERM).
         self._stack.enter_context(up)
