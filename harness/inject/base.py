@@ -464,6 +464,10 @@ class FaultStack:
         journal = self._journal(injector)
         if journal is not None:
             journal.record_apply(entry.uid, injector, stage="apply")
+        # The fault's time is when applying began: it may take effect anywhere inside the call
+        # (a `docker kill` returned 230-270 ms after its container died), and a request sent
+        # meanwhile belongs to the fault's window, not to the steady state before it.
+        inject_ns, inject_wall = time.monotonic_ns() - self.origin_ns, time.time()
         try:
             injector.apply()
         except BaseException as exc:
@@ -472,7 +476,6 @@ class FaultStack:
             if isinstance(exc, RecchaosError) or not isinstance(exc, Exception):
                 raise
             raise InjectError(f"applying {entry.label} failed: {entry.apply_error}") from exc
-        inject_ns, inject_wall = time.monotonic_ns() - self.origin_ns, time.time()
         if journal is not None:
             journal.record_apply(entry.uid, injector, stage="applied")
         verified, entry.verify_note = safe_verify(injector)

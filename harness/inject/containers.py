@@ -5,10 +5,12 @@ The fault registry (:mod:`harness.model.fault_kinds`) names these injectors for 
 backend, which :func:`harness.inject.base.make_injector` uses when the manifest says
 ``"backend": "docker"`` (see :mod:`harness.sut.containers`):
 
-* ``kill``: ``docker kill`` (SIGKILL); ``terminate``: SIGTERM, SIGKILL after ``grace_s`` (what
-  ``docker stop`` does, without blocking the schedule). Verified by the container's state
-  ``exited``; healed by starting the same container again (the context's restart hook, which
-  waits until it listens and updates the manifest).
+* ``kill``: SIGKILL to the container's main process by its host PID when the engine is on this
+  host (checked against the container's cgroup; the fault then starts at once, not after the
+  engine's round trip), else ``docker kill``; ``terminate``: SIGTERM, SIGKILL after
+  ``grace_s`` (what ``docker stop`` does, without blocking the schedule). Verified by the
+  container's state ``exited``; healed by starting the same container again (the context's
+  restart hook, which waits until it listens and updates the manifest).
 * ``freeze`` and ``cpu_freeze``: ``docker pause`` (the cgroup freezer); verified by state
   ``paused``; healed by ``docker unpause``.
 * ``restart``: SIGKILL, then a start after ``delay_s``.
@@ -35,6 +37,7 @@ watchdog: ``docker_unpause``, ``docker_connect``, ``docker_cpu_reset``,
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -103,6 +106,20 @@ class ContainerInjector(BaseInjector):
                 return state
             time.sleep(POLL_S)
 
+    def host_process(self) -> ProcessRef | None:
+        """The container's main process by the manifest's host PID, when the engine is on this
+        host and that PID is still in the container's cgroup (no engine call: a signal sent
+        this way takes effect at once, where the engine's API took 50-270 ms on 2 busy cores)."""
+        pid = self.ctx.component(self.target).pid
+        if not pid or not _is_local(self.ctx.docker_host):
+            return None
+        try:
+            if self.container_id not in Path(f"/proc/{pid}/cgroup").read_text():
+                return None  # another process (the PID was reused) or another container
+        except OSError:
+            return None
+        return ProcessRef.of_pid(int(pid))
+
     def bring_back(self) -> int:
         """Start the container again through the run's restart hook (waits until it listens,
         updates the manifest) or, without one, directly."""
@@ -126,6 +143,10 @@ class ContainerKill(ContainerInjector):
         self._timer: threading.Timer | None = None
 
     def apply(self) -> None:
+        if self.kind == "kill" and (ref := self.host_process()) is not None:
+            self.applied = True  # SIGKILL at once; the engine sees the container exit
+            if ref.send(signal.SIGKILL):
+                return
         c = self.container()
         if self.status() != "running":
             raise InjectError(f"{self.label}: container {c.name} is {c.status}, not running")

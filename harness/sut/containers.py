@@ -3,11 +3,13 @@
 :class:`DockerCluster` is the container counterpart of
 :class:`harness.sut.recommender.RecommenderCluster`: it starts every shard copy, the region, the
 gateway (and Redis when asked) as containers on a user-defined bridge network of its own, each
-component reachable from the others by its name (``shard-0-primary:7000``), and each port
-published on ``127.0.0.1`` only. It writes the same manifest as ``recchaos sut up`` (name, role,
-shard, pid, address, command; plus ``container``, the container id, and top-level ``backend``
-and ``docker_host``), so the injectors (:mod:`harness.inject.containers`) and the watchdog find
-what they need there. ``pid`` is the host PID of the container's main process (a local engine
+component reachable from the others by its name (``shard-0-primary:7000``). The harness reaches
+each component at its address on that network (``reach``: ``network``, the default with an
+engine on this host: no docker-proxy in front of the gateway) or through a port published on
+``127.0.0.1`` only (``published``: an engine elsewhere). It writes the same manifest as
+``recchaos sut up`` (name, role, shard, pid, address, command; plus ``container``, the
+container id, and top-level ``backend``, ``docker_host`` and ``reach``), so the injectors
+(:mod:`harness.inject.containers`) and the watchdog find what they need there. ``pid`` is the host PID of the container's main process (a local engine
 only), so even the watchdog's signal-based teardown works if the harness dies.
 
 Two ways to get an image:
@@ -68,6 +70,10 @@ LABEL = "recchaos.cluster"
 HOST_DIRS = ("/usr", "/lib", "/lib64", "/bin", "/sbin")
 ROOTFS_DIRS = ("tmp", "proc", "sys", "dev", "etc", "run", "root", "var", "work", "opt")
 ENV_PREFIX = "RECCHAOS_DOCKER_"
+REACH_CHOICES = ("auto", "network", "published")
+# Start-up under SCHED_IDLE needs the right to return to normal priority (system_under_test/
+# runtime.py); without it a container's start-up competes with the serving containers.
+CAPABILITIES = ["SYS_NICE"]
 
 
 @dataclass(frozen=True)
@@ -81,11 +87,13 @@ class DockerOptions:
     publish: str = "127.0.0.1"
     artifacts: str | None = None  # a host directory mounted read-only (host_mounts: default)
     extra_mounts: tuple[str, ...] = ()
+    reach: str = "auto"  # how the harness connects: see REACH_CHOICES and reaches_network()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DockerOptions:
         """Options from ``RECCHAOS_DOCKER_*`` (``IMAGE``, ``PYTHON``, ``HOST_MOUNTS`` 0/1,
-        ``PUBLISH``, ``ARTIFACTS``) and ``DOCKER_HOST``; UsageError names a bad value."""
+        ``PUBLISH``, ``ARTIFACTS``, ``REACH``) and ``DOCKER_HOST``; UsageError names a bad
+        value."""
         env = os.environ if env is None else env
         flag = env.get(ENV_PREFIX + "HOST_MOUNTS", "0").strip().lower()
         if flag not in ("0", "1", "false", "true", "no", "yes", ""):
@@ -99,6 +107,15 @@ class DockerOptions:
                 f"invalid value {publish!r} for {ENV_PREFIX}PUBLISH from the environment; "
                 "allowed: an IP address of the Docker host (default 127.0.0.1, loopback only)"
             )
+        reach = env.get(ENV_PREFIX + "REACH", "").strip().lower() or "auto"
+        if reach not in REACH_CHOICES:
+            raise UsageError(
+                f"invalid value {reach!r} for {ENV_PREFIX}REACH from the environment; allowed: "
+                "network (the containers' addresses on the cluster's bridge, no docker-proxy; "
+                "needs the engine on this host), published (ports published on "
+                f"{ENV_PREFIX}PUBLISH through docker-proxy) or auto (network with a local "
+                "engine, else published)"
+            )
         return cls(
             image=env.get(ENV_PREFIX + "IMAGE", "").strip() or cls.image,
             python=env.get(ENV_PREFIX + "PYTHON", "").strip() or cls.python,
@@ -106,7 +123,15 @@ class DockerOptions:
             docker_host=env.get("DOCKER_HOST") or None,
             publish=publish,
             artifacts=env.get(ENV_PREFIX + "ARTIFACTS") or None,
+            reach=reach,
         )
+
+    def reaches_network(self) -> bool:
+        """Whether the harness connects to the containers' own addresses on the cluster's
+        bridge (the engine on this host), not to ports published through docker-proxy."""
+        if self.reach == "auto":
+            return engine_is_local(self.docker_host)
+        return self.reach == "network"
 
 
 def _is_ip(text: str) -> bool:
@@ -384,11 +409,13 @@ class DockerCluster:
             "command": p.command,
             "detach": True,
             "labels": {LABEL: self.cluster_id, "recchaos.component": p.name},
-            "ports": {f"{p.port}/tcp": (self.docker.publish, None)},
             "environment": {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **self._secrets(p)},
             "network": self._network.name,
             "hostname": p.name,
+            "cap_add": CAPABILITIES,
         }
+        if not self.docker.reaches_network():
+            kw["ports"] = {f"{p.port}/tcp": (self.docker.publish, None)}
         if self.docker.host_mounts:
             kw["volumes"] = host_mounts(self._artifact_root(), self.docker.extra_mounts)
             kw["tmpfs"] = {"/tmp": "rw,size=256m"}
@@ -457,22 +484,36 @@ class DockerCluster:
     def _component_json(self, p: Planned) -> dict[str, Any]:
         c = p.container
         c.reload()
-        binding = (c.attrs["NetworkSettings"]["Ports"] or {}).get(f"{p.port}/tcp") or [{}]
-        host_port = binding[0].get("HostPort", "")
-        host = self.docker.publish if self.docker.publish not in ("0.0.0.0", "::") else "127.0.0.1"
-        if not engine_is_local(self.docker.docker_host):
-            host = _remote_host(self.docker.docker_host) or host
         return {
             "name": p.name,
             "role": p.role,
             "shard": p.shard,
             "pid": int(c.attrs["State"].get("Pid") or 0) or None,
-            "address": f"{host}:{host_port}",
+            "address": self._address(p),
             "internal_address": f"{p.name}:{p.port}",
             "container": c.id,
             "log": f"docker logs {c.name}",
             "command": p.command,
         }
+
+    def _address(self, p: Planned) -> str:
+        """Where the harness connects to ``p``: its address on the cluster's bridge (no
+        docker-proxy), or the port the engine published for it."""
+        attrs = p.container.attrs
+        if self.docker.reaches_network():
+            ip = attrs["NetworkSettings"]["Networks"][self._network.name]["IPAddress"]
+            if not ip:
+                raise StartError(
+                    f"{p.name} (container {p.container.name}) has no address on "
+                    f"{self._network.name}; set {ENV_PREFIX}REACH=published"
+                )
+            return f"{ip}:{p.port}"
+        binding = (attrs["NetworkSettings"]["Ports"] or {}).get(f"{p.port}/tcp") or [{}]
+        host_port = binding[0].get("HostPort", "")
+        host = self.docker.publish if self.docker.publish not in ("0.0.0.0", "::") else "127.0.0.1"
+        if not engine_is_local(self.docker.docker_host):
+            host = _remote_host(self.docker.docker_host) or host
+        return f"{host}:{host_port}"
 
     def _write_manifest(self, startup_s: float) -> None:
         comps = [self._component_json(p) for p in self._planned.values()]
@@ -482,6 +523,7 @@ class DockerCluster:
             "backend": "docker",
             "docker_host": self.docker.docker_host,
             "network": self._network.name,
+            "reach": "network" if self.docker.reaches_network() else "published",
             "cluster_id": self.cluster_id,
             "image": self._image,
             "gateway_url": f"http://{gateway['address']}",

@@ -12,13 +12,15 @@ On the way out it removes every container, network and image the engine holds, s
 and its process group (containerd and the shims: SIGTERM, SIGKILL after a grace period),
 unmounts what is left under its directory, removes the directory, and restores the host to what it recorded before:
 the network links (a bridge the engine made is deleted), iptables chains named ``DOCKER*``
-(and the rules that jump to them, and the FORWARD policy) and ``net.ipv4.ip_forward``.
+(and the rules that jump to them, and the FORWARD policy), ``net.ipv4.ip_forward`` and the
+cgroups (``/docker`` in each hierarchy, when the engine made it, is removed once empty).
 :meth:`leftovers` says what still differs.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -30,6 +32,7 @@ from harness.process import ManagedProcess
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 15.0
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def _run(*cmd: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
@@ -41,6 +44,17 @@ def _run(*cmd: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
 def links() -> set[str]:
     out = _run("ip", "-o", "link", "show").stdout
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+
+
+def cgroups() -> set[str]:
+    """The cgroup directories an engine makes, one or two levels below each hierarchy's root:
+    ``/ID`` (a container's 64 hex digits), or ``/docker`` and ``/docker/ID``. Nobody else's."""
+    out: set[str] = set()
+    for pattern in ("*/*/", "*/*/*/"):
+        for path in CGROUP_ROOT.glob(pattern):
+            if path.name == "docker" or re.fullmatch(r"[0-9a-f]{64}", path.name):
+                out.add(str(path).rstrip("/"))
+    return out
 
 
 def docker_rules() -> list[str]:
@@ -84,7 +98,10 @@ class PrivateDockerd:
     """``with PrivateDockerd() as engine:`` then ``engine.host`` is a ``unix://`` DOCKER_HOST
     (or ``engine.failure`` says why there is none)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cgroup_parent: str | None = None) -> None:
+        """``cgroup_parent``: the engine's ``--cgroup-parent`` (None: its default, ``/docker``
+        with cgroup v1 and cgroupfs; benchmarks/docker_backend.py compares it with ``/``)."""
+        self.cgroup_parent = cgroup_parent
         self.dir = Path(tempfile.mkdtemp(prefix="rcd-", dir="/tmp"))  # short: socket path limit
         self.proc: ManagedProcess | None = None
         self.failure: str | None = None
@@ -93,6 +110,7 @@ class PrivateDockerd:
         self._links = links()
         self._rules = docker_rules()
         self._forward = IP_FORWARD.read_text().strip()
+        self._cgroups = cgroups()
 
     @property
     def host(self) -> str:
@@ -110,7 +128,7 @@ class PrivateDockerd:
             "--iptables=false",
             "--ip-forward=false",
             f"--storage-driver={driver}",
-        ]
+        ] + ([f"--cgroup-parent={self.cgroup_parent}"] if self.cgroup_parent else [])
 
     def start(self) -> PrivateDockerd:
         if shutil.which("dockerd") is None:
@@ -232,6 +250,11 @@ class PrivateDockerd:
             if name.startswith(("docker", "br-", "veth")):
                 _run("ip", "link", "delete", name)
         remove_docker_rules(self._rules)
+        for path in sorted(cgroups() - self._cgroups, key=len, reverse=True):
+            try:  # an empty cgroup the engine made (its default parent, /docker)
+                Path(path).rmdir()
+            except OSError:
+                pass  # not empty, or gone: leftovers() says which
         if IP_FORWARD.read_text().strip() != self._forward:
             IP_FORWARD.write_text(self._forward + "\n")
         return errors + self.leftovers()
@@ -250,6 +273,9 @@ class PrivateDockerd:
             out.append(f"ip_forward is {IP_FORWARD.read_text().strip()}, was {self._forward}")
         if self.dir.exists():
             out.append(f"{self.dir} left")
+        new_cgroups = sorted(cgroups() - self._cgroups)
+        if new_cgroups:
+            out.append(f"cgroups left: {', '.join(new_cgroups)}")
         return out
 
     def __enter__(self) -> PrivateDockerd:

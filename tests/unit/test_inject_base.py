@@ -224,6 +224,23 @@ def test_the_timeline_entry_is_relative_to_the_stack_origin(monkeypatch):
     assert (event.kind, event.target, event.params) == ("fake", "a", {"n": 1})
 
 
+def test_a_fault_is_timed_from_when_applying_began_not_when_the_call_returned(monkeypatch):
+    """A `docker kill` returns a quarter of a second after its container died: the requests
+    sent meanwhile belong to the fault's window, not to the steady state before it."""
+    now = [5_000_000_000]
+    monkeypatch.setattr("harness.inject.base.time.monotonic_ns", lambda: now[0])
+
+    class SlowApply(Fake):
+        def apply(self) -> None:
+            super().apply()
+            now[0] += 250_000_000  # the engine's round trip, after the fault took effect
+
+    stack = FaultStack(origin_ns=1_000_000_000)
+    stack.apply(SlowApply("a", []))
+    (event,) = stack.events
+    assert event.inject_s == 4.0
+
+
 def test_heal_actions_are_checked():
     assert execute_heal_action({"action": "none"}) == "nothing to do"
     with pytest.raises(HealError, match="unknown heal action 'explode'"):
