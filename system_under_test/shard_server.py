@@ -745,6 +745,7 @@ def main(argv: list[str]) -> int:
         freeze_heap,
         run_until_signalled,
         serving_priority,
+        serving_share,
     )
 
     log = configure_process(f"shard-{args.shard}-{args.role}")
@@ -759,6 +760,8 @@ def main(argv: list[str]) -> int:
     if not serving_priority():
         log.warning("could not return to normal scheduling priority after start-up")
     service.warm_up(PRESETS[args.preset].model.n_candidates)
+    if not serving_share():
+        log.warning("could not return to a full CPU share after the warm-up")
     freeze_heap()
 
     def ready(port: int) -> str:

@@ -86,6 +86,25 @@ def windows_for(
     return tuple(_with_active(w, spans) for w in out if w.end_s > w.start_s)
 
 
+def unobserved_recoveries(
+    timeline: Sequence[FaultEvent], run_end: float, settle_s: float
+) -> tuple[str, ...]:
+    """One sentence per fault healed during the load whose *after* window the load's end cut
+    off: it healed, but the load stopped before the settling after it ended, so the run holds no
+    evidence about the recovery (and a verdict says nothing about it)."""
+    out = []
+    for event, label in zip(timeline, _unique_labels(timeline), strict=True):
+        heal = event.heal_s
+        if heal is None or heal >= run_end or heal + settle_s < run_end:
+            continue
+        out.append(
+            f"no after window for {label}: it healed at {heal:.1f} s and the load ended at"
+            f" {run_end:.1f} s, before the {settle_s:g} s of settling after the heal were over;"
+            " nothing in this run shows the recovery (lengthen the load or move the fault earlier)"
+        )
+    return tuple(out)
+
+
 def _span(event: FaultEvent, run_end: float) -> tuple[float, float]:
     heal = event.heal_s if event.heal_s is not None else run_end
     return event.inject_s, min(max(heal, event.inject_s), run_end)

@@ -43,6 +43,7 @@ from harness.inject.journal import Journal
 from harness.load.answers import AnswerCheck
 from harness.load.driver import LoadResult, run_load
 from harness.load.spec import RECOMMENDER_REQUEST, LoadJob
+from harness.metrics.windows import unobserved_recoveries
 from harness.model.errors import (
     EXIT_HARNESS,
     EXIT_INTERRUPTED,
@@ -331,9 +332,11 @@ def judge(
     cross: dict[str, Any],
     heal_errors: list[str],
     answers: dict[str, Any] | None = None,
+    log: Callable[[str], None] = lambda _line: None,
 ) -> Evaluation:
     """The evaluation (:func:`harness.checks.evaluate`, the run's own problems included),
-    written to ``run.json`` and ``details.json``."""
+    written to ``run.json`` and ``details.json``; warnings about what the run could not observe
+    go to ``log`` as well."""
     timeline = faults.timeline()
     end_s = job_end_s(result)
     problems = RunProblems(
@@ -343,7 +346,11 @@ def judge(
     )
     halt = record.record.halt
     ev = evaluate(scenario, result.log, timeline, end_s, problems=problems, halt=halt)
+    unobserved = unobserved_recoveries(timeline, end_s, scenario.settle_s)
+    for warning in unobserved:
+        log(f"warning: {warning}")
     record.update(
+        warnings=tuple(record.record.warnings) + unobserved,
         timeline=timeline,
         windows=tuple(w.to_dict() for w in ev.windows),
         checks=tuple(c.to_dict() for c in ev.checks),
@@ -574,7 +581,7 @@ def run_phases(
         tolerance=max(5, len(result.log) // 100),
     )
     answers = answer_details(scenario, setup, result)
-    ev = judge(scenario, result, faults, record, cross, heal_errors, answers)
+    ev = judge(scenario, result, faults, record, cross, heal_errors, answers, display.log)
     display.final(ev.verdict, record)
     return ev
 

@@ -38,6 +38,7 @@ from harness.process import (
     free_ports,
     listens,
     stop_processes,
+    tcp_open,
     wait_until,
 )
 from harness.sut.redis import RedisServer, parse_address
@@ -265,8 +266,11 @@ class RecommenderCluster:
         self._set_pid(name, proc.ref)
         host, port = comp["address"].rsplit(":", 1)
         # The new process itself must listen: the old one's socket can outlive its main thread.
+        # A refused connect first, though: psutil's socket listing reads every socket of the
+        # host, and twelve restarts polling it every 20 ms (cold_start) took 30-70% of a core
+        # at normal priority from the one gateway still serving.
         proc.wait_ready(
-            lambda: listens(proc.pid, host, int(port)),
+            lambda: tcp_open(host, int(port), 0.05) and listens(proc.pid, host, int(port)),
             timeout_s,
             f"{name} (PID {proc.pid}) listening again on {host}:{port}",
         )

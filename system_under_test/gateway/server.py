@@ -107,13 +107,15 @@ async def serve(
 ) -> int:
     from system_under_test.gateway.api import GatewayApp
     from system_under_test.gateway.listener import raise_file_limit, start_http_server
-    from system_under_test.runtime import serving_priority
+    from system_under_test.runtime import serving_priority, serving_share
 
     if not serving_priority():
         log.warning("could not return to normal scheduling priority after start-up")
     await _connect_all(service)
     app = GatewayApp(service)
     await warm_up(app, service, log)
+    if not serving_share():
+        log.warning("could not return to a full CPU share after the warm-up")
     if freeze_heap is not None:
         freeze_heap()  # after the warm-up: what it allocated for good is frozen too
     limits = settings.limits

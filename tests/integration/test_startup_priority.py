@@ -15,8 +15,10 @@ from system_under_test import runtime
 CHILD = r"""
 import json, os, sys, threading
 from system_under_test import runtime
+group_before = runtime.autogroup_nice()
 started = runtime.start_up_in_background(dict(os.environ))
 during = os.sched_getscheduler(0)
+group_during = runtime.autogroup_nice()
 # A thread made during start-up inherits SCHED_IDLE: serving_priority must move it too.
 ev, done = threading.Event(), threading.Event()
 t = threading.Thread(target=lambda: (ev.set(), done.wait(10)))
@@ -25,12 +27,17 @@ tid = t.native_id
 inherited = os.sched_getscheduler(tid)
 ok = runtime.serving_priority()
 after = [os.sched_getscheduler(int(x)) for x in os.listdir("/proc/self/task")]
+group_warming = runtime.autogroup_nice()  # the warm-up still runs at the low share
+share_ok = runtime.serving_share()
+group_after = runtime.autogroup_nice()
 done.set(); t.join(10)
-print(json.dumps({"started": started, "during": during, "inherited": inherited, "ok": ok, "after": after}))
+print(json.dumps({"started": started, "during": during, "inherited": inherited, "ok": ok,
+                  "after": after, "group_before": group_before, "group_during": group_during, "group_warming": group_warming, "share_ok": share_ok,
+                  "group_after": group_after}))
 """
 
 
-def run_child(**env: str) -> dict:
+def run_child(new_session: bool = True, **env: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", CHILD],
         env={**os.environ, **env},
@@ -38,6 +45,7 @@ def run_child(**env: str) -> dict:
         text=True,
         timeout=60,
         check=True,
+        start_new_session=new_session,  # like every component the launcher starts
     )
     return json.loads(out.stdout), out.stderr
 
@@ -66,3 +74,32 @@ def test_without_a_way_back_start_up_is_not_moved(monkeypatch):
     monkeypatch.setattr(runtime, "can_restore_priority", lambda: False)
     assert runtime.start_up_in_background({}) is False
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+@pytest.mark.skipif(not runtime.can_restore_priority(), reason="cannot leave SCHED_IDLE here")
+@pytest.mark.skipif(runtime.autogroup_nice() is None, reason="no scheduler autogroups here")
+def test_start_up_lowers_its_own_sessions_autogroup_and_serving_restores_it():
+    # Each component leads its own session, so its own autogroup: SCHED_IDLE alone would still
+    # compete with the serving sessions at full group weight.
+    got, _ = run_child(new_session=True, RECCHAOS_STARTUP_PRIORITY="idle")
+    assert got["group_before"] == 0
+    assert got["group_during"] == runtime.STARTUP_AUTOGROUP_NICE
+    assert got["ok"] is True and got["group_warming"] == runtime.STARTUP_AUTOGROUP_NICE
+    assert got["share_ok"] is True and got["group_after"] == 0
+
+
+@pytest.mark.skipif(not runtime.can_restore_priority(), reason="cannot leave SCHED_IDLE here")
+@pytest.mark.skipif(runtime.autogroup_nice() is None, reason="no scheduler autogroups here")
+def test_a_server_inside_another_session_leaves_that_sessions_autogroup_alone():
+    before = runtime.autogroup_nice()
+    got, _ = run_child(new_session=False, RECCHAOS_STARTUP_PRIORITY="idle")
+    assert got["group_during"] == before and got["group_after"] == before
+    assert got["share_ok"] is True
+    assert runtime.autogroup_nice() == before
+
+
+def test_autogroup_lines_parse():
+    assert runtime.parse_autogroup("/autogroup-12226 nice 19\n") == 19
+    assert runtime.parse_autogroup("/autogroup-1 nice -3") == -3
+    assert runtime.parse_autogroup("") is None
+    assert runtime.parse_autogroup("/autogroup-1 nice x") is None

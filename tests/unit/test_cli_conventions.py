@@ -97,6 +97,9 @@ def test_every_sut_command_help_names_the_command_typed(monkeypatch, capsys, com
     """``recchaos sut COMMAND --help`` prints its help (no formatting error) under the name the
     user typed, never ``python -m system_under_test``."""
     monkeypatch.setenv(cli.SUT_PROG_ENV, "recchaos sut")
+    # A server command moves its own process to the background before it parses (runtime.py):
+    # here that process is the test run's, which must keep its priority and its session's share.
+    monkeypatch.setenv("RECCHAOS_STARTUP_PRIORITY", "normal")
     with pytest.raises(SystemExit) as done:
         sut_main.main([command, "--help"])
     assert done.value.code == 0

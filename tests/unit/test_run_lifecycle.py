@@ -262,6 +262,22 @@ def test_what_the_run_could_not_test_is_recorded_as_a_warning(tmp_path):
     assert details["answers"]["checked"] is False
 
 
+def test_a_fault_healed_too_late_for_an_after_window_is_a_warning(tmp_path):
+    h = Harness(tmp_path)
+    late = FaultEvent(
+        "kill", "shard-0-primary", {}, "faults[0]", 4 * 10**9, 0.0, 11_500_000_000, None, True
+    )
+    h.plan = FakeFaultPlan(h.story, events=(late,))
+    outcome = h.run(scenario([KILL]))
+    assert outcome.verdict is Verdict.PASS  # nothing failed: the run just cannot see recovery
+    [warning] = saved(outcome)["warnings"]
+    assert warning.startswith(
+        "no after window for kill(shard-0-primary): it healed at 11.5 s and the load ended at"
+        " 12.0 s, before the 1 s of settling"
+    )
+    assert f"warning: {warning}" in h.lines
+
+
 def test_a_fail_is_judged_complete_with_the_failing_check(tmp_path):
     h = Harness(tmp_path, latency_ms=50.0)
     outcome = h.run(scenario())

@@ -30,6 +30,7 @@ from harness.metrics import (
     window_stats,
     windows_for,
 )
+from harness.metrics.windows import unobserved_recoveries
 from harness.model.record import FaultEvent
 from harness.model.requestlog import NOT_CHECKED, TIERS, empty_log, error_code
 from harness.model.scenario import load_scenario
@@ -99,6 +100,16 @@ def test_before_during_after_one_fault():
 def test_unhealed_fault_has_no_after_window():
     w = windows_for([event("freeze", "gateway", 10, None)], 0.0, 30.0, 5.0, 2.0)
     assert [(x.kind, x.end_s) for x in w] == [("before", 10.0), ("during", 30.0)]
+
+
+def test_a_heal_too_close_to_the_end_for_an_after_window_is_named():
+    late = event("kill", "shard-0-primary", 10, 22.5)
+    assert windows_for([late], 0.0, 23.5, 5.0, 2.0)[-1].kind == "during"
+    [sentence] = unobserved_recoveries([late], 23.5, 2.0)
+    assert sentence.startswith("no after window for kill(shard-0-primary): it healed at 22.5 s")
+    assert unobserved_recoveries([late], 24.6, 2.0) == ()  # an after window exists
+    assert unobserved_recoveries([event("freeze", "gateway", 10, None)], 23.5, 2.0) == ()
+    assert unobserved_recoveries([event("kill", "redis", 10, 30)], 23.5, 2.0) == ()
 
 
 def test_overlapping_faults_have_no_quiet_window_between():
