@@ -40,6 +40,7 @@ AUTOGROUP = "/proc/self/autogroup"
 # The autogroup nice of a session that is starting up: weight 15 against a serving session's
 # 1024 (the kernel's nice-to-weight table), the closest the autogroup has to SCHED_IDLE.
 STARTUP_AUTOGROUP_NICE = 19
+AUTOGROUP_RETRY_S = 1.0  # how long a change refused with EAGAIN (rate limit) is tried again
 
 
 def can_restore_priority() -> bool:
@@ -129,12 +130,25 @@ def _set_autogroup_nice(nice: int, path: str = AUTOGROUP) -> bool:
     terminal's, must not lower it). True when it took effect."""
     if not _leads_session():
         return False
-    try:
-        with open(path, "w") as f:
-            f.write(str(nice))
-        return True
-    except OSError:
-        return False
+    # Without CAP_SYS_ADMIN the kernel takes one autogroup change a tenth of a second, host
+    # wide, and answers EAGAIN to the others: a server that could not return to nice 0 would
+    # serve at a sixty-eighth of the CPU share, so the way back waits its turn.
+    deadline = time.monotonic() + AUTOGROUP_RETRY_S
+    while True:
+        try:
+            _write(path, str(nice))
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        except OSError:
+            return False
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def _set_policy(policy: int) -> bool:

@@ -420,8 +420,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.rejected:
             self._linger(transport)
         else:
-            self.closed = True
-            transport.close()
+            self._close(transport)
 
     def _linger(self, transport: asyncio.Transport) -> None:
         """After an error answer: send FIN, read and drop what comes, close on EOF or later."""
@@ -434,8 +433,7 @@ class HttpProtocol(asyncio.Protocol):
         if transport.can_write_eof():
             transport.write_eof()
         else:
-            self.closed = True
-            transport.close()
+            self._close(transport)
 
     def _update_reading(self) -> None:
         transport = self.transport
@@ -465,11 +463,25 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        self.closed = True
         if transport.get_write_buffer_size():
-            transport.abort()
+            self.closed = True
+            transport.abort()  # the descriptor goes now, the unsent answers with it
+            self.states.forget(self)
         else:
-            transport.close()
+            self._close(transport)
+
+    def _close(self, transport: asyncio.Transport) -> None:
+        """Close, and stop counting the connection against the cap at once where nothing is
+        left to send: its descriptor goes at the end of this loop iteration, but
+        ``connection_lost`` runs only in the next, after that iteration's accepts. A client
+        that read a ``Connection: close`` answer and connected again at once found its old
+        connection still counted (a 503 at the cap). With bytes still queued the descriptor
+        lives until they are sent, so it counts until ``connection_lost``."""
+        self.closed = True
+        flushed = not transport.get_write_buffer_size()
+        transport.close()
+        if flushed:
+            self.states.forget(self)
 
 
 def _log_task_error(task: asyncio.Task[None]) -> None:
