@@ -47,7 +47,9 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, leave_quietly: bool = False) -> int:
+    """Run one command; with ``leave_quietly`` (the ``python -m`` entry), a server that has
+    stopped leaves in the background of the machine (:func:`runtime.leave_quietly`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -67,8 +69,13 @@ def main(argv: list[str] | None = None) -> int:
 
         start_up_in_background()
     func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    code = int(func(rest) or 0)
+    if leave_quietly and name in BACKGROUND_START_UP:
+        from system_under_test.runtime import leave_quietly as leave
+
+        leave(code)
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(leave_quietly=True))

@@ -32,6 +32,7 @@ import resource
 import signal
 import sys
 import time
+from typing import NoReturn
 
 STARTUP_ENV = "RECCHAOS_STARTUP_PRIORITY"
 STARTUP_CHOICES = ("idle", "normal")
@@ -99,6 +100,29 @@ def serving_share() -> bool:
     return True
 
 
+def leave_quietly(code: int) -> NoReturn:
+    """Exit a stopped server in the background of the machine: idle priority and the low
+    autogroup share first, then ``os._exit`` once the logs are flushed, without the
+    interpreter's finalization.
+
+    A shard that stopped on SIGTERM spent about 200 ms of CPU at full share tearing down its
+    interpreter (torch, its tables, the module graph) after its last answer: in
+    ``rolling_restart`` the gateway then waited 6-9 ms on the run queue per 10 ms, and the
+    requests of those 300 ms took up to 42 ms. Nothing is left to do by then (the server has
+    answered what it took, its sockets are closed), so nothing is lost by skipping it."""
+    if hasattr(os, "SCHED_IDLE"):
+        _set_policy(os.SCHED_IDLE)
+    if autogroup_nice() == 0:
+        _set_autogroup_nice(STARTUP_AUTOGROUP_NICE, retry_s=0.0)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone: nothing more can be said there
+            pass
+    os._exit(code)
+
+
 def autogroup_nice(path: str = AUTOGROUP) -> int | None:
     """The nice value of this process's autogroup (``/autogroup-N nice V``); None where the
     kernel has no autogroups or the file cannot be read."""
@@ -124,7 +148,9 @@ def _leads_session() -> bool:
     return os.getsid(0) == os.getpid()
 
 
-def _set_autogroup_nice(nice: int, path: str = AUTOGROUP) -> bool:
+def _set_autogroup_nice(
+    nice: int, path: str = AUTOGROUP, retry_s: float = AUTOGROUP_RETRY_S
+) -> bool:
     """Give this process's autogroup ``nice``, only where the process leads its session (the
     autogroup is the whole session's: a server started inside someone else's session, a
     terminal's, must not lower it). True when it took effect."""
@@ -133,7 +159,7 @@ def _set_autogroup_nice(nice: int, path: str = AUTOGROUP) -> bool:
     # Without CAP_SYS_ADMIN the kernel takes one autogroup change a tenth of a second, host
     # wide, and answers EAGAIN to the others: a server that could not return to nice 0 would
     # serve at a sixty-eighth of the CPU share, so the way back waits its turn.
-    deadline = time.monotonic() + AUTOGROUP_RETRY_S
+    deadline = time.monotonic() + retry_s
     while True:
         try:
             _write(path, str(nice))
