@@ -202,9 +202,9 @@ def main(argv: list[str]) -> int:
     if not serving_priority():
         log.warning("could not return to normal scheduling priority after start-up")
     service.warm_up()
+    freeze_heap()  # a full collection (tens of ms with torch): still at the start-up share
     if not serving_share():
         log.warning("could not return to a full CPU share after the warm-up")
-    freeze_heap()
 
     def ready(port: int) -> str:
         return (

@@ -16,8 +16,10 @@ launcher and the harness start each with ``setsid``), and with the kernel's auto
 (``/proc/sys/kernel/sched_autogroup_enabled``) each session is a scheduling group of its own
 that competes with the others at its group weight, whatever the policy of the tasks inside. So
 the start-up also lowers its session's autogroup to nice 19 (:func:`_set_autogroup_nice`), and
-:func:`serving_share` restores it once the server is warm: the warm-up, at the normal policy
-(:func:`serving_priority`), still runs in the CPU the serving processes leave. Ten servers
+:func:`serving_share` restores it once the server is warm and its heap frozen (the full
+collection of :func:`freeze_heap` took 65-80 ms of CPU in a process that imported torch): the
+warm-up, at the normal policy (:func:`serving_priority`), still runs in the CPU the serving
+processes leave. Ten servers
 warming up at full share at once (``cold_start``: 48-96 requests each, end to end) held the
 one gateway still serving off the CPU for 15 ms and more.
 """
