@@ -189,7 +189,6 @@ def main(argv: list[str]) -> int:
         freeze_heap,
         run_until_signalled,
         serving_priority,
-        serving_share,
     )
 
     log = configure_process("region")
@@ -200,11 +199,11 @@ def main(argv: list[str]) -> int:
         return 1
     service = RegionService(model, version, token_from_env())
     if not serving_priority():
-        log.warning("could not return to normal scheduling priority after start-up")
+        log.warning(
+            "could not return to the normal scheduling priority and CPU share after start-up"
+        )
     service.warm_up()
-    freeze_heap()  # a full collection (tens of ms with torch): still at the start-up share
-    if not serving_share():
-        log.warning("could not return to a full CPU share after the warm-up")
+    freeze_heap()
 
     def ready(port: int) -> str:
         return (

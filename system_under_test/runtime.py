@@ -16,12 +16,13 @@ launcher and the harness start each with ``setsid``), and with the kernel's auto
 (``/proc/sys/kernel/sched_autogroup_enabled``) each session is a scheduling group of its own
 that competes with the others at its group weight, whatever the policy of the tasks inside. So
 the start-up also lowers its session's autogroup to nice 19 (:func:`_set_autogroup_nice`), and
-:func:`serving_share` restores it once the server is warm and its heap frozen (the full
-collection of :func:`freeze_heap` took 65-80 ms of CPU in a process that imported torch): the
-warm-up, at the normal policy (:func:`serving_priority`), still runs in the CPU the serving
-processes leave. Ten servers
-warming up at full share at once (``cold_start``: 48-96 requests each, end to end) held the
-one gateway still serving off the CPU for 15 ms and more.
+:func:`serving_priority` restores it with the normal policy, before the warm-up. Not later:
+a warm-up under the normal policy in a nice-19 autogroup keeps the core it runs on from
+counting as idle when a serving process wakes (only ``SCHED_IDLE`` tasks leave a core looking
+idle to the kernel's wake-up placement), so the serving processes queued on the other core
+while it ran: in ``rolling_restart`` (run after two other scenarios on one cluster) 6 of 10
+runs failed their p99 that way, the restarting shard holding one core while the gateway waited
+4-13 ms per 10 ms on the other.
 """
 
 from __future__ import annotations
@@ -85,13 +86,13 @@ def start_up_in_background(environ=os.environ) -> bool:
 
 
 def serving_priority() -> bool:
-    """Back to SCHED_OTHER for every thread of the process: call before the warm-up, so the
-    warm-up's threads (and the server's afterwards) run at the normal policy. True when every
-    thread runs under SCHED_OTHER afterwards. The session's autogroup stays low until
-    :func:`serving_share`."""
+    """Back to SCHED_OTHER for every thread of the process, and the session's autogroup back to
+    nice 0 (:func:`serving_share`): call before the warm-up, so the warm-up's threads (and the
+    server's afterwards) run at the normal policy and share. True when both took effect."""
+    shared = serving_share()
     if not hasattr(os, "SCHED_OTHER"):
-        return True
-    return _set_policy(os.SCHED_OTHER)
+        return shared
+    return _set_policy(os.SCHED_OTHER) and shared
 
 
 def serving_share() -> bool:

@@ -745,7 +745,6 @@ def main(argv: list[str]) -> int:
         freeze_heap,
         run_until_signalled,
         serving_priority,
-        serving_share,
     )
 
     log = configure_process(f"shard-{args.shard}-{args.role}")
@@ -758,11 +757,11 @@ def main(argv: list[str]) -> int:
     from system_under_test.config import PRESETS
 
     if not serving_priority():
-        log.warning("could not return to normal scheduling priority after start-up")
+        log.warning(
+            "could not return to the normal scheduling priority and CPU share after start-up"
+        )
     service.warm_up(PRESETS[args.preset].model.n_candidates)
-    freeze_heap()  # a full collection (tens of ms with torch): still at the start-up share
-    if not serving_share():
-        log.warning("could not return to a full CPU share after the warm-up")
+    freeze_heap()
 
     def ready(port: int) -> str:
         return (

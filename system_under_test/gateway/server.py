@@ -107,19 +107,17 @@ async def serve(
 ) -> int:
     from system_under_test.gateway.api import GatewayApp
     from system_under_test.gateway.listener import raise_file_limit, start_http_server
-    from system_under_test.runtime import serving_priority, serving_share
+    from system_under_test.runtime import serving_priority
 
     if not serving_priority():
-        log.warning("could not return to normal scheduling priority after start-up")
+        log.warning(
+            "could not return to the normal scheduling priority and CPU share after start-up"
+        )
     await _connect_all(service)
     app = GatewayApp(service)
     await warm_up(app, service, log)
     if freeze_heap is not None:
-        # After the warm-up (what it allocated for good is frozen too), and before the full
-        # share: the full collection takes tens of milliseconds of CPU.
-        freeze_heap()
-    if not serving_share():
-        log.warning("could not return to a full CPU share after the warm-up")
+        freeze_heap()  # after the warm-up: what it allocated for good is frozen too
     limits = settings.limits
     try:
         files = raise_file_limit(limits.max_connections)
