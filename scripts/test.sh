@@ -9,17 +9,38 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-run_pytest() {
+# pytest with a wall-clock budget in seconds (0: none). pytest exits 5 when it collected no test:
+# that is a failure here, never a pass.
+run_pytest_within() {
+  local budget=$1
+  shift
   set +e
-  .venv/bin/python -m pytest "$@"
+  # --foreground: a Ctrl-C at the terminal still reaches pytest
+  timeout --foreground --kill-after=60 "$budget" .venv/bin/python -m pytest "$@"
   local code=$?
   set -e
-  # pytest exits 5 when it collected no test: that is a failure here, never a pass.
   if [ "$code" = 5 ]; then
     echo "test.sh: pytest ran no test ($*)" >&2
     return 1
   fi
   return "$code"
+}
+run_pytest() { run_pytest_within 0 "$@"; }
+
+# Every process a tier starts inherits this tag; what still carries it after the tier is a
+# leftover (harness/process/leftovers.py): stopped, named, and the tier fails. Left alone, a
+# leftover takes the CPU, ports or memory of the tiers after it.
+export RECCHAOS_TEST_RUN="${RECCHAOS_TEST_RUN:-test.sh-$$-$(date +%s%N)}"
+
+# Wall-clock budget per tier, several times its usual time (tests/README.md): a tier past it is
+# stopped (SIGTERM, SIGKILL a minute later) and reported, instead of a whole run that never ends.
+tier_budget_s() {
+  case "$1" in
+    unit) echo 300 ;;
+    integration) echo 2000 ;;
+    chaos) echo 1500 ;;
+    docker) echo 900 ;;
+  esac
 }
 
 # Each tier gets a pytest process of its own: the chaos suite judges latency against a 20 ms SLA,
@@ -28,14 +49,24 @@ run_pytest() {
 run_tier() {
   local tier=$1
   shift
+  local budget code=0
+  budget=$(tier_budget_s "$tier")
   case "$tier" in
     # Two xdist workers: the unit tier is CPU-bound pure logic (about 40 s of CPU in one process).
-    unit) run_pytest -n 2 tests/unit "$@" ;;
-    integration) run_pytest tests/integration -m "not docker" "$@" ;;
-    chaos) run_pytest scenarios --chaos-profile pr "$@" ;;
-    docker) run_pytest tests -m docker "$@" ;;
+    unit) run_pytest_within "$budget" -n 2 tests/unit "$@" || code=$? ;;
+    integration) run_pytest_within "$budget" tests/integration -m "not docker" "$@" || code=$? ;;
+    chaos) run_pytest_within "$budget" scenarios --chaos-profile pr "$@" || code=$? ;;
+    docker) run_pytest_within "$budget" tests -m docker "$@" || code=$? ;;
     *) echo "test.sh: unknown tier '$tier' (unit, integration, chaos, docker)" >&2; return 2 ;;
   esac
+  if [ "$code" = 124 ] || [ "$code" = 137 ]; then
+    echo "test.sh: the $tier tier ran past its budget of $budget s and was stopped" >&2
+  fi
+  if ! .venv/bin/python -m harness.process.leftovers "RECCHAOS_TEST_RUN=$RECCHAOS_TEST_RUN" \
+    --after "the $tier tier"; then
+    [ "$code" != 0 ] || code=1
+  fi
+  return "$code"
 }
 
 case "${1:-}" in

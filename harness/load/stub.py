@@ -50,6 +50,7 @@ from typing import Any
 import httptools
 
 from harness.load._timerfd import TimerFd
+from harness.process.realtime import enter_realtime
 
 REASONS = {
     200: "OK",
@@ -379,11 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.priority = "normal"
     if args.realtime:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-            args.priority = "realtime"
-        except (OSError, AttributeError) as exc:
-            args.priority = f"normal (realtime refused: {exc})"
+        refused = enter_realtime()
+        args.priority = "realtime" if refused is None else f"normal (realtime refused: {refused})"
     if args.no_uvloop:
         asyncio.run(_main(args))
     else:

@@ -69,6 +69,7 @@ from harness.model.requestlog import (
     write_answers,
     write_log,
 )
+from harness.process.realtime import enter_realtime, left_realtime
 
 # filled in by _load_gevent(), inside the worker process only
 gevent: Any = None
@@ -461,6 +462,8 @@ def apply_priority(job: LoadJob) -> str:
     lag p99 reached 1-6 ms; as SCHED_FIFO (priority 10) the bare timerfd wake-up kept p99 near
     0.1 ms under the same load. It never spins with timerfd, so it takes only the CPU it needs
     (and the kernel caps real-time tasks at 95% of a CPU). ``timer: spin`` is never real-time.
+    :func:`~harness.process.realtime.enter_realtime` bounds it: a worker that ran a second of
+    CPU without blocking goes back to normal priority, and its summary's ``priority`` says so.
     """
     wanted = job.priority
     notes = []
@@ -468,12 +471,11 @@ def apply_priority(job: LoadJob) -> str:
         wanted = "high"
         notes.append("realtime refused for timer spin (it would hold a CPU)")
     if wanted == "realtime":
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+        refused = enter_realtime(REALTIME_PRIORITY)
+        if refused is None:
             return "realtime"
-        except (OSError, AttributeError) as exc:
-            notes.append(f"realtime refused ({exc})")
-            wanted = "high"
+        notes.append(f"realtime refused ({refused})")
+        wanted = "high"
     if wanted == "high":
         try:
             os.setpriority(os.PRIO_PROCESS, 0, HIGH_NICE)
@@ -717,6 +719,9 @@ class WorkerProcess:
             self.progress.kill(block=False)
         cpu = self.usage.since() if self.usage else {"user_s": 0.0, "sys_s": 0.0, "wall_s": 0.0}
         partial = bool(self.stopped_by) or self.error is not None
+        left = left_realtime()
+        if left:  # the run-away bound took it back to normal priority: the summary says so
+            self.priority += f"; left realtime ({left['why']})"
         _finish(self.job, self.engine, cpu, partial, self.error, self.priority)
         code = 0 if self.error is None else 1
         if self.runner is not None:

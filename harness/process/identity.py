@@ -203,3 +203,55 @@ def _threads_left(pid: int) -> bool:
         if state not in ("Z", "X", "x"):
             return True
     return False
+
+
+_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE"}
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """``/proc/PID/stat`` split after the command (which may hold spaces); field 3 is [0]."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def stuck_report(pid: int) -> str:
+    """Why a signalled process may not have died yet, for an error message: its state and
+    scheduling policy, and every runnable real-time process on the machine (a real-time task
+    that never blocks keeps a same-priority one from running at all, even to act on SIGKILL)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return "it is gone now"
+    state, cpu, rt_prio, policy = fields[0], fields[36], fields[37], int(fields[38])
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            wchan = f.read().strip()
+    except OSError:
+        wchan = ""
+    where = f", waiting in {wchan}" if wchan not in ("", "0") else ""
+    parts = [
+        f"state {state}, {_POLICIES.get(policy, policy)}"
+        + (f" {rt_prio}" if policy in (1, 2) else "")
+        + f", last on CPU {cpu}{where}"
+    ]
+    hogs = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pid:
+            continue
+        other = _stat_fields(entry)
+        if other is None or int(other[38]) not in (1, 2) or other[0] != "R":
+            continue
+        cpu_s = (int(other[11]) + int(other[12])) / os.sysconf("SC_CLK_TCK")
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:100]
+        except OSError:
+            cmd = "?"
+        hogs.append(
+            f"PID {entry} ({cmd or 'kernel'}: {_POLICIES[int(other[38])]} {other[37]}, {cpu_s:.1f} s CPU)"
+        )
+    parts.append("runnable real-time processes: " + ("; ".join(hogs) if hogs else "none"))
+    return "; ".join(parts)

@@ -28,7 +28,7 @@ from typing import IO, Protocol
 
 import psutil
 
-from harness.process.identity import ProcessRef
+from harness.process.identity import ProcessRef, stuck_report
 from harness.process.readiness import StartError, log_tail
 
 POLL_S = 0.02
@@ -205,7 +205,8 @@ class ManagedProcess:
                 self.popen.wait(timeout=kill_wait_s)
             except subprocess.TimeoutExpired:
                 raise StartError(
-                    f"{self.name} (PID {self.pid}) survived SIGKILL for {kill_wait_s:g} s"
+                    f"{self.name} (PID {self.pid}) survived SIGKILL for {kill_wait_s:g} s: "
+                    f"{stuck_report(self.pid)}"
                 ) from None
         for stream in (self.popen.stdin, self.popen.stdout):
             if stream is not None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.auth import TOKEN_VARIABLE, token_from_env
+from harness.process.realtime import enter_realtime
 from harness.proxy.config import (
     Address,
     ProxyConfigError,
@@ -685,10 +686,10 @@ def main(argv: list[str] | None = None) -> int:
         # it is asked for. Event-driven and a few microseconds per chunk, so it takes little
         # CPU from what it preempts. A +5 ms fault shifted the median by 5.55 ms at normal
         # priority on a busy 2-core machine (5.2-5.3 ms when quiet).
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(PROXY_RT_PRIORITY))
-        except (OSError, AttributeError) as exc:
-            log.info("running at normal priority: SCHED_FIFO refused (%s)", exc)
+        # Bounded: a second of CPU without blocking takes it back to normal priority.
+        refused = enter_realtime(PROXY_RT_PRIORITY)
+        if refused is not None:
+            log.info("running at normal priority: %s", refused)
     try:
         if args.loop == "uvloop":
             import uvloop
