@@ -96,8 +96,8 @@ def serving_priority() -> bool:
 
 
 def serving_share() -> bool:
-    """The session's autogroup back to nice 0 where the start-up lowered it: call once warm,
-    right before serving. True when the autogroup is back (or was never lowered)."""
+    """The session's autogroup back to nice 0 where the start-up lowered it (done by
+    :func:`serving_priority`). True when the autogroup is back (or was never lowered)."""
     if _leads_session() and autogroup_nice() == STARTUP_AUTOGROUP_NICE:
         return _set_autogroup_nice(0)
     return True

@@ -459,16 +459,17 @@ class HttpProtocol(asyncio.Protocol):
             self._next()
 
     def close_now(self) -> None:
-        """Close at once (idle timeout, eviction, end of lingering); drop unsent answers."""
+        """Close at once (idle timeout, eviction, end of lingering); drop unsent answers. The
+        descriptor goes in this loop turn either way, so the cap stops counting it now."""
         transport = self.transport
         if transport is None:
             return
+        self.closed = True
         if transport.get_write_buffer_size():
-            self.closed = True
-            transport.abort()  # the descriptor goes now, the unsent answers with it
-            self.states.forget(self)
+            transport.abort()
         else:
-            self._close(transport)
+            transport.close()
+        self.states.forget(self)
 
     def _close(self, transport: asyncio.Transport) -> None:
         """Close, and stop counting the connection against the cap at once where nothing is

@@ -230,8 +230,7 @@ class HttpServer:
             if waiting:
                 conn = next(iter(waiting))
                 del waiting[conn]
-                conn.close_now()
-                self.states.open.discard(conn)
+                conn.close_now()  # uncounted at once (HttpProtocol.close_now)
                 self.evicted_total += 1
                 return True
         return False
