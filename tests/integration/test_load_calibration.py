@@ -91,7 +91,7 @@ class Stub:
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stub]:
     argv = [sys.executable, "-m", "harness.load.stub", "--port", "0", "--service-ms", "2",
-            "--tier", "primary", "--realtime"]  # fmt: skip
+            "--tier", "primary", "--realtime", "--parent-pid", str(os.getpid())]  # fmt: skip
     log = tmp_path_factory.mktemp("stub") / "stub.stderr"
     with ManagedProcess(argv, log, name="stub", cwd=REPO, pipes=True) as proc:
         yield Stub(read_json_line(proc, STUB_READY_S, "stub")["port"])
