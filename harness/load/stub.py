@@ -1,7 +1,7 @@
 """A stub HTTP server with known behaviour, for calibrating the load generator.
 
     python -m harness.load.stub --port 0 --service-ms 2 [--tier primary] [--status 200]
-        [--realtime] [--answer recommender [--items 10] [--catalogue 1000]
+        [--realtime] [--parent-pid PID] [--answer recommender [--items 10] [--catalogue 1000]
         [--wrong-share 0.1 --wrong-kind nan --seed 7]]
 
 Every request (any method, any path outside ``/_stub/``) is answered ``service_ms`` after it
@@ -29,6 +29,10 @@ Control endpoints, answered at once, even while frozen:
   stub's own part of a measured service time, for calibrations that compare against it.
 
 Once listening it prints one line, ``{"event": "ready", "port": P, "pid": PID}``, on stdout.
+With ``--parent-pid PID`` it stops by itself within a second once that process is gone (it was
+re-parented), as the fault proxy does: a test process that dies without its teardown (a tier
+stopped at its budget, a SIGKILL) must not leave its stub serving, at real-time priority with
+``--realtime``, for every tier after it.
 """
 
 from __future__ import annotations
@@ -337,11 +341,26 @@ async def _main(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     ready = {"event": "ready", "port": port, "pid": os.getpid(), "priority": args.priority}
     print(json.dumps(ready), flush=True)
+    watch = None
+    if args.parent_pid is not None:
+        watch = loop.create_task(watch_parent(args.parent_pid, stop))
     try:
         await stop.wait()
     finally:
+        if watch is not None:
+            watch.cancel()
         server.close()
         stub.close()
+
+
+async def watch_parent(pid: int, stop: asyncio.Event, interval_s: float = 0.5) -> None:
+    """Set ``stop`` once process ``pid`` is no longer our parent (it died: we were re-parented)."""
+    while not stop.is_set():
+        if os.getppid() != pid:
+            print(f"stub: parent process {pid} is gone: stopping", file=sys.stderr, flush=True)
+            stop.set()
+            return
+        await asyncio.sleep(interval_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tier", default="", help="X-Recchaos-Tier header value (none when empty)")
     p.add_argument("--status", type=int, default=200)
     p.add_argument("--no-uvloop", action="store_true", help="plain asyncio event loop")
+    p.add_argument(
+        "--parent-pid",
+        type=int,
+        help="stop when this process is gone (pass the starter's own PID: a stub must not "
+        "outlive the test or harness that started it)",
+    )
     p.add_argument(
         "--answer",
         choices=("", "recommender"),

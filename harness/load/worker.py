@@ -534,9 +534,10 @@ def _user_class(proc: WorkerProcess) -> type:
     return OpenLoopUser
 
 
-def _progress_loop(engine: OpenLoop, interval_s: float) -> None:
+def _progress_loop(engine: OpenLoop, interval_s: float, parent: int) -> None:
+    """Progress lines; stops the engine once ``parent`` (our parent when the process started)
+    is gone."""
     last_sent, last_t = 0, time.monotonic()
-    parent = os.getppid()
     while True:
         gevent.sleep(interval_s)
         if os.getppid() != parent:  # orphaned: whoever started us is gone, stop sending
@@ -591,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
         "--expect-workers", type=int, default=1, help="workers the master waits for (default 1)"
     )
     args = p.parse_args(argv)
+    # Who started us, read now: a parent that died while we started up (the import, the wait for
+    # the start) would otherwise go unnoticed, and we would send the whole schedule orphaned.
+    args.parent_pid = os.getppid()
     job = LoadJob.read(args.job)
     os.makedirs(job.output_dir, exist_ok=True)
     _load_gevent()
@@ -706,7 +710,9 @@ class WorkerProcess:
         engine = self.engine
         assert engine is not None
         self.usage = _Usage()
-        self.progress = gevent.spawn(_progress_loop, engine, self.job.progress_interval_s)
+        self.progress = gevent.spawn(
+            _progress_loop, engine, self.job.progress_interval_s, self.args.parent_pid
+        )
         deadline_s = self.job.duration_s + self.job.timeout_s + 60
         if not self.dispatched.wait(timeout=deadline_s):
             self.error = f"the schedule did not finish within {deadline_s:.0f} s"

@@ -85,7 +85,7 @@ def rx_packets(device: str) -> int:
 @contextlib.contextmanager
 def stub_on(host: str, log: Path) -> Iterator[str]:
     argv = [sys.executable, "-m", "harness.load.stub", "--host", host, "--port", "0",
-            "--service-ms", "2", "--tier", "primary"]  # fmt: skip
+            "--service-ms", "2", "--tier", "primary", "--parent-pid", str(os.getpid())]  # fmt: skip
     with ManagedProcess(argv, log, name="stub", cwd=REPO, pipes=True) as proc:
         assert proc.popen is not None and proc.popen.stdout is not None
         ready, _, _ = select.select([proc.popen.stdout], [], [], 20)
