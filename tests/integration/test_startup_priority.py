@@ -27,8 +27,8 @@ tid = t.native_id
 inherited = os.sched_getscheduler(tid)
 ok = runtime.serving_priority()
 after = [os.sched_getscheduler(int(x)) for x in os.listdir("/proc/self/task")]
-group_warming = runtime.autogroup_nice()  # the warm-up still runs at the low share
-share_ok = runtime.serving_share()
+group_warming = runtime.autogroup_nice()  # serving_priority gave the share back: the warm-up runs at it
+share_ok = runtime.serving_share()  # idempotent once the share is back
 group_after = runtime.autogroup_nice()
 done.set(); t.join(10)
 print(json.dumps({"started": started, "during": during, "inherited": inherited, "ok": ok,
