@@ -53,7 +53,15 @@ run_tier() {
   budget=$(tier_budget_s "$tier")
   case "$tier" in
     # Two xdist workers: the unit tier is CPU-bound pure logic (about 40 s of CPU in one process).
-    unit) run_pytest_within "$budget" -n 2 tests/unit "$@" || code=$? ;;
+    # Plugin autoloading off, the plugins it uses named (the recchaos plugin comes from the root
+    # conftest): pytest marks every module of an autoloaded plugin's distribution for assertion
+    # rewriting, so each worker rewrote Hypothesis's 80 modules from source at collection, and the
+    # controller again at the session's end (Hypothesis's terminal summary imports it): 2.5 s of
+    # the tier's 30 s. pytest-benchmark, which the unit tier does not use, is not loaded either.
+    unit)
+      run_pytest_within "$budget" -n 2 --disable-plugin-autoload -p xdist -p timeout \
+        -p hypothesispytest tests/unit "$@" || code=$?
+      ;;
     integration) run_pytest_within "$budget" tests/integration -m "not docker" "$@" || code=$? ;;
     chaos) run_pytest_within "$budget" scenarios --chaos-profile pr "$@" || code=$? ;;
     docker) run_pytest_within "$budget" tests -m docker "$@" || code=$? ;;
