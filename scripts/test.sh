@@ -32,6 +32,12 @@ run_pytest() { run_pytest_within 0 "$@"; }
 # leftover takes the CPU, ports or memory of the tiers after it.
 export RECCHAOS_TEST_RUN="${RECCHAOS_TEST_RUN:-test.sh-$$-$(date +%s%N)}"
 
+# Hypothesis keeps what it computes once per machine (the Unicode tables st.text() draws from, the
+# constants it harvests from the project's modules) in its storage directory, .hypothesis/ in the
+# checkout by default: from a fresh clone each unit worker rebuilt them, 1.4 s of its first tests.
+# They live beside the model artifacts in the user's cache instead, with the example database.
+export HYPOTHESIS_STORAGE_DIRECTORY="${HYPOTHESIS_STORAGE_DIRECTORY:-${XDG_CACHE_HOME:-$HOME/.cache}/recchaos/hypothesis}"
+
 # Wall-clock budget per tier, several times its usual time (tests/README.md): a tier past it is
 # stopped (SIGTERM, SIGKILL a minute later) and reported, instead of a whole run that never ends.
 tier_budget_s() {
