@@ -28,3 +28,12 @@ def children() -> Iterator[Children]:
     finally:
         for proc in procs:
             proc.stop(grace_s=0.0)  # SIGCONT + SIGKILL at once: a test's leftovers need no grace
+
+
+def exited(pid: int) -> bool:
+    """True once ``pid`` has exited: gone, or a zombie until whoever adopted it reaps it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from children import exited
 
 from harness.auth import TOKEN_VARIABLE, new_token
 from harness.process import ManagedProcess, free_port
@@ -499,14 +500,6 @@ def test_cli_routes_file_and_ready_file(echo: int, tmp_path: Path) -> None:
     assert proc.returncode == 0
 
 
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")  # exited (a zombie until whoever adopted it reaps it)
-
-
 def test_proxy_exits_when_its_parent_dies(echo: int, tmp_path: Path) -> None:
     script = (
         "import os, sys\n"
@@ -521,9 +514,9 @@ def test_proxy_exits_when_its_parent_dies(echo: int, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout.strip())
     deadline = time.monotonic() + 5
-    while not _gone(pid) and time.monotonic() < deadline:
+    while not exited(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if not _gone(pid):  # never leave it behind, even when the test fails
+    if not exited(pid):  # never leave it behind, even when the test fails
         os.kill(pid, signal.SIGKILL)
         pytest.fail(f"proxy {pid} outlived its parent:\n{(tmp_path / 'proxy.log').read_text()}")
     assert "parent process" in (tmp_path / "proxy.log").read_text()

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from children import exited
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +31,6 @@ ready = json.loads(stub.stdout.readline())
 print(ready["pid"], flush=True)
 time.sleep(60)
 """
-
-
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")  # exited (a zombie until whoever adopted it reaps it)
 
 
 def test_the_stub_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
@@ -58,9 +51,9 @@ def test_the_stub_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
         parent.kill()
         parent.wait(timeout=10)
     deadline = time.monotonic() + 5
-    while not _gone(pid) and time.monotonic() < deadline:
+    while not exited(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if not _gone(pid):  # never leave it behind, even when the test fails
+    if not exited(pid):  # never leave it behind, even when the test fails
         os.kill(pid, signal.SIGKILL)
         pytest.fail(f"stub {pid} outlived its parent by 5 s:\n{log.read_text()}")
     assert "parent process" in log.read_text()
