@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,3 +39,16 @@ def exited(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state in ("Z", "X")
+
+
+def exited_within(pid: int, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for ``pid`` to exit; one still running then is SIGKILLed (a test
+    never leaves it behind, even when it fails) and the answer is False."""
+    deadline = time.monotonic() + timeout_s
+    while not exited(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if exited(pid):
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return False

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import socketserver
 import statistics
@@ -24,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from children import exited
+from children import exited_within
 
 from harness.auth import TOKEN_VARIABLE, new_token
 from harness.process import ManagedProcess, free_port
@@ -513,10 +512,6 @@ def test_proxy_exits_when_its_parent_dies(echo: int, tmp_path: Path) -> None:
                          timeout=30, cwd=REPO)  # fmt: skip
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout.strip())
-    deadline = time.monotonic() + 5
-    while not exited(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not exited(pid):  # never leave it behind, even when the test fails
-        os.kill(pid, signal.SIGKILL)
+    if not exited_within(pid, 5.0):
         pytest.fail(f"proxy {pid} outlived its parent:\n{(tmp_path / 'proxy.log').read_text()}")
     assert "parent process" in (tmp_path / "proxy.log").read_text()
