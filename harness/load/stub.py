@@ -54,6 +54,7 @@ from typing import Any
 import httptools
 
 from harness.load._timerfd import TimerFd
+from harness.process.parent import watch_parent
 from harness.process.realtime import enter_realtime
 
 REASONS = {
@@ -343,7 +344,13 @@ async def _main(args: argparse.Namespace) -> None:
     print(json.dumps(ready), flush=True)
     watch = None
     if args.parent_pid is not None:
-        watch = loop.create_task(watch_parent(args.parent_pid, stop))
+        watch = loop.create_task(
+            watch_parent(
+                args.parent_pid,
+                stop,
+                lambda line: print(f"stub: {line}", file=sys.stderr, flush=True),
+            )
+        )
     try:
         await stop.wait()
     finally:
@@ -351,16 +358,6 @@ async def _main(args: argparse.Namespace) -> None:
             watch.cancel()
         server.close()
         stub.close()
-
-
-async def watch_parent(pid: int, stop: asyncio.Event, interval_s: float = 0.5) -> None:
-    """Set ``stop`` once process ``pid`` is no longer our parent (it died: we were re-parented)."""
-    while not stop.is_set():
-        if os.getppid() != pid:
-            print(f"stub: parent process {pid} is gone: stopping", file=sys.stderr, flush=True)
-            stop.set()
-            return
-        await asyncio.sleep(interval_s)
 
 
 def main(argv: list[str] | None = None) -> int:

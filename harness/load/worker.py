@@ -82,7 +82,6 @@ DRAIN_GRACE_S = 0.5  # in-flight requests get this long after SIGTERM before the
 START_LEAD_NS = 50_000_000  # a worker that starts itself begins 50 ms after it is ready
 SPIN_MARGIN_NS = 2_000_000  # timer: spin sleeps until 2 ms before the due time, then yields
 MAX_SLEEP_S = 0.05  # long waits are cut in slices so a stop is noticed
-REALTIME_PRIORITY = 10  # SCHED_FIFO 1-99: low among real-time tasks, above every normal one
 HIGH_NICE = -10
 
 E_OK = 0
@@ -471,7 +470,7 @@ def apply_priority(job: LoadJob) -> str:
         wanted = "high"
         notes.append("realtime refused for timer spin (it would hold a CPU)")
     if wanted == "realtime":
-        refused = enter_realtime(REALTIME_PRIORITY)
+        refused = enter_realtime()
         if refused is None:
             return "realtime"
         notes.append(f"realtime refused ({refused})")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.auth import TOKEN_VARIABLE, token_from_env
+from harness.process.parent import watch_parent
 from harness.process.realtime import enter_realtime
 from harness.proxy.config import (
     Address,
@@ -54,7 +55,6 @@ from harness.proxy.config import (
 HIGH_WATER = 1 << 20
 """Bytes a pipe may hold (queued by a fault) before it stops reading its source."""
 LOW_WATER = 256 << 10
-PROXY_RT_PRIORITY = 10  # SCHED_FIFO, as the load worker: above every normal task
 EARLY_S = 0.0006
 """A piece due this soon is written now. uvloop timers count whole milliseconds on a clock
 that is itself up to a millisecond off, so a timer can fire up to ~1 ms early; re-arming for
@@ -615,17 +615,6 @@ def write_ready_file(path: Path, proxy: Proxy, control_url: str) -> None:
     os.replace(tmp, path)
 
 
-async def watch_parent(pid: int, stop: asyncio.Event, interval_s: float = 0.5) -> None:
-    """Stop when the process that started us is gone (we were re-parented), so a harness that
-    dies cannot leave its proxy behind."""
-    while not stop.is_set():
-        if os.getppid() != pid:
-            log.warning("parent process %d is gone: stopping", pid)
-            stop.set()
-            return
-        await asyncio.sleep(interval_s)
-
-
 async def serve(args: argparse.Namespace, routes: list[Route], token: str) -> None:
     from harness.proxy.control import start_control
 
@@ -646,7 +635,7 @@ async def serve(args: argparse.Namespace, routes: list[Route], token: str) -> No
         gc.collect()
         gc.freeze()  # start-up objects never need collecting again
         if args.parent_pid is not None:
-            loop.create_task(watch_parent(args.parent_pid, stop))
+            loop.create_task(watch_parent(args.parent_pid, stop, log.warning))
         await stop.wait()
         log.info(
             "stopping: closing %d listeners and %d connections",
@@ -687,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         # CPU from what it preempts. A +5 ms fault shifted the median by 5.55 ms at normal
         # priority on a busy 2-core machine (5.2-5.3 ms when quiet).
         # Bounded: a second of CPU without blocking takes it back to normal priority.
-        refused = enter_realtime(PROXY_RT_PRIORITY)
+        refused = enter_realtime()
         if refused is not None:
             log.info("running at normal priority: %s", refused)
     try:
