@@ -50,6 +50,10 @@ tier_budget_s() {
   esac
 }
 
+# What the latency figures ran on: the CPUs, the real-time budgets and the CPU cgroup (autogroups
+# apply only in the root one), in the log before the first tier (harness/process/machine.py).
+echo "test.sh: $(.venv/bin/python -m harness.process.machine)"
+
 # Each tier gets a pytest process of its own: the chaos suite judges latency against a 20 ms SLA,
 # and in a process that had run several hundred tests first its restart windows measured
 # 20-24 ms. The docker tier runs last: it builds an image and starts a Docker engine.
