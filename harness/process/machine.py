@@ -2,7 +2,9 @@
 
 Latency figures depend on it, and two machines with the same kernel can differ: autogroups (the
 per-session fair share the recommender's servers use to start in the background) apply only to
-processes in the root CPU cgroup, and a real-time task in another cgroup draws on that cgroup's
+processes in the root CPU cgroup and exist only for sessions started since boot (a job whose
+line of parents never called setsid shares the default group), and a real-time task in another
+cgroup draws on that cgroup's
 own real-time budget (``cpu.rt_runtime_us`` per ``cpu.rt_period_us``, where the kernel has real-time
 group scheduling), shared by every real-time task in it. ``scripts/test.sh`` prints the line
 before the first tier, so that a run's log says what it ran on.
@@ -65,7 +67,9 @@ def describe(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgrou
             where += f", its real-time budget {rt} us per {_read(group / 'cpu.rt_period_us')} us"
         parts.append(where)
     autogroup = _read(proc / "self/autogroup")
-    parts.append(f"autogroup {autogroup}" if autogroup else "no autogroup (not the root cgroup?)")
+    # Empty for a process in the default group (no setsid since boot up its line of parents);
+    # the recommender's servers lead sessions of their own and get one each all the same.
+    parts.append(f"autogroup {autogroup}" if autogroup else "no autogroup of its own (default)")
     rtprio = resource.getrlimit(resource.RLIMIT_RTPRIO)
     parts.append(f"RLIMIT_RTPRIO {rtprio[0]}/{rtprio[1]}")
     return "; ".join(parts)

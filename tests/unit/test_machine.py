@@ -28,7 +28,7 @@ def test_a_job_in_its_own_cgroup_reports_that_cgroups_real_time_budget(tmp_path:
     line = describe(proc, root)
     assert "real-time budget 950000 us per 1000000 us" in line
     assert "CPU cgroup /ci/job (v1), its real-time budget 10000 us per 1000000 us" in line
-    assert "no autogroup" in line
+    assert "no autogroup of its own" in line
 
 
 def test_the_root_cgroup_with_an_autogroup(tmp_path: Path):
