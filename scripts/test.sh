@@ -52,7 +52,7 @@ tier_budget_s() {
 
 # What the latency figures ran on: the CPUs, the real-time budgets and the CPU cgroup (autogroups
 # apply only in the root one), in the log before the first tier (harness/process/machine.py).
-echo "test.sh: $(.venv/bin/python -m harness.process.machine)"
+echo "test.sh: $(.venv/bin/python -m harness.process.machine 2>&1 || echo "scheduler: not described")"
 
 # Each tier gets a pytest process of its own: the chaos suite judges latency against a 20 ms SLA,
 # and in a process that had run several hundred tests first its restart windows measured
