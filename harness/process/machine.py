@@ -4,9 +4,9 @@ Latency figures depend on it, and two machines with the same kernel can differ: 
 per-session fair share the recommender's servers use to start in the background) apply only to
 processes in the root CPU cgroup and exist only for sessions started since boot (a job whose
 line of parents never called setsid shares the default group), and a real-time task in another
-cgroup draws on that cgroup's
-own real-time budget (``cpu.rt_runtime_us`` per ``cpu.rt_period_us``, where the kernel has real-time
-group scheduling), shared by every real-time task in it. ``scripts/test.sh`` prints the line
+cgroup draws on that cgroup's own real-time budget (``cpu.rt_runtime_us`` per
+``cpu.rt_period_us``, where the kernel has real-time group scheduling), shared by every
+real-time task in it. ``scripts/test.sh`` prints the line
 before the first tier, so that a run's log says what it ran on.
 
     python -m harness.process.machine
@@ -57,9 +57,13 @@ def describe(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgrou
         parts.append("CPU cgroup unknown")
     else:
         hierarchy, path = found
-        base = cgroup_root / ("cpu" if hierarchy == "v1" else "")
-        if hierarchy == "v2" and (cgroup_root / "unified").is_dir():
+        # v1 mounts each controller apart; v2 is the root itself, or "unified" beside v1's
+        if hierarchy == "v1":
+            base = cgroup_root / "cpu"
+        elif (cgroup_root / "unified").is_dir():
             base = cgroup_root / "unified"
+        else:
+            base = cgroup_root
         group = base / path.lstrip("/")
         rt = _read(group / "cpu.rt_runtime_us")
         where = f"CPU cgroup {path} ({hierarchy})"
