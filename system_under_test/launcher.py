@@ -188,6 +188,7 @@ def spawn(comp: Component, env: dict[str, str] | None = None) -> None:
 
 
 def is_ready(comp: Component) -> bool:
+    _STOPS.check()  # each poll is a step: a stop signal whose raise was lost ends the wait
     if comp.role == "gateway":
         return http_get(f"http://{comp.address}/readyz", 1.0) is None
     return asyncio.run(ping(comp.address, 1.0)) is None
@@ -260,7 +261,10 @@ class _StopRequests:
     """While the cluster starts, SIGTERM, SIGINT and SIGHUP raise :class:`Interrupted`: at once,
     or right after a step that must not be cut in half (a spawn, writing the manifest), so no
     child is started without a handle to stop it. Only the first counts: a second signal cannot
-    cut the clean-up short. :meth:`release` ends the ownership: the cluster is up."""
+    cut the clean-up short. The signal is also kept, and every step checks it (:meth:`check`):
+    Python drops an exception raised while a weakref callback or a ``__del__`` runs (it prints
+    "Exception ignored in" and goes on), so a raise alone can be lost. :meth:`release` ends the
+    ownership: the cluster is up."""
 
     def __init__(self) -> None:
         self.deferring = False
@@ -270,13 +274,18 @@ class _StopRequests:
     def handle(self, signum: int, frame: object) -> None:
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-        if self.deferring:
-            self.pending = signum
-            return
-        raise Interrupted(signum)
+        self.pending = signum
+        if not self.deferring:
+            raise Interrupted(signum)
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a stop signal came, even one whose raise was lost."""
+        if self.pending is not None:
+            raise Interrupted(self.pending)
 
     @contextmanager
     def owning_children(self) -> Iterator[None]:
+        self.pending = None
         self._previous = {sig: signal.signal(sig, self.handle) for sig in STOP_SIGNALS}
         try:
             yield
@@ -290,13 +299,13 @@ class _StopRequests:
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
+        self.check()
         self.deferring = True
         try:
             yield
         finally:
             self.deferring = False
-        if self.pending is not None:
-            raise Interrupted(self.pending)
+        self.check()
 
 
 _STOPS = _StopRequests()
