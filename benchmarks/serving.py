@@ -4,7 +4,9 @@ Starts the cluster (``python -m system_under_test up``, no fault proxy), then dr
 constant-rate load from a separate process (the harness's load worker; response time from the
 intended send time) at each rate of each request mix in turn, and finally at ``--kill-rate``
 while one primary is SIGKILLed halfway through the step. For every step it prints the achieved
-rate, p50/p95/p99 (error-inclusive), errors, tier shares, generator lag p99 and CPU milliseconds
+rate, p50/p95/p99 (error-inclusive), errors, tier shares, goodput (answers within the 20 ms SLA
+per second of the step), the p99 of served answers alone, the requests shed by the gateway's
+overload control (503 with Retry-After: not errors) and the p99 of those rejections, generator lag p99 and CPU milliseconds
 per request of each kind of component (user + system time from /proc/PID/stat over the step,
 divided by the requests sent; the load generator's own separately). The mixes it names
 (``MIXES``) are printed first: ``zipf`` is the scenarios' mix, ``cold`` the same skew over every
@@ -41,10 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.load.driver import run_load  # noqa: E402
 from harness.load.spec import LoadJob  # noqa: E402
 from harness.model.load import LoadPhase, RequestMix  # noqa: E402
-from harness.model.requestlog import TIERS, succeeded  # noqa: E402
+from harness.model.requestlog import TIERS, error_code, succeeded  # noqa: E402
 from harness.sut.recommender import RecommenderCluster, RecommenderOptions  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SLA_MS = 20.0
+SHED = error_code("shed")
 
 # The request mixes a step can use. "zipf": the scenarios' mix (Zipf 1.1 over 4,000 users, so
 # the gateway's caches hold most of what is asked); "cold": the same skew over every user the
@@ -117,7 +121,9 @@ def one_step(
     cpu1 = cpu_by_name(cluster)
     log = result.log
     ok = succeeded(log)
-    resp_ms = np.where(ok, (log["done_ns"] - log["intended_ns"]) / 1e6, np.inf)
+    took_ms = (log["done_ns"] - log["intended_ns"]) / 1e6
+    resp_ms = np.where(ok, took_ms, np.inf)
+    shed = log["error_kind"] == SHED
     tiers = Counter(TIERS[t] for t in log["tier"][ok] if 0 <= t < len(TIERS))
     n = len(log)
     cpu_ms, gone = cpu_ms_by_role(cpu0, cpu1, n)
@@ -127,13 +133,21 @@ def one_step(
         "p50": float(np.percentile(resp_ms, 50)),
         "p95": float(np.percentile(resp_ms, 95)),
         "p99": float(np.percentile(resp_ms, 99)),
-        "errors": int(n - ok.sum()),
+        "errors": int(n - ok.sum() - shed.sum()),
+        "shed": int(shed.sum()),
+        "shed_p99": _p99(took_ms[shed]),
+        "served_p99": _p99(took_ms[ok]),
+        "goodput": float((ok & (took_ms <= SLA_MS)).sum() / step_s),
         "tiers": {t: c / max(ok.sum(), 1) for t, c in tiers.items()},
         "lag_p99": result.summary.get("lag_p99_ms", float("nan")),
         "cpu_ms": cpu_ms,
         "cpu_not_counted": gone,
         "gen_cpu_ms": result.summary.get("cpu_ms_per_request", float("nan")),
     }
+
+
+def _p99(ms: np.ndarray) -> float:
+    return float(np.percentile(ms, 99)) if len(ms) else float("nan")
 
 
 def fmt(step: dict) -> str:
@@ -143,6 +157,8 @@ def fmt(step: dict) -> str:
         f"{step['rate']:6.0f}/s achieved {step['achieved']:6.1f}/s  p50 {step['p50']:6.2f}  "
         f"p95 {step['p95']:6.2f}  p99 {step['p99']:7.2f} ms  errors {step['errors']}  "
         f"lag p99 {step['lag_p99']:.2f} ms  tiers {tiers}\n"
+        f"        goodput {step['goodput']:6.1f}/s within {SLA_MS:g} ms  served p99 "
+        f"{step['served_p99']:.2f} ms  shed {step['shed']} (p99 {step['shed_p99']:.2f} ms)\n"
         f"        CPU ms/request: {cpu}  load generator {step['gen_cpu_ms']:.2f}"
         + (
             f"  (not counted, died: {', '.join(step['cpu_not_counted'])})"
@@ -164,6 +180,8 @@ def summarise(rate: float, steps: list[dict]) -> str:
     total = [sum(s["cpu_ms"].values()) for s in steps]
     return (
         f"{rate:6.0f}/s  p50 {med('p50')}  p95 {med('p95')}  p99 {med('p99')} ms\n"
+        f"        goodput {med('goodput')}/s  served p99 {med('served_p99')} ms  shed "
+        f"{med('shed')}  shed p99 {med('shed_p99')} ms\n"
         f"        CPU ms/request (median): {cpu}  all servers "
         f"{statistics.median(total):.2f} [{min(total):.2f} .. {max(total):.2f}]"
     )

@@ -57,8 +57,9 @@ class Sustained:
 class ErrorRatioGuard:
     """``error_ratio`` from progress lines: each worker's line carries its cumulative
     ``answered``, ``failed`` and ``missed`` counts and its ``elapsed_s``; the interval since
-    that worker's previous line is one sample. Failed and missed (never sent) requests are
-    errors, as in the ``error_ratio`` SLO metric."""
+    that worker's previous line is one sample. Failed, missed (never sent) and shed (refused
+    by the target's overload control) requests are errors, as in the ``error_ratio`` SLO
+    metric: none of them was answered."""
 
     spec: GuardSpec
     rule: Sustained = field(init=False)
@@ -72,7 +73,7 @@ class ErrorRatioGuard:
         try:
             worker = line.get("worker", 0)
             end = float(line["elapsed_s"])
-            bad = int(line.get("failed", 0)) + int(line.get("missed", 0))
+            bad = int(line.get("failed", 0)) + int(line.get("missed", 0)) + int(line.get("shed", 0))
             done = int(line.get("answered", 0)) + bad
         except (KeyError, TypeError, ValueError):
             return None  # not a progress line this guard can read

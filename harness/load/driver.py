@@ -103,10 +103,11 @@ class LoadResult:
         """Why some intended request is not accounted for; empty when every one is."""
         s, log = self.summary, self.log
         out = []
-        if s["intended"] != s["answered"] + s["failed"] + s["missed"]:
+        shed = s.get("shed", 0)
+        if s["intended"] != s["answered"] + s["failed"] + s["missed"] + shed:
             out.append(
                 f"intended {s['intended']} != answered {s['answered']} + failed "
-                f"{s['failed']} + missed {s['missed']}"
+                f"{s['failed']} + missed {s['missed']} + shed {shed}"
             )
         if log.shape[0] != s["intended"]:
             out.append(f"the log has {log.shape[0]} rows for {s['intended']} intended requests")

@@ -22,6 +22,7 @@ from harness.model.requestlog import ANSWER_CODES, ERROR_KINDS, TIERS, error_cod
 HISTOGRAMS = ("response", "service", "lag")
 E_OK = 0
 E_MISS = error_code("not_sent")
+E_SHED = error_code("shed")
 
 
 def histograms(rows: np.ndarray) -> dict[str, LatencyHistogram]:
@@ -61,6 +62,7 @@ def summarize(
     err = rows["error_kind"]
     n = int(rows.shape[0])
     missed = int((err == E_MISS).sum())
+    shed = int((err == E_SHED).sum())
     answered = int(((err == E_OK) & (rows["done_ns"] >= 0)).sum())
     sent = int((rows["send_ns"] >= 0).sum())
     lag = hists["lag"]
@@ -72,8 +74,9 @@ def summarize(
         "intended": n,
         "sent": sent,
         "answered": answered,
-        "failed": n - answered - missed,
+        "failed": n - answered - missed - shed,
         "missed": missed,
+        "shed": shed,
         "errors": {
             k: int((err == i).sum()) for i, k in enumerate(ERROR_KINDS) if i and (err == i).any()
         },
@@ -124,8 +127,8 @@ def merge_summaries(
 ) -> dict[str, Any]:
     """One summary from the workers': counts add, rates and percentiles are recomputed."""
     total = {
-        k: sum(int(s[k]) for s in summaries)
-        for k in ("scheduled", "intended", "sent", "answered", "failed", "missed")
+        k: sum(int(s.get(k, 0)) for s in summaries)
+        for k in ("scheduled", "intended", "sent", "answered", "failed", "missed", "shed")
     }
     errors: dict[str, int] = {}
     tiers: dict[str, int] = {}

@@ -94,6 +94,7 @@ E_MISS = error_code("not_sent")
 E_OTHER = error_code("other")
 E_ABORTED = error_code("aborted")
 E_BAD_ANSWER = error_code("bad_answer")
+E_SHED = error_code("shed")
 
 
 def _load_gevent() -> None:
@@ -203,7 +204,7 @@ class OpenLoop:
         self.errors: Counter[str] = Counter()
         self.in_flight = 0
         self.dispatched = 0  # rows whose due time was reached: sent or missed
-        self.sent = self.answered = self.failed = self.missed = 0
+        self.sent = self.answered = self.failed = self.missed = self.shed = 0
         self.start_ns = 0
         self.stop_ns: int | None = None
         self.finished = gevent.event.Event()
@@ -283,8 +284,11 @@ class OpenLoop:
         status, tier, err, exc, body = 0, "", E_OTHER, None, b""
         try:
             with gevent.Timeout(self.job.timeout_s):
-                status, tier, body = self._exchange(j, data, sock)
-            err = E_OK if 200 <= status < 300 else E_STATUS
+                status, tier, body, retry_after = self._exchange(j, data, sock)
+            if 200 <= status < 300:
+                err = E_OK
+            else:
+                err = E_SHED if status == 503 and retry_after else E_STATUS
         except gevent.Timeout as e:
             err, exc = E_TIMEOUT, e
         except ConnectionRefusedError as e:
@@ -301,10 +305,11 @@ class OpenLoop:
         finally:
             self._record(j, status, tier, err, exc, body)
 
-    def _exchange(self, j: int, data: bytes, sock: Any) -> tuple[int, str, bytes]:
+    def _exchange(self, j: int, data: bytes, sock: Any) -> tuple[int, str, bytes, bool]:
         """Read the answer (sending first if the dispatcher could not); a connection the
         server closed while idle is replaced once, by a new one: the other idle connections
-        were likely closed by the same idle timeout."""
+        were likely closed by the same idle timeout. The last item: the answer carries
+        Retry-After (with a 503: shed by the server's overload control, not failed)."""
         pool = self.pool
         for attempt in (0, 1):
             reused = sock is not None or bool(pool.idle)
@@ -333,7 +338,8 @@ class OpenLoop:
             else:
                 pool.idle.append(sock)
             tier = resp.get("x-recchaos-tier") or ""
-            return resp.status_code, tier if isinstance(tier, str) else tier[-1], body
+            retry_after = bool(resp.get("retry-after"))
+            return resp.status_code, tier if isinstance(tier, str) else tier[-1], body, retry_after
         raise AssertionError("unreachable")
 
     def _record(self, j: int, status: int, tier: str, err: int, exc: Any, body: bytes) -> None:
@@ -359,6 +365,10 @@ class OpenLoop:
             if err == E_OK:
                 self.answered += 1
                 self.live_response.record_us((done - due) // 1000)
+            elif err == E_SHED:  # refused on purpose: its own outcome, not a failure
+                self.shed += 1
+                self.errors["shed"] += 1
+                self.live_response.record_failure()
             else:
                 self.failed += 1
                 self.errors[ERROR_KINDS[err]] += 1
@@ -415,6 +425,7 @@ class OpenLoop:
             "answered": self.answered,
             "failed": self.failed,
             "missed": self.missed,
+            "shed": self.shed,
             "in_flight": self.in_flight,
             "rate": round(interval_sent / interval_s, 1) if interval_s > 0 else 0.0,
             "p99_ms": finite(resp.percentile_with_errors(99)) if resp.total else None,
@@ -772,7 +783,7 @@ def _finish(
         answers = engine.answers() if engine is not None else empty_answers(0, width)
         write_answers(job.path("answers-{worker}.npy"), answers)
     write_log(job.path("requests-{worker}.npy"), rows)
-    counts = ("intended", "sent", "answered", "failed", "missed")
+    counts = ("intended", "sent", "answered", "failed", "missed", "shed")
     write_json(
         job.path("histograms-{worker}.json"),
         {

@@ -7,7 +7,8 @@ error) came back; -1 where it never happened. ``status`` is the HTTP status (0: 
 ``tier`` an index into :data:`TIERS` (-1: none), ``error_kind`` an index into
 :data:`ERROR_KINDS` (0: no error; ``not_sent``: never sent because the generator's in-flight
 bound was hit, a miss; ``bad_answer``: a 2xx answer that failed validation, a failure like any
-other). Every intended request has exactly one row. Files are ``.npy``; logs from several load
+other; ``shed``: a 503 with ``Retry-After``, the target's overload control refused it, fast
+and on purpose: a miss of its own kind, counted apart from failures). Every intended request has exactly one row. Files are ``.npy``; logs from several load
 processes are merged with :func:`merge_logs`.
 
 What the answer said: ``answer`` is the validity code the load worker computed (an index into
@@ -40,6 +41,7 @@ ERROR_KINDS = (
     "other",
     "aborted",  # sent, but the load worker was stopped (SIGTERM) before the answer came
     "bad_answer",  # answered 2xx, but the answer failed validation (see ANSWER_CODES)
+    "shed",  # answered 503 with Retry-After: refused by the target's overload control
 )
 NEVER = -1
 

@@ -317,6 +317,7 @@ def generator_section(run: RunDir, s: Series | None) -> str:
         "answered",
         "failed",
         "missed",
+        "shed",
         "intended_rate",
         "achieved_rate",
         "lag_p50_ms",

@@ -6,6 +6,10 @@ over 64 KiB, 404 for an unknown path, 405 for a wrong method (with ``Allow``). E
 ``{"error": message, "field": name, "allowed": what would be accepted}``. Unknown JSON fields are
 ignored, so clients may add their own (a trace id, a scenario tag).
 
+A recommend request first passes the overload gate (``overload.py``) when there is one: a
+request that queued too long before its handler started gets a fast 503 with ``Retry-After``
+(``"field": "load"``) before its body is even parsed.
+
 The service behind it is anything with ``recommend(user_id, k, request_id, arrival)``, ``readiness()``
 and ``metrics_text()`` (``service.RecommendService``; a fake in the HTTP tests).
 """
@@ -20,6 +24,7 @@ import re
 from typing import Any, Protocol
 
 from system_under_test.gateway.http import Request, Response, json_response
+from system_under_test.gateway.overload import OverloadGate
 
 log = logging.getLogger("gateway.api")
 
@@ -110,8 +115,22 @@ def parse_recommend(body: bytes) -> tuple[int, int]:
 class GatewayApp:
     """Routes requests to the service; the HTTP server's handler."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, service: Service, gate: OverloadGate | None = None) -> None:
+        self.service, self.gate = service, gate
+        if gate is not None:
+            s = gate.settings
+            retry = str(s.retry_after_s)
+            self._shed_headers = [("Retry-After", retry)]
+            self._shed_body = json.dumps(
+                {
+                    "error": f"the gateway is past capacity: this request queued longer than "
+                    f"{s.target_s * 1000:g} ms (or {s.interval_s * 1000:g} ms at any load) "
+                    f"before it could start; retry after {retry} s",
+                    "field": "load",
+                    "allowed": f"a queueing delay of at most {s.target_s * 1000:g} ms",
+                },
+                separators=(",", ":"),
+            ).encode()
         self._ids = itertools.count(1)
         self._id_prefix = f"gw{os.getpid():x}-"
 
@@ -145,8 +164,16 @@ class GatewayApp:
 
     async def _route(self, request: Request, rid: str, headers: list[tuple[str, str]]) -> Response:
         if request.path == "/v1/recommend":
+            arrival = request.received_at or None
+            if self.gate is not None:
+                arrival, _, admitted = self.gate.check(
+                    request.received_at, request.headers.get("x-request-start")
+                )
+                if not admitted:
+                    headers.extend(self._shed_headers)
+                    return Response(503, self._shed_body, headers=headers)
             user_id, k = parse_recommend(request.body)
-            result = await self.service.recommend(user_id, k, rid, request.received_at or None)
+            result = await self.service.recommend(user_id, k, rid, arrival)
             headers.append(("X-Recchaos-Tier", result.tier))
             return json_response(200, result.payload, headers)
         if request.path == "/healthz":

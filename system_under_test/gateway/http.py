@@ -65,7 +65,8 @@ class Request:
     query: str
     headers: dict[str, str]  # lower-case names; the last value wins
     body: bytes
-    # time.monotonic() when the request was complete: the start of its deadline
+    # time.monotonic() when the request's first byte was read (the event loop's turn that read
+    # it): its arrival, where its queueing delay and its deadline start (overload.py)
     received_at: float = 0.0
 
 
@@ -172,6 +173,8 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         self._head_bytes = 0
         self._upgrade = False
+        self._read_at = 0.0  # when data_received was called: one clock read per read
+        self._first_byte = 0.0
         # The per-request checks against these are the fast path: one comparison each.
         # (a method, llhttp's longest is 15 bytes, two spaces and HTTP/1.1 besides the target)
         self._url_room = limits.max_request_line - 32
@@ -212,6 +215,7 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self._read_at = time.monotonic()
         if len(data) <= FEED_SLICE:
             if self.rejected:
                 self._drain(len(data))
@@ -261,6 +265,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._size = b"", {}, [], 0
         self._in_head, self._head_bytes = True, 0
+        self._first_byte = self._read_at
         self._idle_map.pop(self, None)
         self._reading_map[self] = self.states.now
 
@@ -320,7 +325,7 @@ class HttpProtocol(asyncio.Protocol):
             query,
             self._headers,
             b"".join(self._body),
-            time.monotonic(),
+            self._first_byte,
         )
         self.queue.append((request, self.parser.should_keep_alive()))
         if len(self.queue) >= MAX_PIPELINED and not self.paused_pipeline:

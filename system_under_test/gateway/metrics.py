@@ -188,6 +188,23 @@ class GatewayMetrics:
             ("stage",),
             REQUEST_BUCKETS,
         )
+        self.queue_seconds = r.histogram(
+            "recchaos_queue_delay_seconds",
+            "Time from a recommend request's arrival (its first byte read, or the balancer's "
+            "X-Request-Start when earlier: source) to the start of its handler, shed or not.",
+            ("source",),
+            SHARD_CALL_BUCKETS,
+        )
+        self.shed = r.counter(
+            "recchaos_shed_total",
+            "Recommend requests shed with a fast 503 and Retry-After, by reason.",
+            ("reason",),
+        )
+        self.overloaded = r.gauge(
+            "recchaos_overloaded",
+            "1 while the overload controller sheds at its target (a standing queue in the last "
+            "interval).",
+        )
         self.http_errors = r.counter(
             "recchaos_http_errors_total",
             "Rejected or failed HTTP requests by status code.",
@@ -256,3 +273,9 @@ class GatewayMetrics:
         self.cold_start = r.counter(
             "recchaos_cold_start_total", "Requests for users unknown to the model."
         )
+
+    def observe_queue(self, delay_s: float, admitted: bool, source: str) -> None:
+        """One recommend request's queueing delay, and whether the overload gate shed it."""
+        self.queue_seconds.observe(delay_s, source)
+        if not admitted:
+            self.shed.inc("queue_delay")

@@ -107,6 +107,7 @@ async def serve(
 ) -> int:
     from system_under_test.gateway.api import GatewayApp
     from system_under_test.gateway.listener import raise_file_limit, start_http_server
+    from system_under_test.gateway.overload import OverloadGate
     from system_under_test.runtime import serving_priority
 
     if not serving_priority():
@@ -114,7 +115,12 @@ async def serve(
             "could not return to the normal scheduling priority and CPU share after start-up"
         )
     await _connect_all(service)
-    app = GatewayApp(service)
+    metrics = service.metrics
+    gate = OverloadGate(settings.overload, observe=metrics.observe_queue)
+    metrics.registry.collectors.append(
+        lambda: metrics.overloaded.set(value=1.0 if gate.overloaded else 0.0)
+    )
+    app = GatewayApp(service, gate)
     await warm_up(app, service, log)
     if freeze_heap is not None:
         freeze_heap()  # after the warm-up: what it allocated for good is frozen too
@@ -138,7 +144,8 @@ async def serve(
     port = int(server.sockets[0].getsockname()[1])
     log.info(
         "ready port=%d shards=%d replicas=%d region=%s redis=%s version=%s max_connections=%d "
-        "nofile=%d request_timeout_s=%g idle_timeout_s=%g max_head=%d max_body=%d",
+        "nofile=%d request_timeout_s=%g idle_timeout_s=%g max_head=%d max_body=%d "
+        "overload_target_ms=%g overload_interval_ms=%g shed=%s",
         port,
         settings.n_shards,
         len(settings.replicas),
@@ -151,13 +158,18 @@ async def serve(
         limits.idle_timeout_s,
         limits.max_head,
         limits.max_body,
+        settings.overload.target_s * 1000,
+        settings.overload.interval_s * 1000,
+        "on" if settings.overload.enabled else "off",
     )
     await stop.wait()
     server.close()
     log.info(
-        "connections at the cap: %d refused with 503, %d idle ones closed to make room",
+        "connections at the cap: %d refused with 503, %d idle ones closed to make room; "
+        "%d requests shed for queueing delay",
         server.refused_total,
         server.evicted_total,
+        gate.controller.shed_total,
     )
     await service.close()
     return 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from system_under_test.config import PRESETS
+from system_under_test.gateway.overload import OverloadSettings
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ class GatewaySettings:
     # Below this much time left before a shard phase, the request goes to the region at once.
     min_left_ms: float = 2.0
     limits: HttpLimits = HttpLimits()
+    # The overload controller: queueing-delay target and interval (overload.py).
+    overload: OverloadSettings = OverloadSettings()
 
     # A shard call out longer than this is slow (None: SLOW_CALL_SHARE of the budget).
     slow_call_ms: float | None = None
@@ -197,6 +200,35 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="where the ranker runs (default cpu)",
     )
+    shed = p.add_argument_group(
+        "overload control (shed with a fast 503 when requests queue: overload.py)"
+    )
+    od = OverloadSettings()
+    shed.add_argument(
+        "--overload-target-ms",
+        type=float,
+        default=od.target_s * 1000,
+        help=f"queueing delay the controller holds requests to while a queue stands "
+        f"(default {od.target_s * 1000:g})",
+    )
+    shed.add_argument(
+        "--overload-interval-ms",
+        type=float,
+        default=od.interval_s * 1000,
+        help=f"a queue whose minimum delay over this long stays above the target is standing; "
+        f"at any load a request queued longer is shed (default {od.interval_s * 1000:g})",
+    )
+    shed.add_argument(
+        "--overload-retry-after-s",
+        type=int,
+        default=od.retry_after_s,
+        help=f"Retry-After of a shed request's 503, whole seconds (default {od.retry_after_s})",
+    )
+    shed.add_argument(
+        "--no-shed",
+        action="store_true",
+        help="measure queueing delay but never shed (the deadline still starts at arrival)",
+    )
     limits = p.add_argument_group("HTTP limits (the same values belong in a balancer in front)")
     defaults = HttpLimits()
     for name, option, what in LIMIT_OPTIONS:
@@ -225,6 +257,32 @@ def limits_from_args(args: argparse.Namespace) -> HttpLimits:
             f"--max-head {values['max_head']} (the head includes every header line)"
         )
     return HttpLimits(**values)
+
+
+def overload_from_args(args: argparse.Namespace) -> OverloadSettings:
+    """OverloadSettings from the parsed options; UsageError naming the option for a bad value."""
+    target, interval = args.overload_target_ms, args.overload_interval_ms
+    if not 0 < target < args.sla_ms:
+        raise UsageError(
+            f"--overload-target-ms {target} must be in (0, --sla-ms {args.sla_ms:g}): a request "
+            f"that may queue for the whole SLA cannot be answered in it"
+        )
+    if not target < interval <= 10_000:
+        raise UsageError(
+            f"--overload-interval-ms {interval} must be above --overload-target-ms {target:g} "
+            f"and at most 10000 (Fail at Scale: about 100, 20x the target)"
+        )
+    if not 1 <= args.overload_retry_after_s <= 3600:
+        raise UsageError(
+            f"--overload-retry-after-s {args.overload_retry_after_s} must be in 1..3600 "
+            f"(Retry-After is whole seconds)"
+        )
+    return OverloadSettings(
+        target_s=target / 1000,
+        interval_s=interval / 1000,
+        retry_after_s=args.overload_retry_after_s,
+        enabled=not args.no_shed,
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
@@ -269,6 +327,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
                 "--device cuda was given but torch.cuda.is_available() is False; use --device cpu"
             )
     limits = limits_from_args(args)
+    overload = overload_from_args(args)
     return GatewaySettings(
         host=args.host,
         port=args.port,
@@ -283,6 +342,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         l1_rows=args.l1_rows,
         device=args.device,
         limits=limits,
+        overload=overload,
         slow_call_ms=args.slow_call_ms,
     )
 
