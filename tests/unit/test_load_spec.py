@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.load.driver import LoadResult
-from harness.load.results import histograms, merge_summaries, summarize
+from harness.load.results import HISTOGRAMS, histograms, merge_summaries, summarize
 from harness.load.spec import (
     RECOMMENDER_REQUEST,
     LoadJob,
@@ -254,3 +254,18 @@ def test_run_load_refuses_master_options_outside_locust_mode(tmp_path):
         run_load(job(output_dir=str(tmp_path)), 1.0, workers=2, mode="locust", local_workers=3)
     with pytest.raises(ValueError, match="master_bind '5557' is not HOST:PORT"):
         run_load(job(output_dir=str(tmp_path)), 1.0, mode="locust", master_bind="5557")
+
+
+def test_a_shed_request_is_its_own_outcome_not_a_failure():
+    rows = _log()
+    http_status = rows["error_kind"] == error_code("http_status")
+    rows["error_kind"][http_status] = error_code("shed")  # the 503 came with Retry-After
+    rows["status"][http_status] = 503
+    cpu = {"user_s": 0.01, "sys_s": 0.0, "wall_s": 1.0}
+    s = summarize(job(), rows, histograms(rows), 6, 1, 0.03, cpu, False, None)
+    assert (s["answered"], s["failed"], s["missed"], s["shed"]) == (3, 1, 1, 1)
+    assert s["errors"] == {"shed": 1, "timeout": 1, "not_sent": 1}
+    merged = merge_summaries([s, {**s, "shed": 0}], {n: histograms(rows)[n] for n in HISTOGRAMS})
+    assert merged["shed"] == 1
+    res = LoadResult(Path("."), 1, rows, histograms(rows), {**s, "workers": 1}, [s])
+    assert res.unaccounted() == []
