@@ -60,6 +60,8 @@ class RecommenderOptions:
     proxy: bool = True
     startup_timeout_s: float = 600.0
     redis_address: str | None = None
+    # 1: the gateway alone; 2 or more: gateway-0 ... behind HAProxy (the component lb)
+    gateways: int = 1
 
 
 def _sut_command(*args: str) -> list[str]:
@@ -140,6 +142,8 @@ class RecommenderCluster:
                 opts.device,
                 "--sla-ms",
                 str(opts.sla_ms),
+                "--gateways",
+                str(opts.gateways),
                 "--manifest",
                 str(self.manifest_path),
                 "--log-dir",

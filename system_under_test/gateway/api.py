@@ -17,8 +17,10 @@ import json
 import logging
 import os
 import re
+import time
 from typing import Any, Protocol
 
+from system_under_test.balancer import parse_request_start
 from system_under_test.gateway.http import Request, Response, json_response
 
 log = logging.getLogger("gateway.api")
@@ -32,6 +34,26 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/metrics": ("GET",),
 }
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+# The longest time a request may have spent in the balancer for its X-Request-Start to count:
+# beyond it the header is taken as wrong (another clock, or a client's own) and ignored.
+MAX_CARRIED_S = 1.0
+
+
+def arrival_of(request: Request) -> float | None:
+    """When the request's deadline starts (``time.monotonic()``): when the balancer received it
+    (its ``X-Request-Start``, so time spent there and in a retry counts), else when the gateway
+    had it in full."""
+    arrival = request.received_at or None
+    started = parse_request_start(request.headers.get("x-request-start"))
+    if arrival is None or started is None:
+        return arrival
+    started_mono = started + (time.monotonic() - time.time())
+    carried = arrival - started_mono
+    if not 0.0 <= carried <= MAX_CARRIED_S:
+        return arrival
+    return started_mono
 
 
 class ApiError(Exception):
@@ -146,7 +168,7 @@ class GatewayApp:
     async def _route(self, request: Request, rid: str, headers: list[tuple[str, str]]) -> Response:
         if request.path == "/v1/recommend":
             user_id, k = parse_recommend(request.body)
-            result = await self.service.recommend(user_id, k, rid, request.received_at or None)
+            result = await self.service.recommend(user_id, k, rid, arrival_of(request))
             headers.append(("X-Recchaos-Tier", result.tier))
             return json_response(200, result.payload, headers)
         if request.path == "/healthz":
