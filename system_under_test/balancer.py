@@ -46,7 +46,8 @@ HAPROXY = "haproxy"
 SERVER_TIMEOUT_MS = 12
 CONNECT_TIMEOUT_MS = 5
 CHECK_INTER_MS = 100
-CHECK_TIMEOUT_MS = 250  # /readyz pings every primary (up to 250 ms each, in parallel)
+# A check not answered in this long fails: a frozen gateway is out after two (about 350 ms)
+CHECK_TIMEOUT_MS = 100
 RETRIES = 3
 MAXREWRITE = 1024  # HAProxy's room for header rewrites (X-Request-Start) within tune.bufsize
 # The header HAProxy adds: when it received the request, in microseconds since the epoch.

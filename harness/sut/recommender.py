@@ -142,8 +142,6 @@ class RecommenderCluster:
                 opts.device,
                 "--sla-ms",
                 str(opts.sla_ms),
-                "--gateways",
-                str(opts.gateways),
                 "--manifest",
                 str(self.manifest_path),
                 "--log-dir",
@@ -151,6 +149,8 @@ class RecommenderCluster:
                 "--timeout",
                 str(opts.startup_timeout_s),
             ]
+            if opts.gateways != 1:  # only then: an older checkout's `up` has no --gateways
+                args += ["--gateways", str(opts.gateways)]
             args += [f"--port={name}={port}" for name, port in real_ports.items()]
             args += [f"--route={name}={address}" for name, address in routes.items()]
             if opts.artifacts:
