@@ -37,8 +37,8 @@ def test_listens_on_loopback_only_and_names_each_gateway_in_both_backends():
 
 def test_ready_backend_is_checked_on_readyz_and_live_one_on_healthz():
     text = config()
-    ready = text.split("backend ready", 1)[1].split("backend live", 1)[0]
-    live = text.split("backend live", 1)[1]
+    ready = text.split("\nbackend ready\n", 1)[1].split("\nbackend live\n", 1)[0]
+    live = text.split("\nbackend live\n", 1)[1]
     assert "option httpchk GET /readyz" in ready
     assert "option httpchk GET /healthz" in live
     assert "use_backend ready if { nbsrv(ready) gt 0 }" in lines(text)
