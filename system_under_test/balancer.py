@@ -43,11 +43,11 @@ HAPROXY = "haproxy"
 # The gateway's deadline is 17 ms after arrival (20 ms SLA less a 3 ms margin). A healthy
 # answer takes 2-5 ms; after SERVER_TIMEOUT_MS without an answer the gateway is taken as frozen
 # and the request goes to another one, which still has the rest of the deadline.
-SERVER_TIMEOUT_MS = 12
+SERVER_TIMEOUT_MS = 10
 CONNECT_TIMEOUT_MS = 5
 CHECK_INTER_MS = 100
-# A check not answered in this long fails: a frozen gateway is out after two (about 350 ms)
-CHECK_TIMEOUT_MS = 100
+# A check not answered in this long fails: a frozen gateway is out after two (about 200 ms)
+CHECK_TIMEOUT_MS = 50
 RETRIES = 3
 MAXREWRITE = 1024  # HAProxy's room for header rewrites (X-Request-Start) within tune.bufsize
 # The header HAProxy adds: when it received the request, in microseconds since the epoch.
