@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # chromium: the report browser test; docker.io: the docker backend's tests start a private dockerd
 # (tests/integration/dockerd.py); hey: the independent load tool the load calibration test
-# cross-checks against (tests/integration/test_load_calibration.py)
-APT_PACKAGES=(redis-server iptables chromium docker.io hey)
+# cross-checks against (tests/integration/test_load_calibration.py); haproxy: the balancer in front of
+# several gateways (`up --gateways N`, system_under_test/balancer.py)
+APT_PACKAGES=(redis-server iptables chromium docker.io hey haproxy)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -23,6 +23,11 @@ COMMANDS = {
         "run the degraded region (internal)",
     ),
     "serve-gateway": ("system_under_test.gateway", "main", "run the HTTP gateway (internal)"),
+    "serve-lb": (
+        "system_under_test.balancer",
+        "main",
+        "run HAProxy in front of the gateways (internal)",
+    ),
     "probe": (
         "system_under_test.probe",
         "main",

@@ -1,7 +1,8 @@
 """``up`` and ``down``: start every process of the recommender, wait until it serves, stop it all.
 
 ``up`` trains (or reuses) the artifacts, starts 2 x S shard copies, the degraded region and the
-gateway as separate processes in sessions of their own (so they outlive ``up`` and a terminal's
+gateway (with ``--gateways N``, N >= 2: ``gateway-0`` ... ``gateway-N-1`` and HAProxy in front of
+them, the component ``lb``, which ``gateway_url`` then names; ``balancer.py``) as separate processes in sessions of their own (so they outlive ``up`` and a terminal's
 Ctrl-C), waits until each answers (bounded; on a timeout it shows the failing component's last log
 lines and stops everything it started), then writes the manifest. Until the manifest is written
 ``up`` owns its children: SIGTERM, SIGINT or SIGHUP stops every one started so far, and ``up``
@@ -31,6 +32,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -52,6 +54,7 @@ from system_under_test.process import (
 
 DEFAULT_MANIFEST = Path(".sut/manifest.json")
 MANIFEST_VERSION = 1
+MAX_GATEWAYS = 8
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -107,6 +110,15 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def _gateways(args: argparse.Namespace) -> int:
+    return int(getattr(args, "gateways", 1) or 1)
+
+
+def gateway_names(count: int) -> list[str]:
+    """``gateway`` alone (no balancer), or ``gateway-0`` ... behind the balancer ``lb``."""
+    return ["gateway"] if count == 1 else [f"gateway-{i}" for i in range(count)]
+
+
 def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
     """The processes to start, with their ports chosen now (loopback by default)."""
     py = [sys.executable, "-m", "system_under_test"]
@@ -116,7 +128,8 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
     host = args.host
     ports: dict[str, int] = dict(args.port_plan or {})
     names = [f"shard-{i}-{r}" for i in range(args.shards) for r in ("primary", "replica")]
-    missing = [n for n in [*names, "region", "gateway"] if not ports.get(n)]
+    front = gateway_names(_gateways(args)) + (["lb"] if _gateways(args) > 1 else [])
+    missing = [n for n in [*names, "region", *front] if not ports.get(n)]
     ports.update(zip(missing, free_ports(len(missing), host), strict=True))
     comps: list[Component] = []
     for shard in range(args.shards):
@@ -154,29 +167,33 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
             log_dir / "region.log",
         )
     )
-    gw_port = ports["gateway"]
     # --route lets a tool put something (a fault proxy) between the gateway and a component.
     routes: dict[str, str] = dict(args.routes or {})
-    gw_cmd = py + [
-        "serve-gateway",
-        "--host",
-        host,
-        "--port",
-        str(gw_port),
+    gw_args = [
         "--sla-ms",
         str(args.sla_ms),
         "--region",
         routes.get("region", f"{host}:{region_port}"),
     ]
-    gw_cmd += common
+    gw_args += common
     for comp in comps:
         if comp.role in ("primary", "replica"):
-            gw_cmd += [f"--shard-{comp.role}", routes.get(comp.name, comp.address)]
+            gw_args += [f"--shard-{comp.role}", routes.get(comp.name, comp.address)]
     if args.redis:
-        gw_cmd += ["--redis", args.redis]
-    comps.append(
-        Component("gateway", "gateway", None, f"{host}:{gw_port}", gw_cmd, log_dir / "gateway.log")
-    )
+        gw_args += ["--redis", args.redis]
+    gateways = []
+    for name in gateway_names(_gateways(args)):
+        gw_cmd = py + ["serve-gateway", "--host", host, "--port", str(ports[name])] + gw_args
+        address = f"{host}:{ports[name]}"
+        gateways.append(Component(name, "gateway", None, address, gw_cmd, log_dir / f"{name}.log"))
+    comps += gateways
+    if len(gateways) > 1:
+        lb_cmd = py + ["serve-lb", "--host", host, "--port", str(ports["lb"])]
+        lb_cmd += [f"--gateway={gw.address}" for gw in gateways]
+        lb_cmd += ["--config", str(log_dir / "haproxy.cfg")]
+        comps.append(
+            Component("lb", "lb", None, f"{host}:{ports['lb']}", lb_cmd, log_dir / "lb.log")
+        )
     return comps
 
 
@@ -189,7 +206,7 @@ def spawn(comp: Component, env: dict[str, str] | None = None) -> None:
 
 def is_ready(comp: Component) -> bool:
     _STOPS.check()  # each poll is a step: a stop signal whose raise was lost ends the wait
-    if comp.role == "gateway":
+    if comp.role in ("gateway", "lb"):
         return http_get(f"http://{comp.address}/readyz", 1.0) is None
     return asyncio.run(ping(comp.address, 1.0)) is None
 
@@ -330,6 +347,13 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         help="redis://HOST:PORT for the L2 cache and "
         "feature store (default: none, everything in process)",
     )
+    parser.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="gateway processes (default 1: the gateway alone; 2 or more: gateway-0 ... behind "
+        "HAProxy, the component lb, which gateway_url then names)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--preset", default="default", help="data/model preset (default, tiny)")
     parser.add_argument("--artifacts", type=Path, default=None, help="artifact cache directory")
@@ -383,6 +407,13 @@ def _name_address(text: str) -> tuple[str, str]:
 def validate_up(args: argparse.Namespace) -> str | None:
     if not 1 <= args.shards <= 64:
         return f"--shards {args.shards} is out of range; allowed: 1 to 64"
+    if not 1 <= args.gateways <= MAX_GATEWAYS:
+        return f"--gateways {args.gateways} is out of range; allowed: 1 to {MAX_GATEWAYS}"
+    if args.gateways > 1 and shutil.which("haproxy") is None:
+        return (
+            f"--gateways {args.gateways} needs HAProxy in front of the gateways, and haproxy is "
+            "not installed; scripts/setup.sh installs Debian's haproxy (or use --gateways 1)"
+        )
     if args.sla_ms <= 0:
         return f"--sla-ms {args.sla_ms} must be positive"
     if args.redis and not args.redis.startswith(("redis://", "unix://")):
@@ -393,10 +424,11 @@ def validate_up(args: argparse.Namespace) -> str | None:
 
     names = {f"shard-{i}-{r}" for i in range(args.shards) for r in ("primary", "replica")}
     for name, _ in list(args.port_plan or []) + list(args.routes or []):
-        if name not in names | {"region", "gateway"}:
+        front = gateway_names(args.gateways) + (["lb"] if args.gateways > 1 else [])
+        if name not in names | {"region", *front}:
             return (
                 f"component {name!r} in --port/--route is unknown; allowed: shard-I-primary, "
-                f"shard-I-replica (I < {args.shards}), region, gateway"
+                f"shard-I-replica (I < {args.shards}), region, {', '.join(front)}"
             )
 
     if args.preset not in PRESETS:
@@ -425,11 +457,12 @@ def start(args: argparse.Namespace, log=print) -> dict[str, Any]:
     log(f"starting {len(comps)} processes (model {meta['version']}, logs in {log_dir})")
     wrote = False
     try:
-        for comp in comps[:-1]:
-            _spawn_owned(comp)
-        wait_ready(comps[:-1], args.timeout, log)
-        _spawn_owned(comps[-1])
-        wait_ready(comps[-1:], max(args.timeout - (time.monotonic() - t0), 5.0), log)
+        # In stages, each one's dependencies ready first: the servers the gateways call, the
+        # gateways, then the balancer in front of them.
+        for stage in _stages(comps):
+            for comp in stage:
+                _spawn_owned(comp)
+            wait_ready(stage, max(args.timeout - (time.monotonic() - t0), 5.0), log)
         manifest = _manifest(args, comps, meta, log_dir, time.monotonic() - t0)
         with _STOPS.deferred():
             write_manifest(args.manifest, manifest)
@@ -443,6 +476,19 @@ def start(args: argparse.Namespace, log=print) -> dict[str, Any]:
     return manifest
 
 
+def _stages(comps: list[Component]) -> list[list[Component]]:
+    order = ("gateway", "lb")
+    stages = [[c for c in comps if c.role not in order]]
+    stages += [[c for c in comps if c.role == role] for role in order]
+    return [stage for stage in stages if stage]
+
+
+def entry_point(comps: list[Component]) -> Component:
+    """The component clients call: the balancer where there is one, else the gateway."""
+    fronts = [c for c in comps if c.role == "lb"] or [c for c in comps if c.role == "gateway"]
+    return fronts[0]
+
+
 def _manifest(
     args: argparse.Namespace,
     comps: list[Component],
@@ -452,7 +498,7 @@ def _manifest(
 ) -> dict[str, Any]:
     return {
         "manifest_version": MANIFEST_VERSION,
-        "gateway_url": f"http://{comps[-1].address}",
+        "gateway_url": f"http://{entry_point(comps).address}",
         "model_version": meta["version"],
         "preset": args.preset,
         "n_users": meta["data"]["n_users"],
@@ -462,6 +508,7 @@ def _manifest(
         "population": meta["data"]["n_users"],
         "catalogue": meta["data"]["n_items"],
         "shards": args.shards,
+        "gateways": _gateways(args),
         "redis": args.redis,
         "log_dir": str(log_dir),
         "started_at": time.time(),

@@ -33,7 +33,8 @@ COMPONENT_PATTERN = r"[a-z0-9][a-z0-9_.-]*"
 PRESET_PATTERN = r"[A-Za-z0-9_-]+"
 TEMPLATE_FIELDS = ("user_id", "k", "request_id", "seed")
 HTTP_METHODS = ("GET", "POST", "PUT")
-BACKENDS = ("process", "docker")  # how the recommender runs: local processes or containers
+BACKENDS = ("process", "docker")
+MAX_GATEWAYS = 8  # system_under_test/launcher.py's --gateways range  # how the recommender runs: local processes or containers
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,15 @@ class RecommenderTarget:
     redis: bool = True
     args: tuple[str, ...] = ()
     backend: str = "process"  # or "docker": one container per component (docs/docker.md)
+    # 1: the gateway alone; 2 or more: gateway-0 ... behind HAProxy, the component lb
+    gateways: int = 1
     kind: str = field(default="recommender", init=False)
+
+    def gateway_names(self) -> tuple[str, ...]:
+        """The entry point's processes: ``gateway``, or ``gateway-0`` ... and the balancer."""
+        if self.gateways == 1:
+            return ("gateway",)
+        return tuple(f"gateway-{i}" for i in range(self.gateways)) + ("lb",)
 
     def shard_copies(self) -> tuple[str, ...]:
         return tuple(
@@ -53,7 +62,12 @@ class RecommenderTarget:
         )
 
     def component_names(self) -> tuple[str, ...]:
-        return self.shard_copies() + ("gateway", "region") + (("redis",) if self.redis else ())
+        return (
+            self.shard_copies()
+            + self.gateway_names()
+            + ("region",)
+            + (("redis",) if self.redis else ())
+        )
 
     def proxied(self) -> tuple[str, ...]:
         """Components reached through the userspace fault proxy (latency, bandwidth, ...);
@@ -74,6 +88,8 @@ class RecommenderTarget:
         }
         if self.backend != "process":
             d["backend"] = self.backend
+        if self.gateways != 1:
+            d["gateways"] = self.gateways
         return d
 
 
@@ -148,6 +164,7 @@ def read_target(data: Any, path: str, problems: list[Problem]) -> Target | None:
                 "redis",
                 "args",
                 "backend",
+                "gateways",
                 "components",
                 "endpoint",
                 "request",
@@ -182,9 +199,20 @@ def _read_recommender(f: Fields) -> RecommenderTarget | None:
     redis = f.get("redis", boolean(), True)
     args = f.get("args", _argv_conv("a list of extra command-line arguments", allow_empty=True), ())
     backend = f.get("backend", choice(BACKENDS), "process")
-    if any_invalid(shards, preset, redis, args, backend):
+    gateways = f.get("gateways", integer(1, MAX_GATEWAYS), 1)
+    if any_invalid(shards, preset, redis, args, backend, gateways):
         return None
-    return RecommenderTarget(shards=shards, preset=preset, redis=redis, args=args, backend=backend)
+    if gateways > 1 and backend != "process":
+        f.add(
+            "gateways",
+            gateways,
+            f"1 with backend {backend!r} (HAProxy in front of several gateways runs with the "
+            "process backend only)",
+        )
+        return None
+    return RecommenderTarget(
+        shards=shards, preset=preset, redis=redis, args=args, backend=backend, gateways=gateways
+    )
 
 
 def _read_generic(f: Fields) -> GenericTarget | None:

@@ -100,6 +100,7 @@ class ClusterPool:
             redis=t.redis,
             sla_ms=scenario.sla_ms,
             redis_address=redis_address,
+            gateways=t.gateways,
         )
 
     def get(self, options: RecommenderOptions, log: Any) -> Target:

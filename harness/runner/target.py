@@ -44,6 +44,7 @@ def start_target(
         redis=t.redis,
         sla_ms=scenario.sla_ms,
         redis_address=redis_address,
+        gateways=t.gateways,
     )
     if t.backend == "docker":
         if redis_address is not None and t.redis:

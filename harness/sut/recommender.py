@@ -60,6 +60,8 @@ class RecommenderOptions:
     proxy: bool = True
     startup_timeout_s: float = 600.0
     redis_address: str | None = None
+    # 1: the gateway alone; 2 or more: gateway-0 ... behind HAProxy (the component lb)
+    gateways: int = 1
 
 
 def _sut_command(*args: str) -> list[str]:
@@ -147,6 +149,8 @@ class RecommenderCluster:
                 "--timeout",
                 str(opts.startup_timeout_s),
             ]
+            if opts.gateways != 1:  # only then: an older checkout's `up` has no --gateways
+                args += ["--gateways", str(opts.gateways)]
             args += [f"--port={name}={port}" for name, port in real_ports.items()]
             args += [f"--route={name}={address}" for name, address in routes.items()]
             if opts.artifacts:

@@ -21,8 +21,10 @@ import json
 import logging
 import os
 import re
+import time
 from typing import Any, Protocol
 
+from system_under_test.balancer import parse_request_start
 from system_under_test.gateway.http import Request, Response, json_response
 from system_under_test.gateway.overload import OverloadGate
 
@@ -37,6 +39,26 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/metrics": ("GET",),
 }
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+# The longest time a request may have spent in the balancer for its X-Request-Start to count:
+# beyond it the header is taken as wrong (another clock, or a client's own) and ignored.
+MAX_CARRIED_S = 1.0
+
+
+def arrival_of(request: Request) -> float | None:
+    """When the request's deadline starts (``time.monotonic()``): when the balancer received it
+    (its ``X-Request-Start``, so time spent there and in a retry counts), else when the gateway
+    read its first byte."""
+    arrival = request.received_at or None
+    started = parse_request_start(request.headers.get("x-request-start"))
+    if arrival is None or started is None:
+        return arrival
+    started_mono = started + (time.monotonic() - time.time())
+    carried = arrival - started_mono
+    if not 0.0 <= carried <= MAX_CARRIED_S:
+        return arrival
+    return started_mono
 
 
 class ApiError(Exception):
@@ -164,11 +186,10 @@ class GatewayApp:
 
     async def _route(self, request: Request, rid: str, headers: list[tuple[str, str]]) -> Response:
         if request.path == "/v1/recommend":
-            arrival = request.received_at or None
+            arrival = arrival_of(request)
             if self.gate is not None:
-                arrival, _, admitted = self.gate.check(
-                    request.received_at, request.headers.get("x-request-start")
-                )
+                source = "gateway" if arrival == (request.received_at or None) else "balancer"
+                arrival, _, admitted = self.gate.check(arrival, source)
                 if not admitted:
                     headers.extend(self._shed_headers)
                     return Response(503, self._shed_body, headers=headers)

@@ -107,3 +107,63 @@ def test_up_then_down_leaves_nothing_and_down_checks_start_times(tmp_path, tiny_
         for _, ref in tagged_processes(TAG, tag):
             ref.signal(signal.SIGKILL)
     assert wait_gone(tag, 10) == []
+
+
+def post(url: str, body: bytes, timeout_s: float = 5.0) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"{url}/v1/recommend", body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.skipif(
+    not __import__("shutil").which("haproxy"), reason="haproxy is not installed (scripts/setup.sh)"
+)
+def test_two_gateways_behind_haproxy_survive_a_gateway_kill(tmp_path, tiny_artifacts):
+    tag = os.urandom(6).hex()
+    env = {**os.environ, "PYTHONPATH": str(REPO), TAG: tag}
+    manifest = tmp_path / "manifest.json"
+    try:
+        argv = up_command(manifest, tiny_artifacts.parent) + ["--gateways", "2"]
+        up = ManagedProcess(argv, tmp_path / "up.log", env=env)
+        assert up.start().wait(120) == 0, up.tail_text()
+        data = json.loads(manifest.read_text())
+        comps = {c["name"]: c for c in data["components"]}
+        assert {"gateway-0", "gateway-1", "lb"} <= set(comps) and "gateway" not in comps
+        assert comps["lb"]["role"] == "lb" and comps["gateway-1"]["role"] == "gateway"
+        assert data["gateway_url"] == f"http://{comps['lb']['address']}"
+        assert data["gateways"] == 2
+        # HAProxy is the process the launcher started (it became HAProxy), tagged like the rest.
+        assert Path(f"/proc/{comps['lb']['pid']}/exe").resolve().name == "haproxy"
+        assert {ref.pid for _, ref in tagged_processes(TAG, tag)} == {
+            c["pid"] for c in comps.values()
+        }
+        url = data["gateway_url"]
+        status, body = post(url, b'{"user_id": 3, "k": 5}')
+        assert status == 200 and len(body["items"]) == 5, body
+        # A bad body through the balancer still gets the gateway's own 4xx JSON error.
+        status, body = post(url, b'{"user_id": "three"}')
+        assert status == 422 and body["field"] == "user_id", body
+
+        os.kill(comps["gateway-0"]["pid"], signal.SIGKILL)
+        answers = [post(url, b'{"user_id": 3, "k": 5}')[0] for _ in range(30)]
+        assert answers == [200] * 30, answers
+        lb_log = Path(comps["lb"]["log"]).read_text()
+
+        down = ManagedProcess(
+            [sys.executable, "-m", "system_under_test", "down", "--manifest", str(manifest)],
+            tmp_path / "down.log",
+            env=env,
+        )
+        assert down.start().wait(60) == 0, down.tail_text()
+        assert wait_gone(tag, 10) == [], lb_log
+        assert not manifest.exists()
+    finally:
+        for _, ref in tagged_processes(TAG, tag):
+            ref.signal(signal.SIGKILL)
+    assert wait_gone(tag, 10) == []

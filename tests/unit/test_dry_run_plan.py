@@ -20,9 +20,15 @@ SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml"))
 KILL = str(ROOT / "scenarios" / "primary_kill.yaml")
 
 
-def manifest(tmp_path: Path, shards: int = 4, redis: str | None = "redis://127.0.0.1:1/0") -> Path:
+def manifest(
+    tmp_path: Path,
+    shards: int = 4,
+    redis: str | None = "redis://127.0.0.1:1/0",
+    gateways: int = 1,
+) -> Path:
     names = [f"shard-{i}-{c}" for i in range(shards) for c in ("primary", "replica")]
-    comps = [{"name": n, "pid": 0} for n in names + ["region", "gateway"]]
+    front = ["gateway"] if gateways == 1 else [f"gateway-{i}" for i in range(gateways)] + ["lb"]
+    comps = [{"name": n, "pid": 0} for n in names + ["region", *front]]
     path = tmp_path / "manifest.json"
     path.write_text(
         json.dumps({"gateway_url": "http://127.0.0.1:1", "components": comps, "redis": redis})
@@ -41,9 +47,11 @@ def dry(capsys: Any, *argv: str) -> tuple[int, str, str]:
 def test_every_shipped_scenario_passes_against_a_four_shard_manifest(
     tmp_path, capsys, scenario, profile
 ):
-    code, out, err = dry(
-        capsys, str(scenario), "--profile", profile, "--manifest", str(manifest(tmp_path))
-    )
+    from harness.model.scenario import load_scenario
+
+    gateways = getattr(load_scenario(scenario).target, "gateways", 1)
+    path = manifest(tmp_path, gateways=gateways)  # as `up --gateways N` writes it
+    code, out, err = dry(capsys, str(scenario), "--profile", profile, "--manifest", str(path))
     assert code == 0, err
     assert out.splitlines()[-1].startswith("OK: every fault target is a component of the target")
 

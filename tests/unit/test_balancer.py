@@ -1,0 +1,155 @@
+"""The redundant entry point, without starting anything: the HAProxy config generated for the
+gateways (system_under_test/balancer.py), the request-start header the gateway reads back, and
+the scenario target's ``gateways`` (harness/model/target.py)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from harness.model.errors import ScenarioError
+from harness.model.scenario import scenario_from_dict
+from harness.model.target import RecommenderTarget
+from system_under_test.balancer import BalancerSettings, parse_request_start, render_config
+from system_under_test.gateway.api import MAX_CARRIED_S, arrival_of
+from system_under_test.gateway.http import Request
+from system_under_test.gateway.settings import HttpLimits
+
+GATEWAYS = ("127.0.0.1:7001", "127.0.0.1:7002")
+
+
+def config(**kw) -> str:
+    return render_config(BalancerSettings("127.0.0.1", 7000, GATEWAYS, **kw))
+
+
+def lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines()]
+
+
+def test_listens_on_loopback_only_and_names_each_gateway_in_both_backends():
+    text = config()
+    assert re.findall(r"^\s*bind (\S+)$", text, re.M) == ["127.0.0.1:7000"]
+    for i, address in enumerate(GATEWAYS):
+        assert len(re.findall(rf"server gateway-{i} {address} check ", text)) == 2
+
+
+def test_ready_backend_is_checked_on_readyz_and_live_one_on_healthz():
+    text = config()
+    ready = text.split("\nbackend ready\n", 1)[1].split("\nbackend live\n", 1)[0]
+    live = text.split("\nbackend live\n", 1)[1]
+    assert "option httpchk GET /readyz" in ready
+    assert "option httpchk GET /healthz" in live
+    assert "use_backend ready if { nbsrv(ready) gt 0 }" in lines(text)
+    assert "default_backend live" in lines(text)
+    assert "fall 2 rise 2" in ready and "inter 100ms" in ready
+
+
+def test_retries_go_to_another_gateway_on_refusal_drop_and_timeout():
+    got = lines(config())
+    assert "retry-on conn-failure empty-response response-timeout" in got
+    assert "option redispatch 1" in got
+    assert "retries 3" in got
+
+
+def test_server_timeout_is_below_the_gateway_deadline_and_connect_timeout_a_few_ms():
+    got = lines(config())
+    server = int(next(x for x in got if x.startswith("timeout server")).split()[-1][:-2])
+    connect = int(next(x for x in got if x.startswith("timeout connect")).split()[-1][:-2])
+    assert server < 17 and connect <= 5
+    assert "timeout server 8ms" in lines(config(server_timeout_ms=8))
+
+
+def test_client_limits_come_from_the_gateways_own():
+    limits = HttpLimits(max_head=32 * 1024, request_timeout_s=2.5, idle_timeout_s=30.0)
+    got = lines(config(limits=limits.__class__(**{**limits.__dict__, "max_connections": 100})))
+    assert "maxconn 100" in got
+    assert "tune.bufsize 33792" in got  # max_head + tune.maxrewrite
+    assert "timeout http-request 2500ms" in got
+    assert "timeout http-keep-alive 30000ms" in got
+
+
+def test_request_start_header_is_set_by_the_balancer_and_parsed_back():
+    assert "http-request set-header X-Request-Start t=%[date(0,us)]" in lines(config())
+    assert parse_request_start("t=1733469553123456") == pytest.approx(1733469553.123456)
+    for bad in (None, "", "1733469553123456", "t=", "t=12a", "t=" + "9" * 20):
+        assert parse_request_start(bad) is None
+
+
+def request(header: str | None, received_at: float) -> Request:
+    headers = {} if header is None else {"x-request-start": header}
+    return Request("POST", "/v1/recommend", "", headers, b"{}", received_at)
+
+
+def test_gateway_deadline_counts_the_time_spent_in_the_balancer():
+    now = time.monotonic()
+    started = time.time() - 0.004  # the balancer had it 4 ms ago
+    arrival = arrival_of(request(f"t={round(started * 1e6)}", now))
+    assert arrival is not None and now - arrival == pytest.approx(0.004, abs=0.001)
+    assert arrival_of(request(None, now)) == now
+
+
+def test_gateway_ignores_a_request_start_from_the_future_or_too_long_ago():
+    now = time.monotonic()
+    future = f"t={round((time.time() + 5) * 1e6)}"
+    old = f"t={round((time.time() - MAX_CARRIED_S - 1) * 1e6)}"
+    assert arrival_of(request(future, now)) == now
+    assert arrival_of(request(old, now)) == now
+
+
+BASE = {
+    "name": "t",
+    "seed": 1,
+    "load": [{"name": "main", "rate": 100, "duration_s": 30}],
+    "slos": [{"metric": "p99", "at_most": 20}],
+}
+
+
+def scenario(target, faults=()):
+    return scenario_from_dict({**BASE, "target": target, "faults": list(faults)}, "s.yaml")
+
+
+def test_target_with_two_gateways_names_each_gateway_and_the_balancer():
+    s = scenario(
+        {"kind": "recommender", "shards": 2, "gateways": 2},
+        [{"kind": "restart", "target": "gateway-0", "at_s": 5, "duration_s": 5}],
+    )
+    t = s.target
+    assert isinstance(t, RecommenderTarget) and t.gateways == 2
+    assert {"gateway-0", "gateway-1", "lb"} <= set(t.component_names())
+    assert "gateway" not in t.component_names()
+    assert t.to_dict()["gateways"] == 2
+    for kind in ("kill", "freeze"):
+        scenario(
+            {"kind": "recommender", "gateways": 2},
+            [{"kind": kind, "target": "lb", "at_s": 5, "duration_s": 5}],
+        )
+
+
+def test_target_default_is_the_single_gateway():
+    t = scenario({"kind": "recommender"}).target
+    assert isinstance(t, RecommenderTarget) and t.gateways == 1
+    assert "gateway" in t.component_names() and "lb" not in t.component_names()
+    assert "gateways" not in t.to_dict()
+
+
+@pytest.mark.parametrize("bad", [0, 9, "two", 1.5, True])
+def test_target_gateways_out_of_range_is_named_with_what_is_allowed(bad):
+    with pytest.raises(ScenarioError) as info:
+        scenario({"kind": "recommender", "gateways": bad})
+    text = str(info.value)
+    assert "target.gateways" in text and "an integer from 1 to 8" in text
+
+
+def test_target_gateways_with_docker_backend_is_refused():
+    with pytest.raises(ScenarioError, match=r"target\.gateways.*process backend only"):
+        scenario({"kind": "recommender", "gateways": 2, "backend": "docker"})
+
+
+def test_fault_on_gateway_of_a_single_gateway_target_names_the_known_ones():
+    with pytest.raises(ScenarioError, match="gateway-0"):
+        scenario(
+            {"kind": "recommender"},
+            [{"kind": "kill", "target": "gateway-0", "at_s": 5, "duration_s": 5}],
+        )
