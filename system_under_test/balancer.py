@@ -26,6 +26,9 @@ Why each setting is what it is (docs/recommender.md has the table):
 * Client-side limits come from the gateway's own :class:`~system_under_test.gateway.settings.
   HttpLimits`: a balancer with looser limits would let through what a gateway refuses, and a
   stricter one would answer bad requests itself instead of the gateway's 4xx JSON errors.
+  One exception: HAProxy times a connection's wait for its first request and that request's
+  arrival with one timer (``timeout http-request``), so it is the idle timeout, not the
+  request timeout: a pooled connection unused for 10 s must not be answered 408.
 """
 
 from __future__ import annotations
@@ -100,7 +103,16 @@ def render_config(s: BalancerSettings) -> str:
         f"    timeout connect {s.connect_timeout_ms}ms",
         f"    timeout server {s.server_timeout_ms}ms",
         f"    timeout client {_ms(lim.idle_timeout_s)}",
-        f"    timeout http-request {_ms(lim.request_timeout_s)}",
+        # HAProxy 2.6 times the wait for a connection's first request with the same timer as
+        # the request's arrival (a gateway times them apart: idle, then from the first byte).
+        # A client that pools connections may leave a new one unused for a while: at the
+        # gateway's 10 s request timeout HAProxy answered such a connection 408 and the
+        # client read that 408 as the answer to its next request (cold_start, 10 s after the
+        # pool opened). So the timer is the idle timeout, the longer of the two, and a
+        # connection that never sent anything is closed silently (http-ignore-probes), as a
+        # gateway closes an idle one.
+        f"    timeout http-request {_ms(max(lim.idle_timeout_s, lim.request_timeout_s))}",
+        "    option http-ignore-probes",
         f"    timeout http-keep-alive {_ms(lim.idle_timeout_s)}",
         f"    timeout check {CHECK_TIMEOUT_MS}ms",
         f"    timeout queue {s.connect_timeout_ms}ms",

@@ -51,12 +51,13 @@ class HttpLimits:
     # 413 beyond (Content-Length, or the chunks received so far).
     max_body: int = 64 * KIB
     # 408 and close when a request has not arrived in full (head and body) this long after its
-    # first byte: slow-header and slow-body clients. (HAProxy: timeout http-request)
+    # first byte: slow-header and slow-body clients. (HAProxy: none; its timeout http-request
+    # also times the wait for a first request, so it gets idle_timeout_s: balancer.py)
     request_timeout_s: float = 10.0
     # A connection with no request in progress is closed after this long: a fresh one that
     # never sends, or a keep-alive one between requests. Long, because clients keep pools of
     # connections that sit unused for a while; at the cap, idle connections make room for new
-    # ones anyway. (HAProxy: timeout http-keep-alive)
+    # ones anyway. (HAProxy: timeout http-keep-alive and timeout http-request)
     idle_timeout_s: float = 60.0
     # Open client connections. Beyond it the longest-idle connection is closed to make room, or,
     # when every connection is in the middle of a request, the new one gets a fast 503 and is

@@ -66,8 +66,17 @@ def test_client_limits_come_from_the_gateways_own():
     got = lines(config(limits=limits.__class__(**{**limits.__dict__, "max_connections": 100})))
     assert "maxconn 100" in got
     assert "tune.bufsize 33792" in got  # max_head + tune.maxrewrite
-    assert "timeout http-request 2500ms" in got
     assert "timeout http-keep-alive 30000ms" in got
+
+
+def test_a_pooled_connection_waits_the_idle_timeout_for_its_first_request_not_the_request_timeout():
+    """HAProxy times the wait for a connection's first request with ``timeout http-request``:
+    at the request timeout (10 s) an unused pooled connection got a 408 that its client then
+    read as the answer to its next request. It waits the idle timeout, and closes silently."""
+    limits = HttpLimits(request_timeout_s=2.5, idle_timeout_s=30.0)
+    got = lines(config(limits=limits))
+    assert "timeout http-request 30000ms" in got
+    assert "option http-ignore-probes" in got
 
 
 def test_request_start_header_is_set_by_the_balancer_and_parsed_back():
