@@ -15,7 +15,8 @@ Why each setting is what it is (docs/recommender.md has the table):
   ``GET /healthz`` (the process serves HTTP), takes the traffic while the first has no server
   up: the balancer never answers 503 for a cluster that can serve.
 * Retries: ``retry-on conn-failure empty-response response-timeout`` with ``retries`` and
-  ``option redispatch 1`` (every retry to another gateway): a killed gateway refuses at once
+  ``option redispatch 1`` (every retry to another gateway; ``option http-buffer-request``, since
+  HAProxy retries only a request it holds in full): a killed gateway refuses at once
   (``conn-failure``) or drops a kept-alive connection (``empty-response``); a frozen one
   accepts but never answers (``response-timeout``). ``timeout connect`` is a few ms: on
   loopback a live gateway accepts in microseconds.
@@ -113,6 +114,10 @@ def render_config(s: BalancerSettings) -> str:
         # gateway closes an idle one.
         f"    timeout http-request {_ms(max(lim.idle_timeout_s, lim.request_timeout_s))}",
         "    option http-ignore-probes",
+        # HAProxy retries a request only if it holds all of it: without this a client that
+        # sends the head and the body in two writes (urllib does) got a 502 when its request
+        # went to a just-killed gateway over a kept-alive connection.
+        "    option http-buffer-request",
         f"    timeout http-keep-alive {_ms(lim.idle_timeout_s)}",
         f"    timeout check {CHECK_TIMEOUT_MS}ms",
         f"    timeout queue {s.connect_timeout_ms}ms",

@@ -79,6 +79,11 @@ def test_a_pooled_connection_waits_the_idle_timeout_for_its_first_request_not_th
     assert "option http-ignore-probes" in got
 
 
+def test_the_balancer_holds_the_whole_request_so_that_it_can_retry_it():
+    # HAProxy retries only a request it holds in full; urllib sends the head and the body apart.
+    assert "option http-buffer-request" in lines(config())
+
+
 def test_request_start_header_is_set_by_the_balancer_and_parsed_back():
     assert "http-request set-header X-Request-Start t=%[date(0,us)]" in lines(config())
     assert parse_request_start("t=1733469553123456") == pytest.approx(1733469553.123456)
