@@ -191,6 +191,9 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
         lb_cmd = py + ["serve-lb", "--host", host, "--port", str(ports["lb"])]
         lb_cmd += [f"--gateway={gw.address}" for gw in gateways]
         lb_cmd += ["--config", str(log_dir / "haproxy.cfg")]
+        server_timeout_ms = getattr(args, "server_timeout_ms", None)
+        if server_timeout_ms is not None:
+            lb_cmd += ["--server-timeout-ms", str(server_timeout_ms)]
         comps.append(
             Component("lb", "lb", None, f"{host}:{ports['lb']}", lb_cmd, log_dir / "lb.log")
         )
@@ -354,6 +357,13 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         help="gateway processes (default 1: the gateway alone; 2 or more: gateway-0 ... behind "
         "HAProxy, the component lb, which gateway_url then names)",
     )
+    parser.add_argument(
+        "--server-timeout-ms",
+        type=int,
+        default=None,
+        help="with --gateways 2 or more: how long HAProxy gives a gateway to answer before it "
+        "sends the request to another (default: serve-lb's, 10)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--preset", default="default", help="data/model preset (default, tiny)")
     parser.add_argument("--artifacts", type=Path, default=None, help="artifact cache directory")
@@ -409,6 +419,14 @@ def validate_up(args: argparse.Namespace) -> str | None:
         return f"--shards {args.shards} is out of range; allowed: 1 to 64"
     if not 1 <= args.gateways <= MAX_GATEWAYS:
         return f"--gateways {args.gateways} is out of range; allowed: 1 to {MAX_GATEWAYS}"
+    timeout_ms = getattr(args, "server_timeout_ms", None)
+    if timeout_ms is not None and not 1 <= timeout_ms <= 60_000:
+        return f"--server-timeout-ms {timeout_ms} is out of range; allowed: 1 to 60000"
+    if timeout_ms is not None and args.gateways == 1:
+        return (
+            f"--server-timeout-ms {timeout_ms} is HAProxy's, and --gateways 1 starts none; "
+            "allowed with --gateways 2 or more"
+        )
     if args.gateways > 1 and shutil.which("haproxy") is None:
         return (
             f"--gateways {args.gateways} needs HAProxy in front of the gateways, and haproxy is "

@@ -167,3 +167,34 @@ def test_fault_on_gateway_of_a_single_gateway_target_names_the_known_ones():
             {"kind": "recommender"},
             [{"kind": "kill", "target": "gateway-0", "at_s": 5, "duration_s": 5}],
         )
+
+
+def up_args(*argv: str):
+    import argparse
+
+    from system_under_test.launcher import add_up_arguments
+
+    parser = argparse.ArgumentParser()
+    add_up_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_up_passes_its_server_timeout_to_the_balancer_and_checks_it(tmp_path):
+    from system_under_test.launcher import plan_cluster, validate_up
+
+    def lb_cmd(*argv: str) -> list[str]:
+        args = up_args("--gateways", "2", "--shards", "1", *argv)
+        names = ["shard-0-primary", "shard-0-replica", "region", "gateway-0", "gateway-1", "lb"]
+        args.port_plan = {name: 20000 + i for i, name in enumerate(names)}  # no sockets here
+        comps = plan_cluster(args, tmp_path)
+        return next(c for c in comps if c.name == "lb").command
+
+    assert "--server-timeout-ms" not in lb_cmd()  # serve-lb's own default
+    cmd = lb_cmd("--server-timeout-ms", "8")
+    assert cmd[cmd.index("--server-timeout-ms") + 1] == "8"
+    assert "out of range; allowed: 1 to 60000" in (
+        validate_up(up_args("--gateways", "2", "--server-timeout-ms", "0")) or ""
+    )
+    assert "allowed with --gateways 2 or more" in (
+        validate_up(up_args("--server-timeout-ms", "8")) or ""
+    )
