@@ -130,10 +130,13 @@ def test_two_gateways_behind_haproxy_survive_a_gateway_kill(tmp_path, tiny_artif
     manifest = tmp_path / "manifest.json"
     try:
         argv = up_command(manifest, tiny_artifacts.parent) + ["--gateways", "2"]
+        argv += ["--server-timeout-ms", "11"]
         up = ManagedProcess(argv, tmp_path / "up.log", env=env)
         assert up.start().wait(120) == 0, up.tail_text()
         data = json.loads(manifest.read_text())
         comps = {c["name"]: c for c in data["components"]}
+        config = (Path(comps["lb"]["log"]).parent / "haproxy.cfg").read_text()
+        assert "    timeout server 11ms" in config.splitlines(), config
         assert {"gateway-0", "gateway-1", "lb"} <= set(comps) and "gateway" not in comps
         assert comps["lb"]["role"] == "lb" and comps["gateway-1"]["role"] == "gateway"
         assert data["gateway_url"] == f"http://{comps['lb']['address']}"
