@@ -1,8 +1,8 @@
 """``recchaos run --dry-run`` against real targets.
 
 Every shipped scenario (pr and nightly profiles) is checked against the manifest of a running
-recommender of the scenarios' own shape (4 shards, tiny preset, Redis: ``--manifest``, nothing
-started by the dry run) and exits 0; a scenario whose target that recommender lacks exits 2
+recommender of the scenarios' own shape (4 shards, tiny preset, Redis, and two gateways behind
+the balancer for the scenarios that ask for them: ``--manifest``, nothing started by the dry run) and exits 0; a scenario whose target that recommender lacks exits 2
 naming it. Without ``--manifest`` the dry run starts the target itself, reads its manifest and
 stops it again: no process it started is left, and no run directory is written.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness import cli
+from harness.model.scenario import load_scenario
 from harness.runner.target import start_recommender
 from harness.sut.recommender import RecommenderOptions
 from harness.sut.target import Target
@@ -33,11 +34,29 @@ SHORT = ROOT / "tests" / "data" / "short_kill.yaml"
 TAG = "RECCHAOS_TEST_TAG"
 
 
+def gateways_of(scenario: Path) -> int:
+    return getattr(load_scenario(scenario).target, "gateways", 1)
+
+
+def _start(tmp_path_factory: pytest.TempPathFactory, gateways: int) -> Target:
+    options = RecommenderOptions(shards=4, preset="tiny", redis=True, gateways=gateways)
+    return start_recommender(options, tmp_path_factory.mktemp("running") / "cluster")
+
+
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     """The scenarios' recommender, up for the module (as `recchaos sut up` leaves one)."""
-    options = RecommenderOptions(shards=4, preset="tiny", redis=True)
-    target = start_recommender(options, tmp_path_factory.mktemp("running") / "cluster")
+    target = _start(tmp_path_factory, 1)
+    try:
+        yield target
+    finally:
+        target.stop()
+
+
+@pytest.fixture(scope="module")
+def running_two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """The gateway scenarios' recommender: two gateways behind the balancer (`up --gateways 2`)."""
+    target = _start(tmp_path_factory, 2)
     try:
         yield target
     finally:
@@ -45,10 +64,14 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 
 
 @pytest.mark.parametrize("profile", ["pr", "nightly"])
-def test_every_shipped_scenario_checks_out_against_a_running_recommender(running, capsys, profile):
+def test_every_shipped_scenario_checks_out_against_a_running_recommender(
+    running, running_two, capsys, profile
+):
     assert len(SHIPPED) >= 10
-    manifest = str(running.manifest_path)
+    by_gateways = {1: str(running.manifest_path), 2: str(running_two.manifest_path)}
+    assert any(gateways_of(s) == 2 for s in SHIPPED)  # the second cluster is used
     for scenario in SHIPPED:
+        manifest = by_gateways[gateways_of(scenario)]
         code = cli.main(["run", str(scenario), "--dry-run", "--profile", profile,
                          "--manifest", manifest])  # fmt: skip
         out = capsys.readouterr()
