@@ -2,8 +2,8 @@
 
 Every shipped scenario (pr and nightly profiles) is checked against the manifest of a running
 recommender of the scenarios' own shape (4 shards, tiny preset, Redis, and two gateways behind
-the balancer for the scenarios that ask for them: ``--manifest``, nothing started by the dry run) and exits 0; a scenario whose target that recommender lacks exits 2
-naming it. Without ``--manifest`` the dry run starts the target itself, reads its manifest and
+the balancer for the scenarios that ask for them: ``--manifest``, nothing started by the dry
+run) and exits 0; a scenario whose target that recommender lacks exits 2 naming it. Without ``--manifest`` the dry run starts the target itself, reads its manifest and
 stops it again: no process it started is left, and no run directory is written.
 """
 
