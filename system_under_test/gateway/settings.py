@@ -225,10 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=od.retry_after_s,
         help=f"Retry-After of a shed request's 503, whole seconds (default {od.retry_after_s})",
     )
-    shed.add_argument(
+    on_off = shed.add_mutually_exclusive_group()
+    on_off.add_argument(
+        "--shed",
+        action="store_true",
+        help="shed by the rule above (default off: the queueing delay is measured, nothing "
+        "is shed; a request a balancer retried carries its wait at the first gateway in "
+        "X-Request-Start, which the rule would take for a queue)",
+    )
+    on_off.add_argument(
         "--no-shed",
         action="store_true",
-        help="measure queueing delay but never shed (the deadline still starts at arrival)",
+        help="measure queueing delay but never shed (the default; the deadline still starts "
+        "at arrival)",
     )
     limits = p.add_argument_group("HTTP limits (the same values belong in a balancer in front)")
     defaults = HttpLimits()
@@ -282,7 +291,7 @@ def overload_from_args(args: argparse.Namespace) -> OverloadSettings:
         target_s=target / 1000,
         interval_s=interval / 1000,
         retry_after_s=args.overload_retry_after_s,
-        enabled=not args.no_shed,
+        enabled=args.shed,
     )
 
 

@@ -2,8 +2,8 @@
 Retry-After, counts them, serves nothing that queued longer than the interval, and never sheds
 at light load.
 
-The reference is measured in the same test: one gateway started with ``--no-shed`` and one with
-the default overload control, on the same shards, get the same flood. The flood is what a
+The reference is measured in the same test: one gateway started with ``--no-shed`` (the default) and
+one with ``--shed``, on the same shards, get the same flood. The flood is what a
 balancer in front does to a gateway that cannot keep up: a few connections that each carry many
 requests (pipelined, HTTP/1.1), every request stamped with ``X-Request-Start`` (microseconds)
 when it is due, so that the time it waits in the kernel's buffers counts as queueing too.
@@ -183,7 +183,7 @@ def metric(port: int, name: str) -> float:
 
 def test_a_flooded_gateway_sheds_with_retry_after_and_never_at_light_load(cluster, tmp_path):
     results = {}
-    for name, options in (("no-shed", ("--no-shed",)), ("shed", ())):
+    for name, options in (("no-shed", ("--no-shed",)), ("shed", ("--shed",))):
         with gateway(cluster, tmp_path, *options) as gw:
             before = light(gw.port)
             t0 = time.perf_counter()

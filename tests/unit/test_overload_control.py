@@ -180,9 +180,14 @@ GOOD_ARGS = ["--port", "0", "--preset", "tiny", "--shard-primary", "127.0.0.1:70
 def test_overload_options_default_and_are_validated(capsys):
     from system_under_test.gateway.settings import parse_settings
 
-    assert parse_settings(GOOD_ARGS).overload == OverloadSettings()
+    # measured, not shed, unless asked: a retried request's stamp carries its wait elsewhere
+    assert parse_settings(GOOD_ARGS).overload == OverloadSettings(enabled=False)
+    assert parse_settings(GOOD_ARGS + ["--shed"]).overload == OverloadSettings()
     s = parse_settings(GOOD_ARGS + ["--overload-target-ms", "3", "--no-shed"]).overload
     assert s.target_s == pytest.approx(0.003) and not s.enabled
+    with pytest.raises(SystemExit) as info:
+        parse_settings(GOOD_ARGS + ["--shed", "--no-shed"])
+    assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     for extra, message in (
         (["--overload-target-ms", "0"], "--overload-target-ms 0.0 must be in (0, --sla-ms 20)"),
         (["--overload-target-ms", "25"], "--overload-target-ms 25.0 must be in (0, --sla-ms 20)"),
