@@ -2,8 +2,8 @@
 
 ``up`` trains (or reuses) the artifacts, starts 2 x S shard copies, the degraded region and the
 gateway (with ``--gateways N``, N >= 2: ``gateway-0`` ... ``gateway-N-1`` and HAProxy in front of
-them, the component ``lb``, which ``gateway_url`` then names; ``balancer.py``) as separate processes in sessions of their own (so they outlive ``up`` and a terminal's
-Ctrl-C), waits until each answers (bounded; on a timeout it shows the failing component's last log
+them, the component ``lb``, which ``gateway_url`` then names; ``balancer.py``) as separate
+processes in sessions of their own (so they outlive ``up`` and a terminal's Ctrl-C), waits until each answers (bounded; on a timeout it shows the failing component's last log
 lines and stops everything it started), then writes the manifest. Until the manifest is written
 ``up`` owns its children: SIGTERM, SIGINT or SIGHUP stops every one started so far, and ``up``
 exits with 128 + the signal's number. Every child inherits ``up``'s environment, so a tool that
@@ -119,6 +119,11 @@ def gateway_names(count: int) -> list[str]:
     return ["gateway"] if count == 1 else [f"gateway-{i}" for i in range(count)]
 
 
+def front_names(count: int) -> list[str]:
+    """The components clients reach first: the gateways, and ``lb`` when there are several."""
+    return gateway_names(count) + (["lb"] if count > 1 else [])
+
+
 def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
     """The processes to start, with their ports chosen now (loopback by default)."""
     py = [sys.executable, "-m", "system_under_test"]
@@ -128,8 +133,7 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
     host = args.host
     ports: dict[str, int] = dict(args.port_plan or {})
     names = [f"shard-{i}-{r}" for i in range(args.shards) for r in ("primary", "replica")]
-    front = gateway_names(_gateways(args)) + (["lb"] if _gateways(args) > 1 else [])
-    missing = [n for n in [*names, "region", *front] if not ports.get(n)]
+    missing = [n for n in [*names, "region", *front_names(_gateways(args))] if not ports.get(n)]
     ports.update(zip(missing, free_ports(len(missing), host), strict=True))
     comps: list[Component] = []
     for shard in range(args.shards):
@@ -442,7 +446,7 @@ def validate_up(args: argparse.Namespace) -> str | None:
 
     names = {f"shard-{i}-{r}" for i in range(args.shards) for r in ("primary", "replica")}
     for name, _ in list(args.port_plan or []) + list(args.routes or []):
-        front = gateway_names(args.gateways) + (["lb"] if args.gateways > 1 else [])
+        front = front_names(args.gateways)
         if name not in names | {"region", *front}:
             return (
                 f"component {name!r} in --port/--route is unknown; allowed: shard-I-primary, "
