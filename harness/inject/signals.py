@@ -155,6 +155,43 @@ class ProcessRef:
         return {"action": action, "pid": self.pid, "starttime": self.starttime}
 
 
+# The autogroup nice a victim's session gets before its SIGKILL: weight 15 against a serving
+# session's 1024, as a starting server's (system_under_test/runtime.py).
+DYING_AUTOGROUP_NICE = 19
+
+
+def into_background(pid: int) -> str:
+    """Move ``pid`` to SCHED_IDLE (every thread) and, where it leads its session, its autogroup
+    to nice 19, before it is SIGKILLed; returns what took effect, for the evidence.
+
+    A SIGKILLed process frees its memory before it closes its files (the kernel's ``do_exit``:
+    ``exit_mm`` before ``exit_files``), so a torch server keeps its sockets open, unanswering,
+    for the whole teardown, and that teardown runs at the process's own priority. Ten at once
+    took the CPU from the processes still serving on this 2-core machine. On separate machines
+    each teardown would run on its own CPU: in the background it takes only what the serving
+    processes leave. Best effort: without privilege the kernel takes one autogroup change a
+    tenth of a second host wide, and a process that could not be moved is killed anyway."""
+    moved = 0
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return "gone"
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            moved += 1
+        except OSError:  # a thread that ended meanwhile, or no permission
+            continue
+    group = "autogroup unchanged"
+    try:
+        if os.getsid(pid) == pid:
+            Path(f"/proc/{pid}/autogroup").write_text(str(DYING_AUTOGROUP_NICE))
+            group = f"autogroup nice {DYING_AUTOGROUP_NICE}"
+    except OSError:
+        pass
+    return f"{moved} of {len(tids)} threads SCHED_IDLE, {group}"
+
+
 def execute_sigcont(action: Mapping[str, Any]) -> str:
     """Heal action ``sigcont``: SIGCONT the process if it is still the one that was stopped."""
     ref = ProcessRef(int(action["pid"]), int(action["starttime"]))
@@ -220,6 +257,7 @@ class KillInjector(BaseInjector):
         super().__init__(kind, target, params, ctx)
         self.ref: ProcessRef | None = None
         self.new_pid: int | None = None
+        self.background = ""
         self._timer: threading.Timer | None = None
 
     def apply(self) -> None:
@@ -231,8 +269,11 @@ class KillInjector(BaseInjector):
             self._timer = threading.Timer(grace, self.ref.send, (signal.SIGKILL,))
             self._timer.daemon = True
             self._timer.start()
-        elif not self.ref.send(signal.SIGKILL):
-            raise InjectError(f"{self.label}: PID {self.ref.pid} exited before SIGKILL")
+        else:
+            if self.ref.alive():
+                self.background = into_background(self.ref.pid)
+            if not self.ref.send(signal.SIGKILL):
+                raise InjectError(f"{self.label}: PID {self.ref.pid} exited before SIGKILL")
 
     def verify(self) -> tuple[bool, str]:
         if self.ref is None:
@@ -241,7 +282,8 @@ class KillInjector(BaseInjector):
         # land on a busy machine, so a kill sent at the end of a short grace is seen
         wait = 1.0 if self.kind == "kill" else min(float(self.params["grace_s"]), 2.0) + 1.0
         if self.ref.wait_gone(wait):
-            return True, f"PID {self.ref.pid} is gone (or a zombie) per /proc"
+            moved = f"; before SIGKILL: {self.background}" if self.background else ""
+            return True, f"PID {self.ref.pid} is gone (or a zombie) per /proc{moved}"
         return False, f"PID {self.ref.pid} still runs (state {self.ref.state()})"
 
     def heal(self) -> None:
@@ -269,11 +311,14 @@ class RestartInjector(BaseInjector):
         self.ref: ProcessRef | None = None
         self.new_pid: int | None = None
         self.error: str = ""
+        self.background = ""
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
 
     def apply(self) -> None:
         self.ref = ProcessRef.of_component(self.ctx.component(self.target), self.label)
+        if self.ref.alive():
+            self.background = into_background(self.ref.pid)
         if not self.ref.send(signal.SIGKILL):
             raise InjectError(f"{self.label}: PID {self.ref.pid} exited before SIGKILL")
         self._timer = threading.Timer(float(self.params["delay_s"]), self._bring_back)
@@ -297,6 +342,8 @@ class RestartInjector(BaseInjector):
         if not self.ref.wait_gone(1.0):
             return False, f"PID {self.ref.pid} still runs (state {self.ref.state()})"
         note = f"old PID {self.ref.pid} is gone"
+        if self.background:
+            note += f" (before SIGKILL: {self.background})"
         if self.new_pid is not None:
             new = ProcessRef.of_pid(self.new_pid)
             note += f"; restarted as PID {self.new_pid} ({'alive' if new else 'not running'})"
