@@ -2,9 +2,9 @@
 and the region, restarted on request, and always stopped again.
 
 Start-up goes through the recommender's own command line (``python -m system_under_test up``),
-with ``--port`` pinning each component's real port and ``--route`` pointing the gateway at the
+with ``--port`` pinning each component's real port and ``--route`` pointing the gateways at the
 proxy's listener for it, so network faults (latency, blackhole, reset, ...) sit between the
-gateway and that component. The manifest the recommender writes is the one source of truth for
+gateways and that component. The manifest the recommender writes is the one source of truth for
 names, PIDs, start times and commands; a restart updates it in place.
 
 Every process it starts (Redis, the proxy, ``up`` and through it every component, a restarted
