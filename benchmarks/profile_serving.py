@@ -1,6 +1,8 @@
 """Sampling profiles of the serving path: py-spy flame graphs of the gateway and one shard under load.
 
-Starts the default cluster (no fault proxy), warms it, then drives open-loop constant-rate load
+Starts the default cluster with one gateway (``up --gateways 1``: the gateway alone, no
+balancer, so the one profiled gateway serves every request, as in the profiles already in
+``docs/profiles``) and no fault proxy, warms it, then drives open-loop constant-rate load
 (the harness's load worker) while ``py-spy record`` samples the gateway and ``shard-0-primary``
 without stopping them (``--nonblocking``). Writes one SVG per component and prints the CPU
 milliseconds per request of each kind of component over the same window (the profiler's own CPU
@@ -70,7 +72,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="recchaos-profile-") as tmp:
         work = Path(tmp)
-        options = RecommenderOptions(proxy=False)
+        options = RecommenderOptions(proxy=False, gateways=1)  # every request on one gateway
         with RecommenderCluster(options, work / "cluster", log=print) as cluster:
             mix = MIXES[args.mix](cluster)
             warm = LoadJob(

@@ -1,6 +1,7 @@
 """Serving benchmark: capacity of the default recommender on this machine, load generator included.
 
-Starts the cluster (``python -m system_under_test up``, no fault proxy), then drives open-loop
+Starts the cluster (``python -m system_under_test up``, no fault proxy; ``up``'s default layout,
+two gateways behind HAProxy, unless ``--gateways`` says otherwise), then drives open-loop
 constant-rate load from a separate process (the harness's load worker; response time from the
 intended send time) at each rate of each request mix in turn, and finally at ``--kill-rate``
 while one primary is SIGKILLed halfway through the step. For every step it prints the achieved
@@ -14,6 +15,7 @@ user, so that most requests miss the gateway's caches.
 
     .venv/bin/python benchmarks/serving.py [--mixes zipf,cold] [--rates 200,300,400] [--step-s 20]
     .venv/bin/python benchmarks/serving.py --baseline ../recchaos-old   # before/after, one run
+    .venv/bin/python benchmarks/serving.py --gateways 1   # the gateway alone, no balancer
 
 Rates are interleaved over ``--repeat`` rounds (machines slow down over time: compare inside one
 run) and the median with [min .. max] is reported, with each mix's capacity (the highest rate
@@ -27,6 +29,7 @@ import argparse
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +47,7 @@ from harness.load.driver import run_load  # noqa: E402
 from harness.load.spec import LoadJob  # noqa: E402
 from harness.model.load import LoadPhase, RequestMix  # noqa: E402
 from harness.model.requestlog import TIERS, error_code, succeeded  # noqa: E402
+from harness.process import StartError  # noqa: E402
 from harness.sut.recommender import RecommenderCluster, RecommenderOptions  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -189,7 +193,9 @@ def summarise(rate: float, steps: list[dict]) -> str:
 
 class TreeCluster(RecommenderCluster):
     """The recommender of another checkout (its own ``.venv``), for a before/after comparison
-    inside one run: ``up`` runs with that tree's Python from that tree's root."""
+    inside one run: ``up`` runs with that tree's Python from that tree's root. A checkout from
+    before ``up --gateways`` existed runs its one layout, the gateway alone, whatever
+    ``--gateways`` asks for (and says so)."""
 
     def __init__(self, tree: Path, options: RecommenderOptions, workdir: Path, log=print) -> None:
         super().__init__(options, workdir, log=log)
@@ -200,6 +206,22 @@ class TreeCluster(RecommenderCluster):
             self.tree
         )
 
+    def _gateway_args(self) -> list[str]:
+        argv, cwd = self._launcher("up", "--help")
+        try:
+            usage = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise StartError(f"`{' '.join(argv)}` in {cwd} took over 60 s") from None
+        if "--gateways" in usage.stdout:
+            return super()._gateway_args()
+        if self.options.gateways != 1:
+            self.log(
+                f"baseline {self.tree}: its `up` has no --gateways, so it runs the gateway alone "
+                f"(no balancer) beside this tree's {self.options.gateways} gateways behind "
+                "HAProxy; --gateways 1 compares like with like"
+            )
+        return []
+
 
 def describe_mix(name: str, mix: RequestMix) -> str:
     return f"{name}: Zipf exponent {mix.zipf_exponent} over {mix.users} users, k={mix.k}"
@@ -209,6 +231,13 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="default", help="data/model preset of the cluster")
     ap.add_argument("--shards", type=int, default=4, help="number of shards")
+    ap.add_argument(
+        "--gateways",
+        type=int,
+        default=2,
+        help="gateways (default 2, `up`'s: gateway-0 and gateway-1 behind HAProxy, the "
+        "component lb; 1: the gateway alone)",
+    )
     ap.add_argument("--rates", default="200,300,400", help="comma-separated requests/s")
     ap.add_argument("--step-s", type=float, default=20.0, help="seconds of load per step")
     ap.add_argument("--repeat", type=int, default=2, help="interleaved rounds")
@@ -244,7 +273,9 @@ def main() -> int:
     mix_names = args.mixes.split(",")
     with tempfile.TemporaryDirectory(prefix="recchaos-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        options = RecommenderOptions(shards=args.shards, preset=args.preset, proxy=False)
+        options = RecommenderOptions(
+            shards=args.shards, preset=args.preset, proxy=False, gateways=args.gateways
+        )
         clusters: dict[str, RecommenderCluster] = {}
         if args.baseline is not None:
             base = TreeCluster(args.baseline, options, work / "before", log=print)

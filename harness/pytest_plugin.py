@@ -614,7 +614,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 @pytest.fixture(scope="session")
 def recommender_options(pytestconfig: pytest.Config) -> Any:
     """The session cluster's options (override this fixture in a conftest to change them):
-    4 shards of the tiny preset, Redis when ``redis-server`` is installed, the session SLA."""
+    4 shards of the tiny preset, two gateways behind the balancer ``lb`` (``up``'s default
+    layout), Redis when ``redis-server`` is installed, the session SLA."""
     from harness.sut.recommender import RecommenderOptions
     from harness.sut.redis import redis_available
 

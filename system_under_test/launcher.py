@@ -1,10 +1,12 @@
 """``up`` and ``down``: start every process of the recommender, wait until it serves, stop it all.
 
-``up`` trains (or reuses) the artifacts, starts 2 x S shard copies, the degraded region and the
-gateway (with ``--gateways N``, N >= 2: ``gateway-0`` ... ``gateway-N-1`` and HAProxy in front of
-them, the component ``lb``, which ``gateway_url`` then names; ``balancer.py``) as separate
-processes in sessions of their own (so they outlive ``up`` and a terminal's Ctrl-C), waits until each answers (bounded; on a timeout it shows the failing component's last log
-lines and stops everything it started), then writes the manifest. Until the manifest is written
+``up`` trains (or reuses) the artifacts, starts 2 x S shard copies, the degraded region, the
+gateways ``gateway-0`` ... ``gateway-N-1`` (``--gateways N``, default 2) and HAProxy in front of
+them, the component ``lb``, which ``gateway_url`` names (``balancer.py``); ``--gateways 1`` starts
+the gateway alone, the component ``gateway``, with no balancer. Each runs as a separate process
+in a session of its own (so it outlives ``up`` and a terminal's Ctrl-C); ``up`` waits until each
+answers (bounded; on a timeout it shows the failing component's last log lines and stops
+everything it started), then writes the manifest. Until the manifest is written
 ``up`` owns its children: SIGTERM, SIGINT or SIGHUP stops every one started so far, and ``up``
 exits with 128 + the signal's number. Every child inherits ``up``'s environment, so a tool that
 starts ``up`` can find them all by a variable it sets, even if ``up`` itself is SIGKILLed.
@@ -55,6 +57,7 @@ from system_under_test.process import (
 DEFAULT_MANIFEST = Path(".sut/manifest.json")
 MANIFEST_VERSION = 1
 MAX_GATEWAYS = 8
+DEFAULT_GATEWAYS = 2  # two gateways behind HAProxy: no single gateway is a point of failure
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -111,7 +114,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def _gateways(args: argparse.Namespace) -> int:
-    return int(getattr(args, "gateways", 1) or 1)
+    return int(getattr(args, "gateways", DEFAULT_GATEWAYS) or DEFAULT_GATEWAYS)
 
 
 def gateway_names(count: int) -> list[str]:
@@ -357,15 +360,16 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gateways",
         type=int,
-        default=1,
-        help="gateway processes (default 1: the gateway alone; 2 or more: gateway-0 ... behind "
-        "HAProxy, the component lb, which gateway_url then names)",
+        default=DEFAULT_GATEWAYS,
+        help=f"gateway processes (default {DEFAULT_GATEWAYS}): 2 or more are gateway-0 ... behind "
+        "HAProxy, the component lb, which gateway_url names; 1 is the gateway alone, the "
+        "component gateway, with no balancer",
     )
     parser.add_argument(
         "--server-timeout-ms",
         type=int,
         default=None,
-        help="with --gateways 2 or more: how long HAProxy gives a gateway to answer before it "
+        help="with 2 or more gateways: how long HAProxy gives a gateway to answer before it "
         "sends the request to another (default: serve-lb's, 10)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -433,8 +437,9 @@ def validate_up(args: argparse.Namespace) -> str | None:
         )
     if args.gateways > 1 and shutil.which("haproxy") is None:
         return (
-            f"--gateways {args.gateways} needs HAProxy in front of the gateways, and haproxy is "
-            "not installed; scripts/setup.sh installs Debian's haproxy (or use --gateways 1)"
+            f"--gateways {args.gateways} (default {DEFAULT_GATEWAYS}) needs HAProxy in front of "
+            "the gateways, and haproxy is not installed; scripts/setup.sh installs Debian's "
+            "haproxy (or use --gateways 1: the gateway alone, no balancer)"
         )
     if args.sla_ms <= 0:
         return f"--sla-ms {args.sla_ms} must be positive"

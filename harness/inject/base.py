@@ -77,6 +77,7 @@ class Component:
     log: str | None = None
     container: str | None = None  # the docker backend's container id
     internal_address: str | None = None  # the address on the containers' network
+    start_time: float | None = None  # seconds since the epoch, as the manifest recorded it
 
     @property
     def host(self) -> str:
@@ -99,7 +100,12 @@ class Component:
             log=d.get("log"),
             container=d.get("container"),
             internal_address=d.get("internal_address"),
+            start_time=_seconds(d.get("start_time")),
         )
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def read_manifest_components(path: str | os.PathLike[str]) -> dict[str, Component]:
@@ -180,7 +186,8 @@ class InjectContext:
             if fresh is not None:
                 return fresh
         if name in self._pids:
-            comp = Component(**{**asdict(comp), "pid": self._pids[name]})
+            # A new process: the recorded start time was the old one's.
+            comp = Component(**{**asdict(comp), "pid": self._pids[name], "start_time": None})
         return comp
 
     def set_pid(self, name: str, pid: int) -> None:

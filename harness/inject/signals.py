@@ -4,8 +4,10 @@ context's restart hook after ``delay_s``).
 
 A process is touched only when it is the one the manifest names: its ``/proc/PID/cmdline`` must
 be the manifest's command (or, for a server that retitles itself such as redis-server, start with
-the command's program and run that executable), and from then on it is identified by PID *and*
-start time (``/proc/PID/stat`` field 22), so a reused PID is never signalled.
+the command's program and run that executable), or, for a process that replaced itself with
+another program (``serve-lb`` becomes HAProxy by ``exec``), it must have started when the
+manifest's ``start_time`` says; from then on it is identified by PID *and* start time
+(``/proc/PID/stat`` field 22), so a reused PID is never signalled.
 
 Evidence: ``freeze`` shows state ``T`` in ``/proc/PID/stat``; ``kill``/``terminate``/``restart``
 show the old process gone (or a zombie) and, after a restart, the new PID alive.
@@ -35,6 +37,7 @@ from harness.inject.base import (
 )
 
 POLL_S = 0.01
+SAME_START_S = 0.005  # start times are kernel ticks (10 ms): equal within this is the same one
 
 
 def read_stat(pid: int) -> tuple[str, int] | None:
@@ -50,6 +53,18 @@ def read_stat(pid: int) -> tuple[str, int] | None:
         return None
 
 
+def started_at(pid: int) -> float | None:
+    """When ``pid`` started, in seconds since the epoch (boot time plus its start in clock
+    ticks, as psutil's ``create_time`` and so the launcher's manifest compute it)."""
+    stat = read_stat(pid)
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+        boot = next(int(line.split()[1]) for line in lines if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return None if stat is None else boot + stat[1] / os.sysconf("SC_CLK_TCK")
+
+
 def read_cmdline(pid: int) -> list[str] | None:
     """The arguments, empty ones included (``--save ""``); the NUL padding a retitled server
     leaves after its title is not an argument."""
@@ -59,6 +74,14 @@ def read_cmdline(pid: int) -> list[str] | None:
         return None
     args = raw.rstrip(b"\0")
     return [part.decode(errors="replace") for part in args.split(b"\0")] if args else []
+
+
+def _started_as_recorded(comp: Component) -> bool:
+    """``comp``'s PID started when the manifest says (the same process, whatever it runs now)."""
+    if comp.pid is None or comp.start_time is None:
+        return False
+    start = started_at(comp.pid)
+    return start is not None and abs(start - comp.start_time) <= SAME_START_S
 
 
 def runs_command(pid: int, command: Sequence[str]) -> bool:
@@ -100,7 +123,9 @@ class ProcessRef:
         """The component's process; raises InjectError if it is not running its command."""
         if comp.pid is None:
             raise InjectError(f"{label}: {comp.name} has no PID (is it running?)")
-        if comp.command and not runs_command(comp.pid, comp.command):
+        if comp.command and not (
+            runs_command(comp.pid, comp.command) or _started_as_recorded(comp)
+        ):
             found = read_cmdline(comp.pid)
             raise InjectError(
                 f"{label}: PID {comp.pid} is not {comp.name} any more (it runs "

@@ -6,8 +6,10 @@ to ``max_duration_s``, with parameters from ``params``. Every key is optional:
 
 - ``kinds``: default every kind the target's backend runs that needs no root;
 - ``targets``: names or glob patterns, in the order a search prefers them (the first match is
-  the simplest target); default every component but the gateway (the entry point has no
-  fallback, so a fault there breaks any SLO and teaches nothing);
+  the simplest target); default every component but the entry point: the balancer ``lb``
+  and the gateways behind it (``gateway-0`` ...), or the lone ``gateway`` (nothing in front of
+  the gateways falls back when they all fail, so a search that hits them breaks any SLO and
+  teaches nothing; name them in ``targets`` to search them);
 - ``max_faults``: default 3; ``max_duration_s``: default 5; ``min_duration_s``: default 1;
 - ``params``: per kind, per parameter: a value (fixed), a list of values (one is drawn) or
   ``{min: A, max: B}`` (a number in between). A parameter the registry requires and ``params``
@@ -41,7 +43,7 @@ DEFAULT_MAX_FAULTS = 3
 DEFAULT_MAX_DURATION_S = 5.0
 DEFAULT_MIN_DURATION_S = 1.0
 MAX_FAULTS_LIMIT = 20
-EXCLUDED_BY_DEFAULT = ("gateway",)
+EXCLUDED_BY_DEFAULT = ("gateway", "gateway-*", "lb")  # glob patterns: the entry point
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,11 @@ class ExploreSpec:
     def resolved_patterns(self, target: Target) -> tuple[str, ...]:
         if self.targets is not None:
             return self.targets
-        return tuple(n for n in target.component_names() if n not in EXCLUDED_BY_DEFAULT)
+        return tuple(
+            n
+            for n in target.component_names()
+            if not any(fnmatch.fnmatchcase(n, p) for p in EXCLUDED_BY_DEFAULT)
+        )
 
     def targets_for(self, kind: str, target: Target) -> tuple[str, ...]:
         """Components a ``kind`` fault may hit within the patterns, in the patterns' order."""

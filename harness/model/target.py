@@ -34,7 +34,11 @@ PRESET_PATTERN = r"[A-Za-z0-9_-]+"
 TEMPLATE_FIELDS = ("user_id", "k", "request_id", "seed")
 HTTP_METHODS = ("GET", "POST", "PUT")
 BACKENDS = ("process", "docker")
-MAX_GATEWAYS = 8  # system_under_test/launcher.py's --gateways range  # how the recommender runs: local processes or containers
+MAX_GATEWAYS = 8  # system_under_test/launcher.py's --gateways range
+# How many gateways each backend runs when a scenario does not say: local processes run the
+# launcher's default layout (gateway-0 and gateway-1 behind HAProxy, the component lb); the
+# docker backend runs the gateway alone (it has no balancer).
+DEFAULT_GATEWAYS = {"process": 2, "docker": 1}
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,14 @@ class RecommenderTarget:
     redis: bool = True
     args: tuple[str, ...] = ()
     backend: str = "process"  # or "docker": one container per component (docs/docker.md)
-    # 1: the gateway alone; 2 or more: gateway-0 ... behind HAProxy, the component lb
-    gateways: int = 1
+    # 2 or more: gateway-0 ... behind HAProxy, the component lb; 1: the gateway alone;
+    # 0: the backend's default (DEFAULT_GATEWAYS)
+    gateways: int = 0
     kind: str = field(default="recommender", init=False)
+
+    def __post_init__(self) -> None:
+        if self.gateways == 0:
+            object.__setattr__(self, "gateways", DEFAULT_GATEWAYS.get(self.backend, 1))
 
     def gateway_names(self) -> tuple[str, ...]:
         """The entry point's processes: ``gateway``, or ``gateway-0`` ... and the balancer."""
@@ -88,7 +97,7 @@ class RecommenderTarget:
         }
         if self.backend != "process":
             d["backend"] = self.backend
-        if self.gateways != 1:
+        if self.gateways != DEFAULT_GATEWAYS.get(self.backend, 1):
             d["gateways"] = self.gateways
         return d
 
@@ -199,7 +208,7 @@ def _read_recommender(f: Fields) -> RecommenderTarget | None:
     redis = f.get("redis", boolean(), True)
     args = f.get("args", _argv_conv("a list of extra command-line arguments", allow_empty=True), ())
     backend = f.get("backend", choice(BACKENDS), "process")
-    gateways = f.get("gateways", integer(1, MAX_GATEWAYS), 1)
+    gateways = f.get("gateways", integer(1, MAX_GATEWAYS), DEFAULT_GATEWAYS.get(backend, 1))
     if any_invalid(shards, preset, redis, args, backend, gateways):
         return None
     if gateways > 1 and backend != "process":

@@ -116,7 +116,8 @@ def _what(scenario: Scenario) -> str:
     t = scenario.target
     if isinstance(t, RecommenderTarget):
         redis = ", redis" if t.redis else ""
-        return f"recommender, {t.shards} shards, preset {t.preset}, {t.backend}{redis}"
+        front = f"{t.gateways} gateways behind lb" if t.gateways > 1 else "1 gateway"
+        return f"recommender, {t.shards} shards, {front}, preset {t.preset}, {t.backend}{redis}"
     assert isinstance(t, GenericTarget)
     return f"generic, {len(t.components)} components, {t.endpoint}"
 

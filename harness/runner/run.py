@@ -61,7 +61,13 @@ from harness.runner.faults import FaultPlanRun
 from harness.runner.guards import GuardWatch, halt
 from harness.runner.hdrfiles import write_hdr_files
 from harness.runner.progress import ProgressDisplay
-from harness.runner.scrape import METRICS_AFTER, METRICS_BEFORE, cross_check, scrape_tiers
+from harness.runner.scrape import (
+    METRICS_AFTER,
+    METRICS_BEFORE,
+    cross_check,
+    metrics_urls,
+    scrape_tiers,
+)
 from harness.runner.settings import RunSettings, resolve_scenario
 from harness.runner.target import start_target, watched
 from harness.sut.target import Target
@@ -563,7 +569,8 @@ def run_phases(
     setup = fx.answers(scenario, target, run_dir, settings.strict, display.log)
     if setup.warnings:
         record.update(warnings=setup.warnings)
-    before = fx.scrape_tiers(target.base_url, run_dir / METRICS_BEFORE)
+    scraped = metrics_urls(target.base_url, target.manifest())  # each gateway's own
+    before = fx.scrape_tiers(scraped, run_dir / METRICS_BEFORE)
     job = build_job(scenario, target, run_dir, fx.monotonic_ns(), setup.check)
     faults = fx.fault_plan(scenario, target, run_dir, journal, job, display)
     record.update(
@@ -576,7 +583,7 @@ def run_phases(
     fx.sleep(min(scenario.settle_s, 2.0))
     cross = cross_check(
         before,
-        fx.scrape_tiers(target.base_url, run_dir / METRICS_AFTER),
+        fx.scrape_tiers(scraped, run_dir / METRICS_AFTER),
         client_tiers(result.log),
         tolerance=max(5, len(result.log) // 100),
     )
@@ -689,7 +696,7 @@ class Effects:
     journal: Callable[[Path, str], Journal] = Journal
     watchdog: Callable[[Path, Path | None, Path, Path], AbstractContextManager[Any]] = _watchdog
     steady_state: Callable[[Target, Scenario], None] = steady_state
-    scrape_tiers: Callable[[str, Path | None], Counter[str] | None] = scrape_tiers
+    scrape_tiers: Callable[[tuple[str, ...], Path | None], Counter[str] | None] = scrape_tiers
     fault_plan: Callable[[Scenario, Target, Path, Journal, LoadJob, ProgressDisplay], FaultPlan] = (
         plan_faults
     )

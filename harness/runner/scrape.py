@@ -1,6 +1,11 @@
-"""The gateway's Prometheus text before and after a run (saved into the run directory, where the
-report reads its per-stage histograms), and the cross-check of its tier counts against what the
-load generator saw.
+"""The gateways' Prometheus text before and after a run (saved into the run directory, where the
+report reads its per-stage histograms), and the cross-check of their tier counts against what
+the load generator saw.
+
+Behind the balancer (the recommender's default layout) ``/metrics`` through ``gateway_url``
+would be one gateway's, whichever HAProxy picked, so each gateway is scraped at its own address
+(:func:`metrics_urls`) and the texts are saved one after the other: every reader sums samples
+over their labels, so the counts and histograms are the gateways' together.
 
 The text is parsed with ``prometheus_client``'s reference parser; the tier counts come from the
 ``recchaos_requests_total{tier=...,outcome=...}`` samples.
@@ -13,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -31,10 +37,25 @@ def scrape(base_url: str, timeout_s: float = 2.0) -> str | None:
         return None
 
 
-def scrape_tiers(base_url: str, save_to: Path | None = None) -> Counter[str] | None:
-    """Requests served per tier according to the server; None when /metrics cannot be read or
-    is not Prometheus text. Text that parses is saved to ``save_to`` for the report."""
-    text = scrape(base_url)
+def metrics_urls(base_url: str, manifest: dict[str, Any]) -> tuple[str, ...]:
+    """Where to read ``/metrics``: each gateway at its own address when the manifest names
+    several (role ``gateway``), else ``base_url`` (one gateway, or a generic target)."""
+    gateways = [
+        c.get("address")
+        for c in manifest.get("components", [])
+        if isinstance(c, dict) and c.get("role") == "gateway"
+    ]
+    if len(gateways) > 1 and all(isinstance(a, str) and a for a in gateways):
+        return tuple(f"http://{address}" for address in gateways)
+    return (base_url,)
+
+
+def scrape_tiers(urls: tuple[str, ...], save_to: Path | None = None) -> Counter[str] | None:
+    """Requests served per tier according to the servers at ``urls`` together; None when one's
+    /metrics cannot be read or is not Prometheus text. Text that parses is saved to ``save_to``
+    for the report (the texts one after the other)."""
+    texts = [scrape(url) for url in urls]
+    text = None if any(t is None for t in texts) else "".join(t or "" for t in texts)
     counts = None if text is None else parse_tiers(text)
     if counts is not None and text is not None and save_to is not None:
         save_to.parent.mkdir(parents=True, exist_ok=True)

@@ -264,6 +264,12 @@ class DockerCluster:
     ) -> None:
         """``registry``: the run's watchdog (a :class:`harness.process.Registry` with
         ``add_docker``), told the cluster id before the first container exists."""
+        if options.gateways != 1:
+            raise UsageError(
+                f"gateways={options.gateways} (RecommenderOptions, default 2: the process "
+                "backend's layout): the docker backend runs one gateway with no balancer; "
+                "pass gateways=1"
+            )
         self.options = options
         self.docker = docker
         self.workdir = workdir

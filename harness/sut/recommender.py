@@ -2,9 +2,9 @@
 and the region, restarted on request, and always stopped again.
 
 Start-up goes through the recommender's own command line (``python -m system_under_test up``),
-with ``--port`` pinning each component's real port and ``--route`` pointing the gateway at the
+with ``--port`` pinning each component's real port and ``--route`` pointing the gateways at the
 proxy's listener for it, so network faults (latency, blackhole, reset, ...) sit between the
-gateway and that component. The manifest the recommender writes is the one source of truth for
+gateways and that component. The manifest the recommender writes is the one source of truth for
 names, PIDs, start times and commands; a restart updates it in place.
 
 Every process it starts (Redis, the proxy, ``up`` and through it every component, a restarted
@@ -60,8 +60,9 @@ class RecommenderOptions:
     proxy: bool = True
     startup_timeout_s: float = 600.0
     redis_address: str | None = None
-    # 1: the gateway alone; 2 or more: gateway-0 ... behind HAProxy (the component lb)
-    gateways: int = 1
+    # 2 or more: gateway-0 ... behind HAProxy (the component lb), `up`'s default layout;
+    # 1: the gateway alone (the component gateway)
+    gateways: int = 2
 
 
 def _sut_command(*args: str) -> list[str]:
@@ -149,8 +150,7 @@ class RecommenderCluster:
                 "--timeout",
                 str(opts.startup_timeout_s),
             ]
-            if opts.gateways != 1:  # only then: an older checkout's `up` has no --gateways
-                args += ["--gateways", str(opts.gateways)]
+            args += self._gateway_args()
             args += [f"--port={name}={port}" for name, port in real_ports.items()]
             args += [f"--route={name}={address}" for name, address in routes.items()]
             if opts.artifacts:
@@ -173,6 +173,12 @@ class RecommenderCluster:
     def component_env(self) -> dict[str, str]:
         """The environment of ``up`` and of a restarted component: this one's, plus the token."""
         return {**os.environ, **token_env(self.token)}
+
+    def _gateway_args(self) -> list[str]:
+        """``--gateways N``, always: the layout is the options', whatever ``up``'s default is
+        (it was 1 before it became 2). The serving benchmark overrides it for a checkout whose
+        ``up`` has no ``--gateways``."""
+        return ["--gateways", str(self.options.gateways)]
 
     def _launcher(self, *args: str) -> tuple[list[str], Path | None]:
         """``system_under_test ARGS`` as a command, and the directory it runs in (None: ours).

@@ -1,9 +1,10 @@
 """``recchaos run --dry-run`` against real targets.
 
 Every shipped scenario (pr and nightly profiles) is checked against the manifest of a running
-recommender of the scenarios' own shape (4 shards, tiny preset, Redis, and two gateways behind
-the balancer for the scenarios that ask for them: ``--manifest``, nothing started by the dry
-run) and exits 0; a scenario whose target that recommender lacks exits 2 naming it. Without ``--manifest`` the dry run starts the target itself, reads its manifest and
+recommender of the scenarios' own shape (4 shards, tiny preset, Redis, and the default layout,
+two gateways behind the balancer, or the layout a scenario asks for: ``--manifest``, nothing
+started by the dry run) and exits 0; a scenario whose target that recommender lacks exits 2
+naming it. Without ``--manifest`` the dry run starts the target itself, reads its manifest and
 stops it again: no process it started is left, and no run directory is written.
 """
 
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ TAG = "RECCHAOS_TEST_TAG"
 
 
 def gateways_of(scenario: Path) -> int:
-    return getattr(load_scenario(scenario).target, "gateways", 1)
+    return getattr(load_scenario(scenario).target, "gateways", 2)
 
 
 def _start(tmp_path_factory: pytest.TempPathFactory, gateways: int) -> Target:
@@ -44,34 +45,34 @@ def _start(tmp_path_factory: pytest.TempPathFactory, gateways: int) -> Target:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    """The scenarios' recommender, up for the module (as `recchaos sut up` leaves one)."""
-    target = _start(tmp_path_factory, 1)
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], Target]]:
+    """The scenarios' recommender with N gateways, started on first use and left up for the
+    module (as `recchaos sut up` leaves one): only the layouts the scenarios ask for start."""
+    up: dict[int, Target] = {}
+
+    def running_with(gateways: int) -> Target:
+        if gateways not in up:
+            up[gateways] = _start(tmp_path_factory, gateways)
+        return up[gateways]
+
     try:
-        yield target
+        yield running_with
     finally:
-        target.stop()
+        for target in up.values():
+            target.stop()
 
 
 @pytest.fixture(scope="module")
-def running_two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    """The gateway scenarios' recommender: two gateways behind the balancer (`up --gateways 2`)."""
-    target = _start(tmp_path_factory, 2)
-    try:
-        yield target
-    finally:
-        target.stop()
+def running(layouts: Callable[[int], Target]) -> Target:
+    """The default layout: two gateways behind the balancer (`up`'s default)."""
+    return layouts(2)
 
 
 @pytest.mark.parametrize("profile", ["pr", "nightly"])
-def test_every_shipped_scenario_checks_out_against_a_running_recommender(
-    running, running_two, capsys, profile
-):
+def test_every_shipped_scenario_checks_out_against_a_running_recommender(layouts, capsys, profile):
     assert len(SHIPPED) >= 10
-    by_gateways = {1: str(running.manifest_path), 2: str(running_two.manifest_path)}
-    assert any(gateways_of(s) == 2 for s in SHIPPED)  # the second cluster is used
     for scenario in SHIPPED:
-        manifest = by_gateways[gateways_of(scenario)]
+        manifest = str(layouts(gateways_of(scenario)).manifest_path)
         code = cli.main(["run", str(scenario), "--dry-run", "--profile", profile,
                          "--manifest", manifest])  # fmt: skip
         out = capsys.readouterr()

@@ -1,9 +1,10 @@
 """Guards tripping on real targets, through ``recchaos run``.
 
-On the recommender (``tests/data/guard_trip.yaml``): the gateway frozen at 4 s makes every
-request fail (each times out after 2 s), the error-ratio guard trips, and the halt heals the
-freeze and a shard latency fault at once (each heal within 1 s of the trip, measured from the
-monotonic trip and heal times in run.json) and never applies the kill planned for 11 s; the halt
+On the recommender (``tests/data/guard_trip.yaml``): its entry point, the balancer ``lb``,
+frozen at 4 s makes every request fail (each times out after 2 s), the error-ratio guard trips,
+and the halt heals the freeze and a shard latency fault at once (each heal within 1 s of the
+trip, measured from the monotonic trip and heal times in run.json) and never applies the kill
+planned for 11 s; the halt
 is in run.json and report.html, and the verdict is FAIL. On a generic target (the stub server,
 frozen): the health guard trips when ``/healthz`` stops answering. Nothing is left running.
 """
@@ -87,7 +88,7 @@ def test_an_error_ratio_guard_halts_a_real_run_and_heals_within_a_second(tmp_pat
     assert halt["value"] > 0.5 and halt["trip_ns"] > 4_000_000_000  # after the freeze at 4 s
     assert halt["not_applied"] == ["kill(shard-0-primary) at 11 s"]
     by_label = {f"{e['kind']}({e['target']})": e for e in record["timeline"]}
-    assert sorted(by_label) == ["freeze(gateway)", "latency(shard-1-replica)"]  # no kill
+    assert sorted(by_label) == ["freeze(lb)", "latency(shard-1-replica)"]  # no kill
     assert sorted(halt["healed"]) == sorted(by_label)
     for label, event in by_label.items():
         assert event["inject_ns"] < halt["trip_ns"], label

@@ -34,7 +34,7 @@ from harness.inject.base import (
     execute_heal_action,
     make_injector,
 )
-from harness.inject.signals import ProcessRef, read_stat
+from harness.inject.signals import ProcessRef, read_stat, started_at
 from harness.model.errors import HarnessError
 from harness.process import ManagedProcess, free_port
 
@@ -174,6 +174,31 @@ def test_a_pid_that_runs_another_command_is_never_signalled():
         comp = Component("victim", "primary", proc.pid, "127.0.0.1:1", ("sleep", "61"))
         inj = make_injector("freeze", "victim", {}, context(comp))
         with pytest.raises(InjectError, match="is not victim any more.*not signalling it"):
+            FaultStack().apply(inj)
+        assert runs(proc.pid)
+
+
+def test_a_process_that_became_another_program_is_known_by_its_start_time():
+    """``serve-lb`` replaces itself with HAProxy (``exec``): its command line is no longer the
+    manifest's, and the start time the manifest recorded says it is still the one started."""
+    launcher = [sys.executable, "-c", "import os; os.execvp('sleep', ['sleep', '60'])"]
+    with children() as procs:
+        proc = spawn(procs, SLEEP)  # what the launcher command became
+        start = started_at(proc.pid)
+        assert start is not None
+        same = Component("lb", "lb", proc.pid, "127.0.0.1:1", tuple(launcher), start_time=start)
+        inj = make_injector("freeze", "lb", {}, context(same))
+        try:
+            assert FaultStack().apply(inj).verified
+            assert state(proc.pid) == "T"
+        finally:
+            inj.heal()
+        assert runs(proc.pid)
+        other = Component(
+            "lb", "lb", proc.pid, "127.0.0.1:1", tuple(launcher), start_time=start - 1
+        )
+        inj = make_injector("freeze", "lb", {}, context(other))
+        with pytest.raises(InjectError, match="is not lb any more.*not signalling it"):
             FaultStack().apply(inj)
         assert runs(proc.pid)
 

@@ -121,16 +121,12 @@ def post(url: str, body: bytes, timeout_s: float = 5.0) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-@pytest.mark.skipif(
-    not __import__("shutil").which("haproxy"), reason="haproxy is not installed (scripts/setup.sh)"
-)
-def test_two_gateways_behind_haproxy_survive_a_gateway_kill(tmp_path, tiny_artifacts):
+def test_the_default_two_gateways_behind_haproxy_survive_a_gateway_kill(tmp_path, tiny_artifacts):
     tag = os.urandom(6).hex()
     env = {**os.environ, "PYTHONPATH": str(REPO), TAG: tag}
     manifest = tmp_path / "manifest.json"
     try:
-        argv = up_command(manifest, tiny_artifacts.parent) + ["--gateways", "2"]
-        argv += ["--server-timeout-ms", "11"]
+        argv = up_command(manifest, tiny_artifacts.parent) + ["--server-timeout-ms", "11"]
         up = ManagedProcess(argv, tmp_path / "up.log", env=env)
         assert up.start().wait(120) == 0, up.tail_text()
         data = json.loads(manifest.read_text())
@@ -166,6 +162,35 @@ def test_two_gateways_behind_haproxy_survive_a_gateway_kill(tmp_path, tiny_artif
         assert down.start().wait(60) == 0, down.tail_text()
         assert wait_gone(tag, 10) == [], lb_log
         assert not manifest.exists()
+    finally:
+        for _, ref in tagged_processes(TAG, tag):
+            ref.signal(signal.SIGKILL)
+    assert wait_gone(tag, 10) == []
+
+
+def test_one_gateway_is_the_gateway_alone_with_no_balancer(tmp_path, tiny_artifacts):
+    """``--gateways 1``: the layout from before the balancer, exactly: the component
+    ``gateway``, which ``gateway_url`` names, and no ``lb``."""
+    tag = os.urandom(6).hex()
+    env = {**os.environ, "PYTHONPATH": str(REPO), TAG: tag}
+    manifest = tmp_path / "manifest.json"
+    try:
+        argv = up_command(manifest, tiny_artifacts.parent) + ["--gateways", "1"]
+        up = ManagedProcess(argv, tmp_path / "up.log", env=env)
+        assert up.start().wait(120) == 0, up.tail_text()
+        data = json.loads(manifest.read_text())
+        comps = {c["name"]: c for c in data["components"]}
+        assert sorted(comps) == ["gateway", "region", "shard-0-primary", "shard-0-replica"]
+        assert comps["gateway"]["role"] == "gateway" and data["gateways"] == 1
+        assert data["gateway_url"] == f"http://{comps['gateway']['address']}"
+        status, body = post(data["gateway_url"], b'{"user_id": 3, "k": 5}')
+        assert status == 200 and len(body["items"]) == 5, body
+        down = ManagedProcess(
+            [sys.executable, "-m", "system_under_test", "down", "--manifest", str(manifest)],
+            tmp_path / "down.log",
+            env=env,
+        )
+        assert down.start().wait(60) == 0, down.tail_text()
     finally:
         for _, ref in tagged_processes(TAG, tag):
             ref.signal(signal.SIGKILL)

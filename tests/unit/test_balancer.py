@@ -134,19 +134,39 @@ def test_target_with_two_gateways_names_each_gateway_and_the_balancer():
     assert isinstance(t, RecommenderTarget) and t.gateways == 2
     assert {"gateway-0", "gateway-1", "lb"} <= set(t.component_names())
     assert "gateway" not in t.component_names()
-    assert t.to_dict()["gateways"] == 2
+    assert "gateways" not in t.to_dict()  # the default layout, as `up` starts it
     for kind in ("kill", "freeze"):
         scenario(
             {"kind": "recommender", "gateways": 2},
             [{"kind": kind, "target": "lb", "at_s": 5, "duration_s": 5}],
         )
+    three = scenario({"kind": "recommender", "gateways": 3}).target
+    assert three.to_dict()["gateways"] == 3
+    assert scenario(three.to_dict()).target == three
 
 
-def test_target_default_is_the_single_gateway():
+def test_target_default_is_two_gateways_behind_the_balancer():
     t = scenario({"kind": "recommender"}).target
+    assert isinstance(t, RecommenderTarget) and t.gateways == 2
+    assert {"gateway-0", "gateway-1", "lb"} <= set(t.component_names())
+    assert "gateway" not in t.component_names()
+    assert t == RecommenderTarget()
+
+
+def test_target_with_one_gateway_is_the_gateway_alone_and_says_so():
+    t = scenario({"kind": "recommender", "gateways": 1}).target
     assert isinstance(t, RecommenderTarget) and t.gateways == 1
     assert "gateway" in t.component_names() and "lb" not in t.component_names()
+    assert t.to_dict()["gateways"] == 1
+    assert scenario(t.to_dict()).target == t
+
+
+def test_docker_backend_default_is_the_single_gateway():
+    t = scenario({"kind": "recommender", "backend": "docker"}).target
+    assert isinstance(t, RecommenderTarget) and t.gateways == 1
+    assert "gateway" in t.containers() and "lb" not in t.component_names()
     assert "gateways" not in t.to_dict()
+    assert RecommenderTarget(backend="docker") == t
 
 
 @pytest.mark.parametrize("bad", [0, 9, "two", 1.5, True])
@@ -165,7 +185,7 @@ def test_target_gateways_with_docker_backend_is_refused():
 def test_fault_on_gateway_of_a_single_gateway_target_names_the_known_ones():
     with pytest.raises(ScenarioError, match="gateway-0"):
         scenario(
-            {"kind": "recommender"},
+            {"kind": "recommender", "gateways": 1},
             [{"kind": "kill", "target": "gateway-0", "at_s": 5, "duration_s": 5}],
         )
 
@@ -197,5 +217,36 @@ def test_up_passes_its_server_timeout_to_the_balancer_and_checks_it(tmp_path):
         validate_up(up_args("--gateways", "2", "--server-timeout-ms", "0")) or ""
     )
     assert "allowed with --gateways 2 or more" in (
-        validate_up(up_args("--server-timeout-ms", "8")) or ""
+        validate_up(up_args("--gateways", "1", "--server-timeout-ms", "8")) or ""
     )
+
+
+def plan_names(tmp_path, *argv: str) -> list[str]:
+    from system_under_test.launcher import plan_cluster
+
+    args = up_args("--shards", "1", *argv)
+    names = ["shard-0-primary", "shard-0-replica", "region", "gateway", "gateway-0", "gateway-1"]
+    args.port_plan = {name: 20000 + i for i, name in enumerate([*names, "lb"])}  # no sockets
+    return [c.name for c in plan_cluster(args, tmp_path)]
+
+
+def test_up_starts_two_gateways_behind_the_balancer_by_default(tmp_path):
+    names = plan_names(tmp_path)
+    assert names[-3:] == ["gateway-0", "gateway-1", "lb"] and "gateway" not in names
+    assert up_args().gateways == 2
+
+
+def test_up_with_one_gateway_starts_the_gateway_alone(tmp_path):
+    names = plan_names(tmp_path, "--gateways", "1")
+    assert names == ["shard-0-primary", "shard-0-replica", "region", "gateway"]
+
+
+def test_backend_docker_on_a_default_layout_scenario_runs_the_gateway_alone():
+    """``--backend docker`` on a scenario that does not name a gateway: the docker backend's
+    own default (one gateway), not the refused "2 with docker"."""
+    from harness.runner.settings import RunSettings, apply_overrides
+
+    s = scenario({"kind": "recommender", "shards": 2})
+    out = apply_overrides(s, RunSettings("<test>", backend="docker")).target
+    assert isinstance(out, RecommenderTarget)
+    assert (out.backend, out.gateways) == ("docker", 1)

@@ -24,7 +24,7 @@ def manifest(
     tmp_path: Path,
     shards: int = 4,
     redis: str | None = "redis://127.0.0.1:1/0",
-    gateways: int = 1,
+    gateways: int = 2,
 ) -> Path:
     names = [f"shard-{i}-{c}" for i in range(shards) for c in ("primary", "replica")]
     front = ["gateway"] if gateways == 1 else [f"gateway-{i}" for i in range(gateways)] + ["lb"]
@@ -49,7 +49,7 @@ def test_every_shipped_scenario_passes_against_a_four_shard_manifest(
 ):
     from harness.model.scenario import load_scenario
 
-    gateways = getattr(load_scenario(scenario).target, "gateways", 1)
+    gateways = getattr(load_scenario(scenario).target, "gateways", 2)
     path = manifest(tmp_path, gateways=gateways)  # as `up --gateways N` writes it
     code, out, err = dry(capsys, str(scenario), "--profile", profile, "--manifest", str(path))
     assert code == 0, err
@@ -81,7 +81,7 @@ def test_a_target_missing_from_the_manifest_exits_2_naming_it(tmp_path, capsys):
         f"{KILL}: 1 fault target not in the manifest "
         f"{tmp_path / 'manifest.json'} (a running target, --manifest): faults[0] names "
         "'shard-1-primary' (kill); the target has: shard-0-primary, shard-0-replica, region, "
-        "gateway, redis"
+        "gateway-0, gateway-1, lb, redis"
     ) in err
 
 

@@ -88,6 +88,9 @@ class FakeTarget:
     base_url: str
     manifest_path: Path
 
+    def manifest(self) -> dict[str, Any]:
+        return {"components": []}
+
 
 @dataclass
 class FakeWhere:

@@ -131,7 +131,7 @@ def test_bool_is_not_an_integer():
         (
             {
                 "kind": "latency",
-                "target": "gateway",
+                "target": "gateway-0",
                 "at_s": 10,
                 "duration_s": 1,
                 "params": {"delay_ms": 5},
@@ -183,7 +183,7 @@ def test_bool_is_not_an_integer():
         (
             {
                 "kind": "restart",
-                "target": "gateway",
+                "target": "gateway-0",
                 "at_s": 10,
                 "duration_s": 1,
                 "params": {"delay_s": 2},
@@ -192,7 +192,7 @@ def test_bool_is_not_an_integer():
             "<= duration_s",
         ),
         (
-            {"kind": "kil", "target": "gateway", "at_s": 10, "duration_s": 1},
+            {"kind": "kil", "target": "gateway-0", "at_s": 10, "duration_s": 1},
             "faults[0].kind",
             "did you mean 'kill'",
         ),
@@ -263,7 +263,7 @@ def test_a_random_schedule_restart_waits_no_longer_than_the_fault():
 
 
 def test_heal_end_fault():
-    d = with_(faults=[{"kind": "freeze", "target": "gateway", "at_s": 10, "heal": "end"}])
+    d = with_(faults=[{"kind": "freeze", "target": "gateway-0", "at_s": 10, "heal": "end"}])
     s = scenario_from_dict(d)
     assert s.faults[0].duration_s is None and s.faults[0].end_s(30) == 30
     assert scenario_from_dict(s.to_dict()) == s
@@ -434,7 +434,7 @@ def test_random_schedule_reading_and_problems():
     bad = dict(sched, duration_s=10, targets=["nodes-*"])
     text = str(problems_of(with_(faults=[], fault_schedule=bad, slos=[])))
     assert "fault_schedule.targets[0]" in text
-    bad = dict(sched, kinds=["latency"], targets=["gateway"])
+    bad = dict(sched, kinds=["latency"], targets=["gateway-0"])
     err = problems_of(with_(faults=[], fault_schedule=bad, slos=[]))
     assert err.field == "fault_schedule.kinds"
     bad = dict(sched, every_s=40)
@@ -569,7 +569,7 @@ def test_random_schedule_spec_round_trip():
                 "every_s": 5,
                 "duration_s": 1,
                 "kinds": ["freeze"],
-                "targets": ["gateway"],
+                "targets": ["gateway-0"],
                 "seed": 4,
             },
         )
