@@ -8,12 +8,15 @@ behind: the process that was started is HAProxy.
 
 Why each setting is what it is (docs/recommender.md has the table):
 
-* Health: every gateway is checked with ``GET /readyz`` every 100 ms (``fall 2 rise 2``,
-  ``fastinter`` while a state changes). ``/readyz`` also says whether every shard *primary*
-  answers, which no gateway can change: with one primary down every gateway is "not ready"
-  although each one serves through its fallback tiers. So a second backend, checked with
-  ``GET /healthz`` (the process serves HTTP), takes the traffic while the first has no server
-  up: the balancer never answers 503 for a cluster that can serve.
+* Health: every gateway is checked with ``GET /healthz`` every 100 ms (``fall 2 rise 2``,
+  ``fastinter`` while a state changes), in one backend. A gateway listens only after its
+  warm-up (``gateway/server.py``: requests served end to end, then the HTTP server), so a
+  gateway that answers serves within the SLA as far as it alone can tell. ``/readyz`` would add
+  "every shard primary answers", which is the same for every gateway and which no gateway can
+  change, and each of its checks costs the gateway a ping to every primary: with two backends
+  (ready ones first, live ones when none was ready) a request already sent to the ``ready``
+  backend could not be retried elsewhere when every primary died at once (HAProxy picks the
+  backend once), and got HAProxy's ``503 <NOSRV>``.
 * Retries: ``retry-on conn-failure empty-response response-timeout`` with ``retries`` and
   ``option redispatch 1`` (every retry to another gateway; ``option http-buffer-request``, since
   HAProxy retries only a request it holds in full): a killed gateway refuses at once
@@ -77,8 +80,8 @@ def _ms(seconds: float) -> str:
 
 
 def render_config(s: BalancerSettings) -> str:
-    """The HAProxy config for ``s``: loopback (or ``s.host``) only, one frontend, two backends
-    over the same gateways (ready ones first, live ones when none is ready)."""
+    """The HAProxy config for ``s``: loopback (or ``s.host``) only, one frontend, one backend
+    with every gateway, checked on ``/healthz``."""
     lim = s.limits
     bufsize = lim.max_head + MAXREWRITE
     check = (
@@ -129,20 +132,16 @@ def render_config(s: BalancerSettings) -> str:
         f"    bind {s.host}:{s.port}",
         f"    maxconn {lim.max_connections}",
         f"    http-request set-header {REQUEST_START_HEADER} t=%[date(0,us)]",
-        "    use_backend ready if { nbsrv(ready) gt 0 }",
-        "    default_backend live",
+        "    default_backend gateways",
         "",
+        "backend gateways",
+        "    balance roundrobin",
+        "    option httpchk GET /healthz",
+        "    http-check expect status 200",
     ]
-    for backend, path in (("ready", "/readyz"), ("live", "/healthz")):
-        lines += [
-            f"backend {backend}",
-            "    balance roundrobin",
-            f"    option httpchk GET {path}",
-            "    http-check expect status 200",
-        ]
-        for i, address in enumerate(s.gateways):
-            lines.append(f"    server gateway-{i} {address} {check}")
-        lines.append("")
+    for i, address in enumerate(s.gateways):
+        lines.append(f"    server gateway-{i} {address} {check}")
+    lines.append("")
     return "\n".join(lines)
 
 
