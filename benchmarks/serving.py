@@ -1,14 +1,16 @@
 """Serving benchmark: capacity of the default recommender on this machine, load generator included.
 
-Starts the cluster (``python -m system_under_test up``, no fault proxy), then drives open-loop
-constant-rate load from a separate process (the harness's load worker; response time from the
-intended send time) at each rate of each request mix in turn, and finally at ``--kill-rate``
-while one primary is SIGKILLed halfway through the step. For every step it prints the achieved
-rate, p50/p95/p99 (error-inclusive), errors, tier shares, goodput (answers within the 20 ms SLA
-per second of the step), the p99 of served answers alone, the requests shed by the gateway's
-overload control (503 with Retry-After: not errors) and the p99 of those rejections, generator lag p99 and CPU milliseconds
-per request of each kind of component (user + system time from /proc/PID/stat over the step,
-divided by the requests sent; the load generator's own separately). The mixes it names
+Starts the cluster (``python -m system_under_test up --gateways 2``: HAProxy in front of two
+gateways, no fault proxy; ``--gateways N``), then drives open-loop constant-rate load from a
+separate process (the harness's load worker; response time from the intended send time) at each
+rate of each request mix in turn, and finally at ``--kill-rate`` while one primary is SIGKILLed
+halfway through the step. For every step it prints the achieved rate, p50/p95/p99
+(error-inclusive), errors, tier shares, goodput (answers within the 20 ms SLA per second of the
+step), the p99 of served answers alone, the requests shed (503 with Retry-After, by the
+balancer's queue timeout or the gateway's overload control: not errors) and the p99 of those
+rejections, generator lag p99 and CPU milliseconds per request of each kind of component (user
++ system time from /proc/PID/stat over the step, divided by the requests sent; ``gateway`` sums
+every gateway, ``lb`` is the balancer; the load generator's own separately). The mixes it names
 (``MIXES``) are printed first: ``zipf`` is the scenarios' mix, ``cold`` the same skew over every
 user, so that most requests miss the gateway's caches.
 
@@ -18,15 +20,19 @@ user, so that most requests miss the gateway's caches.
 Rates are interleaved over ``--repeat`` rounds (machines slow down over time: compare inside one
 run) and the median with [min .. max] is reported, with each mix's capacity (the highest rate
 whose median p99 is at most 20 ms). ``--baseline`` starts a second cluster from another checkout
-(its own ``.venv``) and runs each of its steps right before the same step on this tree's.
+(its own ``.venv``) and runs each of its steps right before the same step on this tree's,
+with ``--gateways`` when that checkout's ``up`` has it (one gateway, no balancer otherwise: the
+run says so). ``--gateway-maxconn`` and ``--queue-timeout-ms`` go to this tree's ``up`` only.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -71,7 +77,11 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def role_of(name: str) -> str:
-    return name.split("-")[-1] if name.startswith("shard-") else name
+    """The kind a component's CPU is summed under: ``primary``/``replica`` over the shards,
+    ``gateway`` over ``gateway-0`` ... ``gateway-N-1``, ``lb`` (the balancer), ``region``."""
+    if name.startswith("shard-"):
+        return name.split("-")[-1]
+    return "gateway" if name.startswith("gateway-") else name
 
 
 def cpu_by_name(cluster: RecommenderCluster) -> dict[str, float | None]:
@@ -187,18 +197,54 @@ def summarise(rate: float, steps: list[dict]) -> str:
     )
 
 
-class TreeCluster(RecommenderCluster):
-    """The recommender of another checkout (its own ``.venv``), for a before/after comparison
-    inside one run: ``up`` runs with that tree's Python from that tree's root."""
+class BenchCluster(RecommenderCluster):
+    """The recommender of this tree, or of another checkout (``tree``, with its own ``.venv``)
+    for a before/after comparison inside one run: ``up`` then runs with that tree's Python from
+    that tree's root. ``up_extra``: more options of ``up`` (the balancer's limits)."""
 
-    def __init__(self, tree: Path, options: RecommenderOptions, workdir: Path, log=print) -> None:
+    def __init__(
+        self,
+        options: RecommenderOptions,
+        workdir: Path,
+        log=print,
+        tree: Path | None = None,
+        up_extra: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(options, workdir, log=log)
-        self.tree = tree.resolve()
+        self.tree = tree.resolve() if tree is not None else None
+        self.up_extra = up_extra
 
     def _launcher(self, *args: str) -> tuple[list[str], Path | None]:
-        return [str(self.tree / ".venv" / "bin" / "python"), "-m", "system_under_test", *args], (
-            self.tree
-        )
+        if args and args[0] == "up":
+            args = (*args, *self.up_extra)
+        if self.tree is None:
+            return super()._launcher(*args)
+        python = str(self.tree / ".venv" / "bin" / "python")
+        return [python, "-m", "system_under_test", *args], self.tree
+
+
+def up_accepts(tree: Path, option: str) -> bool:
+    """Whether ``up`` of the checkout ``tree`` has ``option`` (an older one may not)."""
+    python = str(tree / ".venv" / "bin" / "python")
+    try:
+        out = subprocess.run(
+            [python, "-m", "system_under_test", "up", "--help"],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return option in out
+
+
+def balancer_limits(config: str) -> str:
+    """The overload settings of a generated HAProxy config, in one line."""
+    words = [line.split() for line in config.splitlines()]
+    maxconn = {w[w.index("maxconn") + 1] for w in words if w[:1] == ["server"] and "maxconn" in w}
+    queue = [w[2] for w in words if w[:2] == ["timeout", "queue"]]
+    return f"per-gateway maxconn {','.join(sorted(maxconn)) or 'none'}, timeout queue {queue}"
 
 
 def describe_mix(name: str, mix: RequestMix) -> str:
@@ -219,6 +265,24 @@ def parse_args() -> argparse.Namespace:
         help=f"comma-separated request mixes, of {sorted(MIXES)} (see MIXES)",
     )
     ap.add_argument(
+        "--gateways",
+        type=int,
+        default=2,
+        help="gateway processes; 2 or more: HAProxy (lb) in front of them (default 2)",
+    )
+    ap.add_argument(
+        "--gateway-maxconn",
+        type=int,
+        default=None,
+        help="`up --gateway-maxconn` of this tree's cluster (default: the balancer's)",
+    )
+    ap.add_argument(
+        "--queue-timeout-ms",
+        type=int,
+        default=None,
+        help="`up --queue-timeout-ms` of this tree's cluster (default: the balancer's)",
+    )
+    ap.add_argument(
         "--baseline",
         type=Path,
         default=None,
@@ -230,7 +294,21 @@ def parse_args() -> argparse.Namespace:
         ap.error(f"--mixes {args.mixes!r}: {bad} not among {sorted(MIXES)}")
     if args.baseline is not None and not (args.baseline / ".venv" / "bin" / "python").exists():
         ap.error(f"--baseline {args.baseline}: no .venv/bin/python there (run its setup.sh)")
+    if not 1 <= args.gateways <= 8:
+        ap.error(f"--gateways {args.gateways} is out of range; allowed: 1 to 8")
+    limits = (args.gateway_maxconn, args.queue_timeout_ms)
+    if args.gateways == 1 and limits != (None, None):
+        ap.error("--gateway-maxconn and --queue-timeout-ms are the balancer's: need --gateways 2+")
     return args
+
+
+def up_extra(args: argparse.Namespace) -> tuple[str, ...]:
+    out: list[str] = []
+    if args.gateway_maxconn is not None:
+        out += ["--gateway-maxconn", str(args.gateway_maxconn)]
+    if args.queue_timeout_ms is not None:
+        out += ["--queue-timeout-ms", str(args.queue_timeout_ms)]
+    return tuple(out)
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -244,18 +322,28 @@ def main() -> int:
     mix_names = args.mixes.split(",")
     with tempfile.TemporaryDirectory(prefix="recchaos-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        options = RecommenderOptions(shards=args.shards, preset=args.preset, proxy=False)
+        options = RecommenderOptions(
+            shards=args.shards, preset=args.preset, proxy=False, gateways=args.gateways
+        )
         clusters: dict[str, RecommenderCluster] = {}
         if args.baseline is not None:
-            base = TreeCluster(args.baseline, options, work / "before", log=print)
+            base_options = options
+            if args.gateways != 1 and not up_accepts(args.baseline, "--gateways"):
+                print(f"baseline {args.baseline}: its `up` has no --gateways; one gateway, no lb")
+                base_options = dataclasses.replace(options, gateways=1)
+            base = BenchCluster(base_options, work / "before", log=print, tree=args.baseline)
             clusters["before"] = stack.enter_context(base)
         t0 = time.monotonic()
-        here = RecommenderCluster(options, work / "after", log=print)
+        here = BenchCluster(options, work / "after", log=print, up_extra=up_extra(args))
         cluster = clusters["after" if args.baseline else "this"] = stack.enter_context(here)
         print(
             f"`up` took {time.monotonic() - t0:.1f} s (preset {args.preset}, {args.shards} "
-            f"shards; {cluster.manifest().get('startup_seconds')} s inside the launcher)"
+            f"shards, {args.gateways} gateway(s){' behind lb' if args.gateways > 1 else ''}; "
+            f"{cluster.manifest().get('startup_seconds')} s inside the launcher)"
         )
+        lb_config = work / "after" / "logs" / "haproxy.cfg"
+        if lb_config.exists():
+            print("balancer:", balancer_limits(lb_config.read_text()))
         mixes = {m: MIXES[m](cluster) for m in mix_names}
         for name, mix in mixes.items():
             print("request mix", describe_mix(name, mix))
