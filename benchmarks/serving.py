@@ -244,7 +244,7 @@ def balancer_limits(config: str) -> str:
     words = [line.split() for line in config.splitlines()]
     maxconn = {w[w.index("maxconn") + 1] for w in words if w[:1] == ["server"] and "maxconn" in w}
     queue = [w[2] for w in words if w[:2] == ["timeout", "queue"]]
-    return f"per-gateway maxconn {','.join(sorted(maxconn)) or 'none'}, timeout queue {queue}"
+    return f"per-gateway maxconn {','.join(sorted(maxconn)) or 'none'}, timeout queue {queue[0] if queue else 'none'}"
 
 
 def describe_mix(name: str, mix: RequestMix) -> str:
