@@ -22,7 +22,8 @@ run) and the median with [min .. max] is reported, with each mix's capacity (the
 whose median p99 is at most 20 ms). ``--baseline`` starts a second cluster from another checkout
 (its own ``.venv``) and runs each of its steps right before the same step on this tree's,
 with ``--gateways`` when that checkout's ``up`` has it (one gateway, no balancer otherwise: the
-run says so). ``--gateway-maxconn`` and ``--queue-timeout-ms`` go to this tree's ``up`` only.
+run says so). ``--gateway-maxconn``, ``--queue-timeout-ms`` and ``--max-queue`` go to this tree's ``up``
+only.
 """
 
 from __future__ import annotations
@@ -140,9 +141,9 @@ def one_step(
     return {
         "rate": rate,
         "achieved": result.summary.get("achieved_rate", 0.0),
-        "p50": float(np.percentile(resp_ms, 50)),
-        "p95": float(np.percentile(resp_ms, 95)),
-        "p99": float(np.percentile(resp_ms, 99)),
+        "p50": float(np.percentile(resp_ms, 50, method="higher")),
+        "p95": float(np.percentile(resp_ms, 95, method="higher")),
+        "p99": float(np.percentile(resp_ms, 99, method="higher")),
         "errors": int(n - ok.sum() - shed.sum()),
         "shed": int(shed.sum()),
         "shed_p99": _p99(took_ms[shed]),
@@ -244,7 +245,11 @@ def balancer_limits(config: str) -> str:
     words = [line.split() for line in config.splitlines()]
     maxconn = {w[w.index("maxconn") + 1] for w in words if w[:1] == ["server"] and "maxconn" in w}
     queue = [w[2] for w in words if w[:2] == ["timeout", "queue"]]
-    return f"per-gateway maxconn {','.join(sorted(maxconn)) or 'none'}, timeout queue {queue[0] if queue else 'none'}"
+    fast = [w[w.index("ge") + 1] for w in words if "queue(gateways)" in w and "ge" in w]
+    return (
+        f"per-gateway maxconn {','.join(sorted(maxconn)) or 'none'}, timeout queue "
+        f"{queue[0] if queue else 'none'}, max queue {fast[0] if fast else 'none'}"
+    )
 
 
 def describe_mix(name: str, mix: RequestMix) -> str:
@@ -283,6 +288,12 @@ def parse_args() -> argparse.Namespace:
         help="`up --queue-timeout-ms` of this tree's cluster (default: the balancer's)",
     )
     ap.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        help="`up --max-queue` of this tree's cluster (default: the balancer's)",
+    )
+    ap.add_argument(
         "--baseline",
         type=Path,
         default=None,
@@ -296,9 +307,12 @@ def parse_args() -> argparse.Namespace:
         ap.error(f"--baseline {args.baseline}: no .venv/bin/python there (run its setup.sh)")
     if not 1 <= args.gateways <= 8:
         ap.error(f"--gateways {args.gateways} is out of range; allowed: 1 to 8")
-    limits = (args.gateway_maxconn, args.queue_timeout_ms)
-    if args.gateways == 1 and limits != (None, None):
-        ap.error("--gateway-maxconn and --queue-timeout-ms are the balancer's: need --gateways 2+")
+    limits = (args.gateway_maxconn, args.queue_timeout_ms, args.max_queue)
+    if args.gateways == 1 and limits != (None, None, None):
+        ap.error(
+            "--gateway-maxconn, --queue-timeout-ms and --max-queue are the balancer's: they need "
+            "--gateways 2 or more"
+        )
     return args
 
 
@@ -308,6 +322,8 @@ def up_extra(args: argparse.Namespace) -> tuple[str, ...]:
         out += ["--gateway-maxconn", str(args.gateway_maxconn)]
     if args.queue_timeout_ms is not None:
         out += ["--queue-timeout-ms", str(args.queue_timeout_ms)]
+    if args.max_queue is not None:
+        out += ["--max-queue", str(args.max_queue)]
     return tuple(out)
 
 

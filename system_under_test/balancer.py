@@ -32,7 +32,8 @@ Why each setting is what it is (docs/recommender.md has the table):
   gateway full waits in the balancer's queue at most ``timeout queue``
   (:data:`QUEUE_TIMEOUT_MS`). Then HAProxy answers it itself: ``503`` with ``Retry-After`` and
   a JSON body like the gateway's own shed answer, in a few milliseconds, without work at any
-  gateway. Past capacity the gateways then serve what they can serve in time instead of
+  gateway; and a request that finds ``max_queue`` (:data:`MAX_QUEUE`) already waiting is
+  answered so at once, without waiting out the queue timeout. Past capacity the gateways then serve what they can serve in time instead of
   queueing everything until all of it is late. ``Retry-After`` is added only to a 503 that
   HAProxy made itself while some gateway was up (a queue timeout): a 503 with no gateway up
   (``<NOSRV>``) is an outage, not a shed request, and a gateway's own 503 passes unchanged.
@@ -70,10 +71,13 @@ RETRIES = 3
 # Requests in flight at one gateway. A gateway is one thread: what it has in flight shares its
 # core, so more in flight means each answer later, not more answers. Measured with
 # benchmarks/serving.py (docs/recommender.md, "Overload control").
-GATEWAY_MAXCONN = 8
+GATEWAY_MAXCONN = 2
 # How long a request may wait at the balancer for a gateway with room before it is answered 503
 # with Retry-After. Counted in the request's deadline (X-Request-Start), so it is kept short.
 QUEUE_TIMEOUT_MS = 5
+# A request that finds this many already waiting at the balancer is answered 503 at once: a
+# queue that long would not drain within the queue timeout anyway, and a fast no is the point.
+MAX_QUEUE = 2
 MAX_QUEUE_TIMEOUT_MS = 1000  # past this a queued request is late anyway: it never helps
 RETRY_AFTER_S = 1
 MAXREWRITE = 1024  # HAProxy's room for header rewrites (X-Request-Start) within tune.bufsize
@@ -95,6 +99,7 @@ class BalancerSettings:
     retries: int = RETRIES
     gateway_maxconn: int = GATEWAY_MAXCONN
     queue_timeout_ms: int = QUEUE_TIMEOUT_MS
+    max_queue: int = MAX_QUEUE
     retry_after_s: int = RETRY_AFTER_S
 
 
@@ -103,8 +108,8 @@ def shed_body(s: BalancerSettings) -> str:
     return json.dumps(
         {
             "error": f"no gateway had room for this request within {s.queue_timeout_ms} ms at "
-            f"the balancer (each takes at most {s.gateway_maxconn} at a time), or none was up; "
-            f"retry after {s.retry_after_s} s",
+            f"the balancer (each takes at most {s.gateway_maxconn} at a time), {s.max_queue} "
+            f"were already waiting there, or none was up; retry after {s.retry_after_s} s",
             "field": "load",
             "allowed": f"in flight per gateway: at most {s.gateway_maxconn}",
         },
@@ -175,6 +180,11 @@ def render_config(s: BalancerSettings) -> str:
         f"    bind {s.host}:{s.port}",
         f"    maxconn {lim.max_connections}",
         f"    http-request set-header {REQUEST_START_HEADER} t=%[date(0,us)]",
+        # Fail fast: with this many already waiting for a gateway, a new request would only
+        # wait out the queue timeout; answer it now (Retry-After: below, http-after-response).
+        f"    http-request return status 503 content-type application/json string "
+        f"{_haproxy_string(shed_body(s))} hdr Retry-After {s.retry_after_s} "
+        f"if {{ queue(gateways) ge {s.max_queue} }}",
         "    default_backend gateways",
         "",
         "backend gateways",
@@ -188,8 +198,15 @@ def render_config(s: BalancerSettings) -> str:
         f"    http-after-response set-header Retry-After {s.retry_after_s} "
         "if { status 503 } !{ srv_id -m found } { nbsrv(gateways) gt 0 }",
     ]
+    # A refused connection takes the gateway out at once (``observe layer4``), not at its next
+    # failed check: a retry goes to a gateway with room, and with the live one full (maxconn)
+    # HAProxy's round robin sent the retries of a request back to the killed one, which
+    # refused all of them (a 503 at the moment of a gateway_kill). Checks bring it back.
+    observe = "observe layer4 error-limit 1 on-error mark-down"
     for i, address in enumerate(s.gateways):
-        lines.append(f"    server gateway-{i} {address} maxconn {s.gateway_maxconn} {check}")
+        lines.append(
+            f"    server gateway-{i} {address} maxconn {s.gateway_maxconn} {observe} {check}"
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -214,6 +231,7 @@ def check_limits(
     server_timeout_ms: int | None,
     gateway_maxconn: int | None,
     queue_timeout_ms: int | None,
+    max_queue: int | None = None,
     source: str = "",
 ) -> str | None:
     """What is wrong with these balancer options (None: given as None or fine), naming the
@@ -234,6 +252,8 @@ def check_limits(
             f"--queue-timeout-ms {queue_timeout_ms}{where} is out of range; allowed: 1 to "
             f"{MAX_QUEUE_TIMEOUT_MS} (a request's time queued counts in its 20 ms budget)"
         )
+    if max_queue is not None and not 1 <= max_queue <= most:
+        return f"--max-queue {max_queue}{where} is out of range; allowed: 1 to {most}"
     return None
 
 
@@ -284,11 +304,20 @@ def main(argv: list[str]) -> int:
         help=f"how long a request waits at the balancer for a gateway with room before it is "
         f"answered 503 with Retry-After (default {QUEUE_TIMEOUT_MS})",
     )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=MAX_QUEUE,
+        help=f"a request that finds this many waiting at the balancer is answered 503 with "
+        f"Retry-After at once (default {MAX_QUEUE})",
+    )
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
         print(f"error: --port {args.port} is out of range; allowed: 1 to 65535", file=sys.stderr)
         return 2
-    problem = check_limits(args.server_timeout_ms, args.gateway_maxconn, args.queue_timeout_ms)
+    problem = check_limits(
+        args.server_timeout_ms, args.gateway_maxconn, args.queue_timeout_ms, args.max_queue
+    )
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -307,6 +336,7 @@ def main(argv: list[str]) -> int:
         server_timeout_ms=args.server_timeout_ms,
         gateway_maxconn=args.gateway_maxconn,
         queue_timeout_ms=args.queue_timeout_ms,
+        max_queue=args.max_queue,
     )
     args.config.parent.mkdir(parents=True, exist_ok=True)
     args.config.write_text(render_config(settings))

@@ -112,7 +112,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 # Options of `up` passed on to `serve-lb` as they are (the balancer's own defaults otherwise),
 # in the order of balancer.check_limits' arguments.
-LB_OPTIONS = ("server-timeout-ms", "gateway-maxconn", "queue-timeout-ms")
+LB_OPTIONS = ("server-timeout-ms", "gateway-maxconn", "queue-timeout-ms", "max-queue")
 
 
 def _gateways(args: argparse.Namespace) -> int:
@@ -379,7 +379,7 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="with --gateways 2 or more: requests HAProxy gives one gateway at a time; the rest "
-        "wait at the balancer (default: serve-lb's, 8)",
+        "wait at the balancer (default: serve-lb's, 2)",
     )
     parser.add_argument(
         "--queue-timeout-ms",
@@ -387,6 +387,13 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="with --gateways 2 or more: how long a request waits at HAProxy for a gateway with "
         "room before it is answered 503 with Retry-After (default: serve-lb's, 5)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        help="with --gateways 2 or more: a request that finds this many waiting at HAProxy is "
+        "answered 503 with Retry-After at once (default: serve-lb's, 2)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--preset", default="default", help="data/model preset (default, tiny)")

@@ -41,7 +41,7 @@ def test_listens_on_loopback_only_and_names_each_gateway_once():
     text = config()
     assert re.findall(r"^\s*bind (\S+)$", text, re.M) == ["127.0.0.1:7000"]
     for i, address in enumerate(GATEWAYS):
-        assert len(re.findall(rf"server gateway-{i} {address} maxconn \d+ check ", text)) == 1
+        assert len(re.findall(rf"server gateway-{i} {address} maxconn \d+ .*check ", text)) == 1
 
 
 def test_one_backend_checked_on_healthz_so_a_retry_always_has_every_live_gateway():
@@ -58,6 +58,10 @@ def test_one_backend_checked_on_healthz_so_a_retry_always_has_every_live_gateway
 
 def test_retries_go_to_another_gateway_on_refusal_drop_and_timeout():
     got = lines(config())
+    servers = [x for x in got if x.startswith("server gateway-")]
+    # A refused connection marks the gateway down at once: the retries of the request that
+    # found it dead cannot be sent back to it while the live gateway is full.
+    assert all(" observe layer4 error-limit 1 on-error mark-down " in x for x in servers)
     assert "retry-on conn-failure empty-response response-timeout" in got
     assert "option redispatch 1" in got
     assert "retries 3" in got
@@ -101,6 +105,16 @@ def test_a_queue_timeout_is_answered_503_with_retry_after_and_the_gateways_shed_
     ) in lines(text)
 
 
+def test_a_request_that_finds_the_queue_full_is_answered_at_once_with_retry_after():
+    got = lines(config(max_queue=3))
+    fast = next(x for x in got if x.startswith("http-request return status 503"))
+    assert fast.endswith(" hdr Retry-After 1 if { queue(gateways) ge 3 }")
+    assert "content-type application/json string " in fast
+    # After X-Request-Start is set, in the frontend: it answers before any backend is chosen.
+    assert got.index(fast) > got.index("http-request set-header X-Request-Start t=%[date(0,us)]")
+    assert got.index(fast) < got.index("backend gateways")
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -109,11 +123,12 @@ def test_a_queue_timeout_is_answered_503_with_retry_after_and_the_gateways_shed_
         ((None, 5000, None), "--gateway-maxconn 5000 (x) is out of range; allowed: 1 to 4096"),
         ((None, None, 0), "--queue-timeout-ms 0 (x) is out of range; allowed: 1 to 1000"),
         ((None, None, 1001), "--queue-timeout-ms 1001 (x) is out of range; allowed: 1 to 1000"),
+        ((None, None, None, 0), "--max-queue 0 (x) is out of range; allowed: 1 to 4096"),
     ],
 )
 def test_balancer_limits_out_of_range_are_named_with_what_is_allowed(args, expected):
     assert (check_limits(*args, source="x") or "").startswith(expected)
-    assert check_limits(10, 8, 5) is None and check_limits(None, None, None) is None
+    assert check_limits(10, 8, 5, 4) is None and check_limits(None, None, None) is None
 
 
 def test_client_limits_come_from_the_gateways_own():
@@ -259,13 +274,15 @@ def test_up_passes_the_gateway_limit_and_queue_timeout_to_the_balancer_and_check
     from system_under_test.launcher import plan_cluster, validate_up
 
     args = up_args(
-        "--gateways", "2", "--shards", "1", "--gateway-maxconn", "4", "--queue-timeout-ms", "3"
-    )
+        "--gateways", "2", "--shards", "1", "--gateway-maxconn", "4", "--queue-timeout-ms", "3",
+        "--max-queue", "6",
+    )  # fmt: skip
     names = ["shard-0-primary", "shard-0-replica", "region", "gateway-0", "gateway-1", "lb"]
     args.port_plan = {name: 20000 + i for i, name in enumerate(names)}  # no sockets here
     cmd = next(c for c in plan_cluster(args, tmp_path) if c.name == "lb").command
     assert cmd[cmd.index("--gateway-maxconn") + 1] == "4"
     assert cmd[cmd.index("--queue-timeout-ms") + 1] == "3"
+    assert cmd[cmd.index("--max-queue") + 1] == "6"
     assert "--gateway-maxconn 0 is out of range" in (
         validate_up(up_args("--gateways", "2", "--gateway-maxconn", "0")) or ""
     )
