@@ -111,7 +111,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 # Options of `up` passed on to `serve-lb` as they are (the balancer's own defaults otherwise),
-# in the order of balancer.check_limits' arguments.
+# each checked by balancer.check_limits.
 LB_OPTIONS = ("server-timeout-ms", "gateway-maxconn", "queue-timeout-ms", "max-queue")
 
 
@@ -453,7 +453,12 @@ def validate_up(args: argparse.Namespace) -> str | None:
     from system_under_test.balancer import check_limits
 
     given = {o: getattr(args, o.replace("-", "_"), None) for o in LB_OPTIONS}
-    problem = check_limits(*given.values())
+    problem = check_limits(
+        given["server-timeout-ms"],
+        given["gateway-maxconn"],
+        given["queue-timeout-ms"],
+        given["max-queue"],
+    )
     if problem:
         return problem
     for option, value in given.items():
