@@ -84,7 +84,9 @@ def test_a_flood_past_the_limit_gets_fast_503s_with_retry_after_and_nothing_hang
             gateways.append(gw)
         argv = [sys.executable, "-m", "system_under_test", "serve-lb", "--port", str(lb_port),
                 "--config", str(tmp_path / "haproxy.cfg"), "--gateway-maxconn", str(MAXCONN),
-                "--queue-timeout-ms", str(QUEUE_TIMEOUT_MS), "--max-queue", str(MAX_QUEUE)]  # fmt: skip
+                "--queue-timeout-ms", str(QUEUE_TIMEOUT_MS), "--max-queue", str(MAX_QUEUE),
+                # a stand-in answers in 100 ms: not frozen, so no retry elsewhere
+                "--server-timeout-ms", "2000"]  # fmt: skip
         argv += [f"--gateway=127.0.0.1:{p}" for p in gw_ports]
         lb = procs.spawn(argv, tmp_path / "lb.log", name="lb")
         # Through the balancer: both gateways checked up (each is needed for a full limit).
