@@ -1,31 +1,35 @@
 """Serving benchmark: capacity of the default recommender on this machine, load generator included.
 
-Starts the cluster (``python -m system_under_test up``, no fault proxy; ``up``'s default layout,
-two gateways behind HAProxy, unless ``--gateways`` says otherwise), then drives open-loop
-constant-rate load from a separate process (the harness's load worker; response time from the
-intended send time) at each rate of each request mix in turn, and finally at ``--kill-rate``
-while one primary is SIGKILLed halfway through the step. For every step it prints the achieved
-rate, p50/p95/p99 (error-inclusive), errors, tier shares, goodput (answers within the 20 ms SLA
-per second of the step), the p99 of served answers alone, the requests shed by the gateway's
-overload control (503 with Retry-After: not errors) and the p99 of those rejections, generator lag p99 and CPU milliseconds
-per request of each kind of component (user + system time from /proc/PID/stat over the step,
-divided by the requests sent; the load generator's own separately). The mixes it names
+Starts the cluster (``python -m system_under_test up --gateways 2``: HAProxy in front of two
+gateways, no fault proxy; ``--gateways N``), then drives open-loop constant-rate load from a
+separate process (the harness's load worker; response time from the intended send time) at each
+rate of each request mix in turn, and finally at ``--kill-rate`` while one primary is SIGKILLed
+halfway through the step. For every step it prints the achieved rate, p50/p95/p99
+(error-inclusive), errors, tier shares, goodput (answers within the 20 ms SLA per second of the
+step), the p99 of served answers alone, the requests shed (503 with Retry-After, by the
+balancer's queue timeout or the gateway's overload control: not errors) and the p99 of those
+rejections, generator lag p99 and CPU milliseconds per request of each kind of component (user
++ system time from /proc/PID/stat over the step, divided by the requests sent; ``gateway`` sums
+every gateway, ``lb`` is the balancer; the load generator's own separately). The mixes it names
 (``MIXES``) are printed first: ``zipf`` is the scenarios' mix, ``cold`` the same skew over every
 user, so that most requests miss the gateway's caches.
 
     .venv/bin/python benchmarks/serving.py [--mixes zipf,cold] [--rates 200,300,400] [--step-s 20]
     .venv/bin/python benchmarks/serving.py --baseline ../recchaos-old   # before/after, one run
-    .venv/bin/python benchmarks/serving.py --gateways 1   # the gateway alone, no balancer
 
 Rates are interleaved over ``--repeat`` rounds (machines slow down over time: compare inside one
 run) and the median with [min .. max] is reported, with each mix's capacity (the highest rate
 whose median p99 is at most 20 ms). ``--baseline`` starts a second cluster from another checkout
-(its own ``.venv``) and runs each of its steps right before the same step on this tree's.
+(its own ``.venv``) and runs each of its steps right before the same step on this tree's,
+with ``--gateways`` when that checkout's ``up`` has it (one gateway, no balancer otherwise: the
+run says so). ``--gateway-maxconn``, ``--queue-timeout-ms`` and ``--max-queue`` go to this tree's ``up``
+only.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import statistics
@@ -47,7 +51,6 @@ from harness.load.driver import run_load  # noqa: E402
 from harness.load.spec import LoadJob  # noqa: E402
 from harness.model.load import LoadPhase, RequestMix  # noqa: E402
 from harness.model.requestlog import TIERS, error_code, succeeded  # noqa: E402
-from harness.process import StartError  # noqa: E402
 from harness.sut.recommender import RecommenderCluster, RecommenderOptions  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -75,7 +78,11 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def role_of(name: str) -> str:
-    return name.split("-")[-1] if name.startswith("shard-") else name
+    """The kind a component's CPU is summed under: ``primary``/``replica`` over the shards,
+    ``gateway`` over ``gateway-0`` ... ``gateway-N-1``, ``lb`` (the balancer), ``region``."""
+    if name.startswith("shard-"):
+        return name.split("-")[-1]
+    return "gateway" if name.startswith("gateway-") else name
 
 
 def cpu_by_name(cluster: RecommenderCluster) -> dict[str, float | None]:
@@ -134,9 +141,9 @@ def one_step(
     return {
         "rate": rate,
         "achieved": result.summary.get("achieved_rate", 0.0),
-        "p50": float(np.percentile(resp_ms, 50)),
-        "p95": float(np.percentile(resp_ms, 95)),
-        "p99": float(np.percentile(resp_ms, 99)),
+        "p50": float(np.percentile(resp_ms, 50, method="higher")),
+        "p95": float(np.percentile(resp_ms, 95, method="higher")),
+        "p99": float(np.percentile(resp_ms, 99, method="higher")),
         "errors": int(n - ok.sum() - shed.sum()),
         "shed": int(shed.sum()),
         "shed_p99": _p99(took_ms[shed]),
@@ -191,36 +198,66 @@ def summarise(rate: float, steps: list[dict]) -> str:
     )
 
 
-class TreeCluster(RecommenderCluster):
-    """The recommender of another checkout (its own ``.venv``), for a before/after comparison
-    inside one run: ``up`` runs with that tree's Python from that tree's root. A checkout from
-    before ``up --gateways`` existed runs its one layout, the gateway alone, whatever
-    ``--gateways`` asks for (and says so)."""
+class BenchCluster(RecommenderCluster):
+    """The recommender of this tree, or of another checkout (``tree``, with its own ``.venv``)
+    for a before/after comparison inside one run: ``up`` then runs with that tree's Python from
+    that tree's root. ``up_extra``: more options of ``up`` (the balancer's limits)."""
 
-    def __init__(self, tree: Path, options: RecommenderOptions, workdir: Path, log=print) -> None:
+    def __init__(
+        self,
+        options: RecommenderOptions,
+        workdir: Path,
+        log=print,
+        tree: Path | None = None,
+        up_extra: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(options, workdir, log=log)
-        self.tree = tree.resolve()
+        self.tree = tree.resolve() if tree is not None else None
+        self.up_extra = up_extra
 
     def _launcher(self, *args: str) -> tuple[list[str], Path | None]:
-        return [str(self.tree / ".venv" / "bin" / "python"), "-m", "system_under_test", *args], (
-            self.tree
-        )
+        if args and args[0] == "up":
+            args = (*args, *self.up_extra)
+        if self.tree is None:
+            return super()._launcher(*args)
+        python = str(self.tree / ".venv" / "bin" / "python")
+        return [python, "-m", "system_under_test", *args], self.tree
 
     def _gateway_args(self) -> list[str]:
-        argv, cwd = self._launcher("up", "--help")
-        try:
-            usage = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
-        except subprocess.TimeoutExpired:
-            raise StartError(f"`{' '.join(argv)}` in {cwd} took over 60 s") from None
-        if "--gateways" in usage.stdout:
-            return super()._gateway_args()
-        if self.options.gateways != 1:
-            self.log(
-                f"baseline {self.tree}: its `up` has no --gateways, so it runs the gateway alone "
-                f"(no balancer) beside this tree's {self.options.gateways} gateways behind "
-                "HAProxy; --gateways 1 compares like with like"
-            )
-        return []
+        """An older checkout's ``up`` has no ``--gateways`` and runs its one layout, the gateway
+        alone (``main`` says so and asks for one gateway): pass nothing then."""
+        if self.tree is not None and self.options.gateways == 1:
+            if not up_accepts(self.tree, "--gateways"):
+                return []
+        return super()._gateway_args()
+
+
+def up_accepts(tree: Path, option: str) -> bool:
+    """Whether ``up`` of the checkout ``tree`` has ``option`` (an older one may not)."""
+    python = str(tree / ".venv" / "bin" / "python")
+    try:
+        out = subprocess.run(
+            [python, "-m", "system_under_test", "up", "--help"],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return option in out
+
+
+def balancer_limits(config: str) -> str:
+    """The overload settings of a generated HAProxy config, in one line."""
+    words = [line.split() for line in config.splitlines()]
+    maxconn = {w[w.index("maxconn") + 1] for w in words if w[:1] == ["server"] and "maxconn" in w}
+    queue = [w[2] for w in words if w[:2] == ["timeout", "queue"]]
+    fast = [w[w.index("ge") + 1] for w in words if "queue(gateways)" in w and "ge" in w]
+    return (
+        f"per-gateway maxconn {','.join(sorted(maxconn)) or 'none'}, timeout queue "
+        f"{queue[0] if queue else 'none'}, max queue {fast[0] if fast else 'none'}"
+    )
 
 
 def describe_mix(name: str, mix: RequestMix) -> str:
@@ -231,13 +268,6 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="default", help="data/model preset of the cluster")
     ap.add_argument("--shards", type=int, default=4, help="number of shards")
-    ap.add_argument(
-        "--gateways",
-        type=int,
-        default=2,
-        help="gateways (default 2, `up`'s: gateway-0 and gateway-1 behind HAProxy, the "
-        "component lb; 1: the gateway alone)",
-    )
     ap.add_argument("--rates", default="200,300,400", help="comma-separated requests/s")
     ap.add_argument("--step-s", type=float, default=20.0, help="seconds of load per step")
     ap.add_argument("--repeat", type=int, default=2, help="interleaved rounds")
@@ -246,6 +276,30 @@ def parse_args() -> argparse.Namespace:
         "--mixes",
         default="zipf,cold",
         help=f"comma-separated request mixes, of {sorted(MIXES)} (see MIXES)",
+    )
+    ap.add_argument(
+        "--gateways",
+        type=int,
+        default=2,
+        help="gateway processes; 2 or more: HAProxy (lb) in front of them (default 2)",
+    )
+    ap.add_argument(
+        "--gateway-maxconn",
+        type=int,
+        default=None,
+        help="`up --gateway-maxconn` of this tree's cluster (default: the balancer's)",
+    )
+    ap.add_argument(
+        "--queue-timeout-ms",
+        type=int,
+        default=None,
+        help="`up --queue-timeout-ms` of this tree's cluster (default: the balancer's)",
+    )
+    ap.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        help="`up --max-queue` of this tree's cluster (default: the balancer's)",
     )
     ap.add_argument(
         "--baseline",
@@ -259,7 +313,26 @@ def parse_args() -> argparse.Namespace:
         ap.error(f"--mixes {args.mixes!r}: {bad} not among {sorted(MIXES)}")
     if args.baseline is not None and not (args.baseline / ".venv" / "bin" / "python").exists():
         ap.error(f"--baseline {args.baseline}: no .venv/bin/python there (run its setup.sh)")
+    if not 1 <= args.gateways <= 8:
+        ap.error(f"--gateways {args.gateways} is out of range; allowed: 1 to 8")
+    limits = (args.gateway_maxconn, args.queue_timeout_ms, args.max_queue)
+    if args.gateways == 1 and limits != (None, None, None):
+        ap.error(
+            "--gateway-maxconn, --queue-timeout-ms and --max-queue are the balancer's: they need "
+            "--gateways 2 or more"
+        )
     return args
+
+
+def up_extra(args: argparse.Namespace) -> tuple[str, ...]:
+    out: list[str] = []
+    if args.gateway_maxconn is not None:
+        out += ["--gateway-maxconn", str(args.gateway_maxconn)]
+    if args.queue_timeout_ms is not None:
+        out += ["--queue-timeout-ms", str(args.queue_timeout_ms)]
+    if args.max_queue is not None:
+        out += ["--max-queue", str(args.max_queue)]
+    return tuple(out)
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -278,15 +351,23 @@ def main() -> int:
         )
         clusters: dict[str, RecommenderCluster] = {}
         if args.baseline is not None:
-            base = TreeCluster(args.baseline, options, work / "before", log=print)
+            base_options = options
+            if args.gateways != 1 and not up_accepts(args.baseline, "--gateways"):
+                print(f"baseline {args.baseline}: its `up` has no --gateways; one gateway, no lb")
+                base_options = dataclasses.replace(options, gateways=1)
+            base = BenchCluster(base_options, work / "before", log=print, tree=args.baseline)
             clusters["before"] = stack.enter_context(base)
         t0 = time.monotonic()
-        here = RecommenderCluster(options, work / "after", log=print)
+        here = BenchCluster(options, work / "after", log=print, up_extra=up_extra(args))
         cluster = clusters["after" if args.baseline else "this"] = stack.enter_context(here)
         print(
             f"`up` took {time.monotonic() - t0:.1f} s (preset {args.preset}, {args.shards} "
-            f"shards; {cluster.manifest().get('startup_seconds')} s inside the launcher)"
+            f"shards, {args.gateways} gateway(s){' behind lb' if args.gateways > 1 else ''}; "
+            f"{cluster.manifest().get('startup_seconds')} s inside the launcher)"
         )
+        lb_config = work / "after" / "logs" / "haproxy.cfg"
+        if lb_config.exists():
+            print("balancer:", balancer_limits(lb_config.read_text()))
         mixes = {m: MIXES[m](cluster) for m in mix_names}
         for name, mix in mixes.items():
             print("request mix", describe_mix(name, mix))

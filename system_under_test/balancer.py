@@ -27,6 +27,17 @@ Why each setting is what it is (docs/recommender.md has the table):
   a frozen gateway is retried on the other in time. The retry carries the original
   ``X-Request-Start``, so the second gateway's deadline counts the time already spent and it
   answers from a faster tier instead of starting a full budget afresh.
+* Overload: each gateway gets at most ``maxconn`` requests at a time (:data:`GATEWAY_MAXCONN`;
+  one request per connection, so this is its work in flight), and a request that finds every
+  gateway full waits in the balancer's queue at most ``timeout queue``
+  (:data:`QUEUE_TIMEOUT_MS`). Then HAProxy answers it itself: ``503`` with ``Retry-After`` and
+  a JSON body like the gateway's own shed answer, in a few milliseconds, without work at any
+  gateway; and a request that finds ``max_queue`` (:data:`MAX_QUEUE`) already waiting is
+  answered so at once, without waiting out the queue timeout. Past capacity the gateways then serve what they can serve in time instead of
+  queueing everything until all of it is late. ``Retry-After`` is added only to a 503 that
+  HAProxy made itself while some gateway was up (a queue timeout): a 503 with no gateway up
+  (``<NOSRV>``) is an outage, not a shed request, and a gateway's own 503 passes unchanged.
+  The time queued here is in ``X-Request-Start``, so a gateway's deadline counts it.
 * Client-side limits come from the gateway's own :class:`~system_under_test.gateway.settings.
   HttpLimits`: a balancer with looser limits would let through what a gateway refuses, and a
   stricter one would answer bad requests itself instead of the gateway's 4xx JSON errors.
@@ -38,6 +49,7 @@ Why each setting is what it is (docs/recommender.md has the table):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -56,6 +68,18 @@ CHECK_INTER_MS = 100
 # A check not answered in this long fails: a frozen gateway is out after two (about 200 ms)
 CHECK_TIMEOUT_MS = 50
 RETRIES = 3
+# Requests in flight at one gateway. A gateway is one thread: what it has in flight shares its
+# core, so more in flight means each answer later, not more answers. Measured with
+# benchmarks/serving.py (docs/recommender.md, "Overload control").
+GATEWAY_MAXCONN = 2
+# How long a request may wait at the balancer for a gateway with room before it is answered 503
+# with Retry-After. Counted in the request's deadline (X-Request-Start), so it is kept short.
+QUEUE_TIMEOUT_MS = 5
+# A request that finds this many already waiting at the balancer is answered 503 at once: a
+# queue that long would not drain within the queue timeout anyway, and a fast no is the point.
+MAX_QUEUE = 2
+MAX_QUEUE_TIMEOUT_MS = 1000  # past this a queued request is late anyway: it never helps
+RETRY_AFTER_S = 1
 MAXREWRITE = 1024  # HAProxy's room for header rewrites (X-Request-Start) within tune.bufsize
 # The header HAProxy adds: when it received the request, in microseconds since the epoch.
 REQUEST_START_HEADER = "X-Request-Start"
@@ -73,15 +97,39 @@ class BalancerSettings:
     connect_timeout_ms: int = CONNECT_TIMEOUT_MS
     check_inter_ms: int = CHECK_INTER_MS
     retries: int = RETRIES
+    gateway_maxconn: int = GATEWAY_MAXCONN
+    queue_timeout_ms: int = QUEUE_TIMEOUT_MS
+    max_queue: int = MAX_QUEUE
+    retry_after_s: int = RETRY_AFTER_S
+
+
+def shed_body(s: BalancerSettings) -> str:
+    """The JSON body of the balancer's own 503 (the fields of the gateway's shed answer)."""
+    return json.dumps(
+        {
+            "error": f"no gateway had room for this request within {s.queue_timeout_ms} ms at "
+            f"the balancer (each takes at most {s.gateway_maxconn} at a time), {s.max_queue} "
+            f"were already waiting there, or none was up; retry after {s.retry_after_s} s",
+            "field": "load",
+            "allowed": f"in flight per gateway: at most {s.gateway_maxconn}",
+        },
+        separators=(",", ":"),
+    )
 
 
 def _ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
+def _haproxy_string(text: str) -> str:
+    """``text`` as one double-quoted HAProxy argument (backslash and quote escaped)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def render_config(s: BalancerSettings) -> str:
     """The HAProxy config for ``s``: loopback (or ``s.host``) only, one frontend, one backend
-    with every gateway, checked on ``/healthz``."""
+    with every gateway, checked on ``/healthz``, each gateway taking at most
+    ``s.gateway_maxconn`` requests at a time."""
     lim = s.limits
     bufsize = lim.max_head + MAXREWRITE
     check = (
@@ -123,7 +171,7 @@ def render_config(s: BalancerSettings) -> str:
         "    option http-buffer-request",
         f"    timeout http-keep-alive {_ms(lim.idle_timeout_s)}",
         f"    timeout check {CHECK_TIMEOUT_MS}ms",
-        f"    timeout queue {s.connect_timeout_ms}ms",
+        f"    timeout queue {s.queue_timeout_ms}ms",
         f"    retries {s.retries}",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response response-timeout",
@@ -132,15 +180,33 @@ def render_config(s: BalancerSettings) -> str:
         f"    bind {s.host}:{s.port}",
         f"    maxconn {lim.max_connections}",
         f"    http-request set-header {REQUEST_START_HEADER} t=%[date(0,us)]",
+        # Fail fast: with this many already waiting for a gateway, a new request would only
+        # wait out the queue timeout; answer it now (Retry-After: below, http-after-response).
+        f"    http-request return status 503 content-type application/json string "
+        f"{_haproxy_string(shed_body(s))} hdr Retry-After {s.retry_after_s} "
+        f"if {{ queue(gateways) ge {s.max_queue} }}",
         "    default_backend gateways",
         "",
         "backend gateways",
         "    balance roundrobin",
         "    option httpchk GET /healthz",
         "    http-check expect status 200",
+        # The balancer's own 503s (a queue timeout; no gateway up) get the shed body; only a
+        # queue timeout (no gateway chosen, some gateway up) gets Retry-After: that one is shed.
+        f"    http-error status 503 content-type application/json string "
+        f"{_haproxy_string(shed_body(s))}",
+        f"    http-after-response set-header Retry-After {s.retry_after_s} "
+        "if { status 503 } !{ srv_id -m found } { nbsrv(gateways) gt 0 }",
     ]
+    # A refused connection takes the gateway out at once (``observe layer4``), not at its next
+    # failed check: a retry goes to a gateway with room, and with the live one full (maxconn)
+    # HAProxy's round robin sent the retries of a request back to the killed one, which
+    # refused all of them (a 503 at the moment of a gateway_kill). Checks bring it back.
+    observe = "observe layer4 error-limit 1 on-error mark-down"
     for i, address in enumerate(s.gateways):
-        lines.append(f"    server gateway-{i} {address} {check}")
+        lines.append(
+            f"    server gateway-{i} {address} maxconn {s.gateway_maxconn} {observe} {check}"
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -159,6 +225,36 @@ def parse_request_start(value: str | None) -> float | None:
     if not (fraction.isascii() and fraction.isdigit()) or len(fraction) > 9:
         return None
     return int(whole) + int(fraction) / 10 ** len(fraction)
+
+
+def check_limits(
+    server_timeout_ms: int | None,
+    gateway_maxconn: int | None,
+    queue_timeout_ms: int | None,
+    max_queue: int | None = None,
+    source: str = "",
+) -> str | None:
+    """What is wrong with these balancer options (None: given as None or fine), naming the
+    option, its value and what is allowed; ``source`` names where they came from."""
+    where = f" ({source})" if source else ""
+    most = HttpLimits().max_connections
+    if server_timeout_ms is not None and not 1 <= server_timeout_ms <= 60_000:
+        return (
+            f"--server-timeout-ms {server_timeout_ms}{where} is out of range; allowed: 1 to 60000"
+        )
+    if gateway_maxconn is not None and not 1 <= gateway_maxconn <= most:
+        return (
+            f"--gateway-maxconn {gateway_maxconn}{where} is out of range; allowed: 1 to {most} "
+            "(a gateway's own connection limit)"
+        )
+    if queue_timeout_ms is not None and not 1 <= queue_timeout_ms <= MAX_QUEUE_TIMEOUT_MS:
+        return (
+            f"--queue-timeout-ms {queue_timeout_ms}{where} is out of range; allowed: 1 to "
+            f"{MAX_QUEUE_TIMEOUT_MS} (a request's time queued counts in its 20 ms budget)"
+        )
+    if max_queue is not None and not 1 <= max_queue <= most:
+        return f"--max-queue {max_queue}{where} is out of range; allowed: 1 to {most}"
+    return None
 
 
 def _address(value: str) -> str:
@@ -194,16 +290,36 @@ def main(argv: list[str]) -> int:
         help=f"time a gateway has to answer before the request goes to another "
         f"(default {SERVER_TIMEOUT_MS})",
     )
+    p.add_argument(
+        "--gateway-maxconn",
+        type=int,
+        default=GATEWAY_MAXCONN,
+        help=f"requests one gateway is given at a time; the rest wait at the balancer "
+        f"(default {GATEWAY_MAXCONN})",
+    )
+    p.add_argument(
+        "--queue-timeout-ms",
+        type=int,
+        default=QUEUE_TIMEOUT_MS,
+        help=f"how long a request waits at the balancer for a gateway with room before it is "
+        f"answered 503 with Retry-After (default {QUEUE_TIMEOUT_MS})",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=MAX_QUEUE,
+        help=f"a request that finds this many waiting at the balancer is answered 503 with "
+        f"Retry-After at once (default {MAX_QUEUE})",
+    )
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
         print(f"error: --port {args.port} is out of range; allowed: 1 to 65535", file=sys.stderr)
         return 2
-    if not 1 <= args.server_timeout_ms <= 60_000:
-        print(
-            f"error: --server-timeout-ms {args.server_timeout_ms} is out of range; allowed: "
-            "1 to 60000",
-            file=sys.stderr,
-        )
+    problem = check_limits(
+        args.server_timeout_ms, args.gateway_maxconn, args.queue_timeout_ms, args.max_queue
+    )
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     haproxy = shutil.which(HAPROXY)
     if haproxy is None:
@@ -214,7 +330,13 @@ def main(argv: list[str]) -> int:
         )
         return 2
     settings = BalancerSettings(
-        args.host, args.port, tuple(args.gateways), server_timeout_ms=args.server_timeout_ms
+        args.host,
+        args.port,
+        tuple(args.gateways),
+        server_timeout_ms=args.server_timeout_ms,
+        gateway_maxconn=args.gateway_maxconn,
+        queue_timeout_ms=args.queue_timeout_ms,
+        max_queue=args.max_queue,
     )
     args.config.parent.mkdir(parents=True, exist_ok=True)
     args.config.write_text(render_config(settings))
@@ -224,4 +346,10 @@ def main(argv: list[str]) -> int:
     return 0  # not reached
 
 
-__all__ = ["BalancerSettings", "parse_request_start", "render_config"]
+__all__ = [
+    "BalancerSettings",
+    "check_limits",
+    "parse_request_start",
+    "render_config",
+    "shed_body",
+]

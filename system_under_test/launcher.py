@@ -113,6 +113,11 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+# Options of `up` passed on to `serve-lb` as they are (the balancer's own defaults otherwise),
+# each checked by balancer.check_limits.
+LB_OPTIONS = ("server-timeout-ms", "gateway-maxconn", "queue-timeout-ms", "max-queue")
+
+
 def _gateways(args: argparse.Namespace) -> int:
     return int(getattr(args, "gateways", DEFAULT_GATEWAYS) or DEFAULT_GATEWAYS)
 
@@ -198,9 +203,10 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
         lb_cmd = py + ["serve-lb", "--host", host, "--port", str(ports["lb"])]
         lb_cmd += [f"--gateway={gw.address}" for gw in gateways]
         lb_cmd += ["--config", str(log_dir / "haproxy.cfg")]
-        server_timeout_ms = getattr(args, "server_timeout_ms", None)
-        if server_timeout_ms is not None:
-            lb_cmd += ["--server-timeout-ms", str(server_timeout_ms)]
+        for option in LB_OPTIONS:
+            value = getattr(args, option.replace("-", "_"), None)
+            if value is not None:
+                lb_cmd += [f"--{option}", str(value)]
         comps.append(
             Component("lb", "lb", None, f"{host}:{ports['lb']}", lb_cmd, log_dir / "lb.log")
         )
@@ -372,6 +378,27 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         help="with 2 or more gateways: how long HAProxy gives a gateway to answer before it "
         "sends the request to another (default: serve-lb's, 10)",
     )
+    parser.add_argument(
+        "--gateway-maxconn",
+        type=int,
+        default=None,
+        help="with --gateways 2 or more: requests HAProxy gives one gateway at a time; the rest "
+        "wait at the balancer (default: serve-lb's, 2)",
+    )
+    parser.add_argument(
+        "--queue-timeout-ms",
+        type=int,
+        default=None,
+        help="with --gateways 2 or more: how long a request waits at HAProxy for a gateway with "
+        "room before it is answered 503 with Retry-After (default: serve-lb's, 5)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        help="with --gateways 2 or more: a request that finds this many waiting at HAProxy is "
+        "answered 503 with Retry-After at once (default: serve-lb's, 2)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--preset", default="default", help="data/model preset (default, tiny)")
     parser.add_argument("--artifacts", type=Path, default=None, help="artifact cache directory")
@@ -427,14 +454,23 @@ def validate_up(args: argparse.Namespace) -> str | None:
         return f"--shards {args.shards} is out of range; allowed: 1 to 64"
     if not 1 <= args.gateways <= MAX_GATEWAYS:
         return f"--gateways {args.gateways} is out of range; allowed: 1 to {MAX_GATEWAYS}"
-    timeout_ms = getattr(args, "server_timeout_ms", None)
-    if timeout_ms is not None and not 1 <= timeout_ms <= 60_000:
-        return f"--server-timeout-ms {timeout_ms} is out of range; allowed: 1 to 60000"
-    if timeout_ms is not None and args.gateways == 1:
-        return (
-            f"--server-timeout-ms {timeout_ms} is HAProxy's, and --gateways 1 starts none; "
-            "allowed with --gateways 2 or more"
-        )
+    from system_under_test.balancer import check_limits
+
+    given = {o: getattr(args, o.replace("-", "_"), None) for o in LB_OPTIONS}
+    problem = check_limits(
+        given["server-timeout-ms"],
+        given["gateway-maxconn"],
+        given["queue-timeout-ms"],
+        given["max-queue"],
+    )
+    if problem:
+        return problem
+    for option, value in given.items():
+        if value is not None and args.gateways == 1:
+            return (
+                f"--{option} {value} is HAProxy's, and --gateways 1 starts none; "
+                "allowed with --gateways 2 or more"
+            )
     if args.gateways > 1 and shutil.which("haproxy") is None:
         return (
             f"--gateways {args.gateways} (default {DEFAULT_GATEWAYS}) needs HAProxy in front of "

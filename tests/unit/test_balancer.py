@@ -4,6 +4,7 @@ the scenario target's ``gateways`` (harness/model/target.py)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -12,7 +13,15 @@ import pytest
 from harness.model.errors import ScenarioError
 from harness.model.scenario import scenario_from_dict
 from harness.model.target import RecommenderTarget
-from system_under_test.balancer import BalancerSettings, parse_request_start, render_config
+from system_under_test.balancer import (
+    GATEWAY_MAXCONN,
+    QUEUE_TIMEOUT_MS,
+    BalancerSettings,
+    check_limits,
+    parse_request_start,
+    render_config,
+    shed_body,
+)
 from system_under_test.gateway.api import MAX_CARRIED_S, arrival_of
 from system_under_test.gateway.http import Request
 from system_under_test.gateway.settings import HttpLimits
@@ -32,7 +41,7 @@ def test_listens_on_loopback_only_and_names_each_gateway_once():
     text = config()
     assert re.findall(r"^\s*bind (\S+)$", text, re.M) == ["127.0.0.1:7000"]
     for i, address in enumerate(GATEWAYS):
-        assert len(re.findall(rf"server gateway-{i} {address} check ", text)) == 1
+        assert len(re.findall(rf"server gateway-{i} {address} maxconn \d+ .*check ", text)) == 1
 
 
 def test_one_backend_checked_on_healthz_so_a_retry_always_has_every_live_gateway():
@@ -49,6 +58,10 @@ def test_one_backend_checked_on_healthz_so_a_retry_always_has_every_live_gateway
 
 def test_retries_go_to_another_gateway_on_refusal_drop_and_timeout():
     got = lines(config())
+    servers = [x for x in got if x.startswith("server gateway-")]
+    # A refused connection marks the gateway down at once: the retries of the request that
+    # found it dead cannot be sent back to it while the live gateway is full.
+    assert all(" observe layer4 error-limit 1 on-error mark-down " in x for x in servers)
     assert "retry-on conn-failure empty-response response-timeout" in got
     assert "option redispatch 1" in got
     assert "retries 3" in got
@@ -60,6 +73,62 @@ def test_server_timeout_is_below_the_gateway_deadline_and_connect_timeout_a_few_
     connect = int(next(x for x in got if x.startswith("timeout connect")).split()[-1][:-2])
     assert server < 17 and connect <= 5
     assert "timeout server 8ms" in lines(config(server_timeout_ms=8))
+
+
+def test_each_gateway_takes_a_bounded_number_of_requests_and_the_rest_wait_briefly():
+    got = lines(config(gateway_maxconn=3, queue_timeout_ms=2))
+    servers = [x for x in got if x.startswith("server gateway-")]
+    assert len(servers) == 2 and all(" maxconn 3 " in x for x in servers)
+    assert "timeout queue 2ms" in got
+    default = lines(config())
+    assert f"timeout queue {QUEUE_TIMEOUT_MS}ms" in default
+    assert all(f" maxconn {GATEWAY_MAXCONN} " in x for x in default if x.startswith("server "))
+    # Short enough that a queued request can still be served inside the 20 ms SLA.
+    assert QUEUE_TIMEOUT_MS < 10 and GATEWAY_MAXCONN >= 2
+
+
+def test_a_queue_timeout_is_answered_503_with_retry_after_and_the_gateways_shed_body():
+    """Only the balancer's own 503 while some gateway is up is shed (Retry-After); a 503 with
+    no gateway up is an outage, and a gateway's own 503 (/readyz) passes unchanged."""
+    text = config(gateway_maxconn=3, queue_timeout_ms=2)
+    error = next(x for x in lines(text) if x.startswith("http-error status 503"))
+    assert "content-type application/json string " in error
+    quoted = error.split(" string ", 1)[1]
+    body = json.loads(quoted[1:-1].replace('\\"', '"'))
+    assert body == json.loads(
+        shed_body(BalancerSettings("h", 1, GATEWAYS, gateway_maxconn=3, queue_timeout_ms=2))
+    )
+    assert body["field"] == "load" and "2 ms" in body["error"] and "at most 3" in body["allowed"]
+    assert (
+        "http-after-response set-header Retry-After 1 "
+        "if { status 503 } !{ srv_id -m found } { nbsrv(gateways) gt 0 }"
+    ) in lines(text)
+
+
+def test_a_request_that_finds_the_queue_full_is_answered_at_once_with_retry_after():
+    got = lines(config(max_queue=3))
+    fast = next(x for x in got if x.startswith("http-request return status 503"))
+    assert fast.endswith(" hdr Retry-After 1 if { queue(gateways) ge 3 }")
+    assert "content-type application/json string " in fast
+    # After X-Request-Start is set, in the frontend: it answers before any backend is chosen.
+    assert got.index(fast) > got.index("http-request set-header X-Request-Start t=%[date(0,us)]")
+    assert got.index(fast) < got.index("backend gateways")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((0, None, None), "--server-timeout-ms 0 (x) is out of range; allowed: 1 to 60000"),
+        ((None, 0, None), "--gateway-maxconn 0 (x) is out of range; allowed: 1 to 4096"),
+        ((None, 5000, None), "--gateway-maxconn 5000 (x) is out of range; allowed: 1 to 4096"),
+        ((None, None, 0), "--queue-timeout-ms 0 (x) is out of range; allowed: 1 to 1000"),
+        ((None, None, 1001), "--queue-timeout-ms 1001 (x) is out of range; allowed: 1 to 1000"),
+        ((None, None, None, 0), "--max-queue 0 (x) is out of range; allowed: 1 to 4096"),
+    ],
+)
+def test_balancer_limits_out_of_range_are_named_with_what_is_allowed(args, expected):
+    assert (check_limits(*args, source="x") or "").startswith(expected)
+    assert check_limits(10, 8, 5, 4) is None and check_limits(None, None, None) is None
 
 
 def test_client_limits_come_from_the_gateways_own():
@@ -250,3 +319,34 @@ def test_backend_docker_on_a_default_layout_scenario_runs_the_gateway_alone():
     out = apply_overrides(s, RunSettings("<test>", backend="docker")).target
     assert isinstance(out, RecommenderTarget)
     assert (out.backend, out.gateways) == ("docker", 1)
+
+
+def test_up_passes_the_gateway_limit_and_queue_timeout_to_the_balancer_and_checks_them(tmp_path):
+    from system_under_test.launcher import plan_cluster, validate_up
+
+    args = up_args(
+        "--gateways", "2", "--shards", "1", "--gateway-maxconn", "4", "--queue-timeout-ms", "3",
+        "--max-queue", "6",
+    )  # fmt: skip
+    names = ["shard-0-primary", "shard-0-replica", "region", "gateway-0", "gateway-1", "lb"]
+    args.port_plan = {name: 20000 + i for i, name in enumerate(names)}  # no sockets here
+    cmd = next(c for c in plan_cluster(args, tmp_path) if c.name == "lb").command
+    assert cmd[cmd.index("--gateway-maxconn") + 1] == "4"
+    assert cmd[cmd.index("--queue-timeout-ms") + 1] == "3"
+    assert cmd[cmd.index("--max-queue") + 1] == "6"
+    assert "--gateway-maxconn 0 is out of range" in (
+        validate_up(up_args("--gateways", "2", "--gateway-maxconn", "0")) or ""
+    )
+    assert "--queue-timeout-ms 3 is HAProxy's, and --gateways 1 starts none" in (
+        validate_up(up_args("--gateways", "1", "--queue-timeout-ms", "3")) or ""
+    )
+
+
+def test_serve_lb_refuses_a_bad_limit_before_writing_anything(tmp_path, capsys):
+    from system_under_test.balancer import main
+
+    cfg = tmp_path / "haproxy.cfg"
+    argv = ["--port", "7000", "--gateway", "127.0.0.1:7001", "--config", str(cfg)]
+    assert main([*argv, "--queue-timeout-ms", "0"]) == 2
+    assert "--queue-timeout-ms 0 is out of range; allowed: 1 to 1000" in capsys.readouterr().err
+    assert not cfg.exists()
