@@ -287,7 +287,7 @@ def parse_args() -> argparse.Namespace:
         "--gateway-maxconn",
         type=int,
         default=None,
-        help="`up --gateway-maxconn` of this tree's cluster (default: the balancer's)",
+        help="`up --gateway-maxconn` of this tree's cluster (default: none, no limit)",
     )
     ap.add_argument(
         "--queue-timeout-ms",

@@ -27,7 +27,8 @@ Why each setting is what it is (docs/recommender.md has the table):
   a frozen gateway is retried on the other in time. The retry carries the original
   ``X-Request-Start``, so the second gateway's deadline counts the time already spent and it
   answers from a faster tier instead of starting a full budget afresh.
-* Overload: each gateway gets at most ``maxconn`` requests at a time (:data:`GATEWAY_MAXCONN`;
+* Overload, when asked for (``--gateway-maxconn``; off by default, see :data:`GATEWAY_MAXCONN`):
+  each gateway gets at most ``maxconn`` requests at a time (:data:`GATEWAY_MAXCONN` measured best;
   one request per connection, so this is its work in flight), and a request that finds every
   gateway full waits in the balancer's queue at most ``timeout queue``
   (:data:`QUEUE_TIMEOUT_MS`). Then HAProxy answers it itself: ``503`` with ``Retry-After`` and
@@ -68,9 +69,13 @@ CHECK_INTER_MS = 100
 # A check not answered in this long fails: a frozen gateway is out after two (about 200 ms)
 CHECK_TIMEOUT_MS = 50
 RETRIES = 3
-# Requests in flight at one gateway. A gateway is one thread: what it has in flight shares its
-# core, so more in flight means each answer later, not more answers. Measured with
-# benchmarks/serving.py (docs/recommender.md, "Overload control").
+# Requests in flight at one gateway, when the limit is asked for (``--gateway-maxconn``; off by
+# default). A gateway is one thread: what it has in flight shares its core, so past capacity more
+# in flight means each answer later, not more answers; 2 measured best there with
+# benchmarks/serving.py (docs/recommender.md, "Overload control"). Off by default because a fixed
+# limit also sheds when requests are slow for want of a dependency, not of CPU: with one gateway
+# of two restarting and every shard dying (cold_start) each request waited its 17 ms deadline,
+# 200 requests/s held 3-4 in flight, and 2 a gateway shed 5 of 2,000.
 GATEWAY_MAXCONN = 2
 # How long a request may wait at the balancer for a gateway with room before it is answered 503
 # with Retry-After. Counted in the request's deadline (X-Request-Start), so it is kept short.
@@ -97,7 +102,7 @@ class BalancerSettings:
     connect_timeout_ms: int = CONNECT_TIMEOUT_MS
     check_inter_ms: int = CHECK_INTER_MS
     retries: int = RETRIES
-    gateway_maxconn: int = GATEWAY_MAXCONN
+    gateway_maxconn: int | None = None  # None: no limit (GATEWAY_MAXCONN is the tuned value)
     queue_timeout_ms: int = QUEUE_TIMEOUT_MS
     max_queue: int = MAX_QUEUE
     retry_after_s: int = RETRY_AFTER_S
@@ -105,16 +110,17 @@ class BalancerSettings:
 
 def shed_body(s: BalancerSettings) -> str:
     """The JSON body of the balancer's own 503 (the fields of the gateway's shed answer)."""
-    return json.dumps(
-        {
-            "error": f"no gateway had room for this request within {s.queue_timeout_ms} ms at "
-            f"the balancer (each takes at most {s.gateway_maxconn} at a time), {s.max_queue} "
-            f"were already waiting there, or none was up; retry after {s.retry_after_s} s",
-            "field": "load",
-            "allowed": f"in flight per gateway: at most {s.gateway_maxconn}",
-        },
-        separators=(",", ":"),
-    )
+    if s.gateway_maxconn is None:  # no limit: the balancer's own 503 means no gateway was up
+        error = f"no gateway was up at the balancer; retry after {s.retry_after_s} s"
+        allowed = "in flight per gateway: no limit"
+    else:
+        error = (
+            f"no gateway had room for this request within {s.queue_timeout_ms} ms at the "
+            f"balancer (each takes at most {s.gateway_maxconn} at a time), {s.max_queue} were "
+            f"already waiting there, or none was up; retry after {s.retry_after_s} s"
+        )
+        allowed = f"in flight per gateway: at most {s.gateway_maxconn}"
+    return json.dumps({"error": error, "field": "load", "allowed": allowed}, separators=(",", ":"))
 
 
 def _ms(seconds: float) -> str:
@@ -128,8 +134,8 @@ def _haproxy_string(text: str) -> str:
 
 def render_config(s: BalancerSettings) -> str:
     """The HAProxy config for ``s``: loopback (or ``s.host``) only, one frontend, one backend
-    with every gateway, checked on ``/healthz``, each gateway taking at most
-    ``s.gateway_maxconn`` requests at a time."""
+    with every gateway, checked on ``/healthz``; with ``s.gateway_maxconn``, each gateway taking
+    at most that many requests at a time."""
     lim = s.limits
     bufsize = lim.max_head + MAXREWRITE
     check = (
@@ -180,11 +186,16 @@ def render_config(s: BalancerSettings) -> str:
         f"    bind {s.host}:{s.port}",
         f"    maxconn {lim.max_connections}",
         f"    http-request set-header {REQUEST_START_HEADER} t=%[date(0,us)]",
+    ]
+    if s.gateway_maxconn is not None:
         # Fail fast: with this many already waiting for a gateway, a new request would only
         # wait out the queue timeout; answer it now (Retry-After: below, http-after-response).
-        f"    http-request return status 503 content-type application/json string "
-        f"{_haproxy_string(shed_body(s))} hdr Retry-After {s.retry_after_s} "
-        f"if {{ queue(gateways) ge {s.max_queue} }}",
+        lines.append(
+            f"    http-request return status 503 content-type application/json string "
+            f"{_haproxy_string(shed_body(s))} hdr Retry-After {s.retry_after_s} "
+            f"if {{ queue(gateways) ge {s.max_queue} }}"
+        )
+    lines += [
         "    default_backend gateways",
         "",
         "backend gateways",
@@ -203,10 +214,9 @@ def render_config(s: BalancerSettings) -> str:
     # HAProxy's round robin sent the retries of a request back to the killed one, which
     # refused all of them (a 503 at the moment of a gateway_kill). Checks bring it back.
     observe = "observe layer4 error-limit 1 on-error mark-down"
+    limit = "" if s.gateway_maxconn is None else f" maxconn {s.gateway_maxconn}"
     for i, address in enumerate(s.gateways):
-        lines.append(
-            f"    server gateway-{i} {address} maxconn {s.gateway_maxconn} {observe} {check}"
-        )
+        lines.append(f"    server gateway-{i} {address}{limit} {observe} {check}")
     lines.append("")
     return "\n".join(lines)
 
@@ -293,9 +303,10 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--gateway-maxconn",
         type=int,
-        default=GATEWAY_MAXCONN,
-        help=f"requests one gateway is given at a time; the rest wait at the balancer "
-        f"(default {GATEWAY_MAXCONN})",
+        default=None,
+        help=f"requests one gateway is given at a time; the rest wait at the balancer, "
+        f"--queue-timeout-ms at most (default: no limit; {GATEWAY_MAXCONN} measured best past "
+        "capacity)",
     )
     p.add_argument(
         "--queue-timeout-ms",

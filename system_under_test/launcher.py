@@ -383,7 +383,7 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="with --gateways 2 or more: requests HAProxy gives one gateway at a time; the rest "
-        "wait at the balancer (default: serve-lb's, 2)",
+        "wait at the balancer (default: no limit; 2 measured best past capacity)",
     )
     parser.add_argument(
         "--queue-timeout-ms",
