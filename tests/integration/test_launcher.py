@@ -5,11 +5,13 @@ dies), and ``down`` stops what the manifest names by PID and start time, leaving
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -121,15 +123,40 @@ def post(url: str, body: bytes, timeout_s: float = 5.0) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def test_the_default_two_gateways_behind_haproxy_survive_a_gateway_kill(tmp_path, tiny_artifacts):
+@contextlib.contextmanager
+def launched(tmp_path: Path, artifacts: Path, *extra: str) -> Iterator[tuple[Path, dict, dict]]:
+    """``up`` with ``extra`` options: yields the manifest's path, its data and the environment
+    (tagged); on the way out SIGKILLs whatever is still tagged and checks nothing is left."""
     tag = os.urandom(6).hex()
     env = {**os.environ, "PYTHONPATH": str(REPO), TAG: tag}
     manifest = tmp_path / "manifest.json"
     try:
-        argv = up_command(manifest, tiny_artifacts.parent) + ["--server-timeout-ms", "11"]
-        up = ManagedProcess(argv, tmp_path / "up.log", env=env)
+        up = ManagedProcess(
+            [*up_command(manifest, artifacts), *extra], tmp_path / "up.log", env=env
+        )
         assert up.start().wait(120) == 0, up.tail_text()
-        data = json.loads(manifest.read_text())
+        yield manifest, json.loads(manifest.read_text()), env
+    finally:
+        for _, ref in tagged_processes(TAG, tag):
+            ref.signal(signal.SIGKILL)
+    assert wait_gone(tag, 10) == []
+
+
+def run_down(manifest: Path, tmp_path: Path, env: dict) -> None:
+    down = ManagedProcess(
+        [sys.executable, "-m", "system_under_test", "down", "--manifest", str(manifest)],
+        tmp_path / "down.log",
+        env=env,
+    )
+    assert down.start().wait(60) == 0, down.tail_text()
+
+
+def test_the_default_two_gateways_behind_haproxy_survive_a_gateway_kill(tmp_path, tiny_artifacts):
+    with launched(tmp_path, tiny_artifacts.parent, "--server-timeout-ms", "11") as (
+        manifest,
+        data,
+        env,
+    ):
         comps = {c["name"]: c for c in data["components"]}
         config = (Path(comps["lb"]["log"]).parent / "haproxy.cfg").read_text()
         assert "    timeout server 11ms" in config.splitlines(), config
@@ -139,7 +166,7 @@ def test_the_default_two_gateways_behind_haproxy_survive_a_gateway_kill(tmp_path
         assert data["gateways"] == 2
         # HAProxy is the process the launcher started (it became HAProxy), tagged like the rest.
         assert Path(f"/proc/{comps['lb']['pid']}/exe").resolve().name == "haproxy"
-        assert {ref.pid for _, ref in tagged_processes(TAG, tag)} == {
+        assert {ref.pid for _, ref in tagged_processes(TAG, env[TAG])} == {
             c["pid"] for c in comps.values()
         }
         url = data["gateway_url"]
@@ -154,44 +181,19 @@ def test_the_default_two_gateways_behind_haproxy_survive_a_gateway_kill(tmp_path
         assert answers == [200] * 30, answers
         lb_log = Path(comps["lb"]["log"]).read_text()
 
-        down = ManagedProcess(
-            [sys.executable, "-m", "system_under_test", "down", "--manifest", str(manifest)],
-            tmp_path / "down.log",
-            env=env,
-        )
-        assert down.start().wait(60) == 0, down.tail_text()
-        assert wait_gone(tag, 10) == [], lb_log
+        run_down(manifest, tmp_path, env)
+        assert wait_gone(env[TAG], 10) == [], lb_log
         assert not manifest.exists()
-    finally:
-        for _, ref in tagged_processes(TAG, tag):
-            ref.signal(signal.SIGKILL)
-    assert wait_gone(tag, 10) == []
 
 
 def test_one_gateway_is_the_gateway_alone_with_no_balancer(tmp_path, tiny_artifacts):
     """``--gateways 1``: the layout from before the balancer, exactly: the component
     ``gateway``, which ``gateway_url`` names, and no ``lb``."""
-    tag = os.urandom(6).hex()
-    env = {**os.environ, "PYTHONPATH": str(REPO), TAG: tag}
-    manifest = tmp_path / "manifest.json"
-    try:
-        argv = up_command(manifest, tiny_artifacts.parent) + ["--gateways", "1"]
-        up = ManagedProcess(argv, tmp_path / "up.log", env=env)
-        assert up.start().wait(120) == 0, up.tail_text()
-        data = json.loads(manifest.read_text())
+    with launched(tmp_path, tiny_artifacts.parent, "--gateways", "1") as (manifest, data, env):
         comps = {c["name"]: c for c in data["components"]}
         assert sorted(comps) == ["gateway", "region", "shard-0-primary", "shard-0-replica"]
         assert comps["gateway"]["role"] == "gateway" and data["gateways"] == 1
         assert data["gateway_url"] == f"http://{comps['gateway']['address']}"
         status, body = post(data["gateway_url"], b'{"user_id": 3, "k": 5}')
         assert status == 200 and len(body["items"]) == 5, body
-        down = ManagedProcess(
-            [sys.executable, "-m", "system_under_test", "down", "--manifest", str(manifest)],
-            tmp_path / "down.log",
-            env=env,
-        )
-        assert down.start().wait(60) == 0, down.tail_text()
-    finally:
-        for _, ref in tagged_processes(TAG, tag):
-            ref.signal(signal.SIGKILL)
-    assert wait_gone(tag, 10) == []
+        run_down(manifest, tmp_path, env)
