@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness.inject.signals import into_background
+from harness.inject.signals import into_background, read_stat
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE_EVERY_S = 0.005
@@ -44,11 +44,8 @@ SLA_MS = 20.0
 
 
 def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in "ZX"
+    stat = read_stat(pid)
+    return stat is None or stat[0] in "ZX"
 
 
 def _watch(pids: dict[str, int], t0: float, out: dict[str, float], stop: threading.Event) -> None:

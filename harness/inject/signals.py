@@ -148,6 +148,14 @@ class ProcessRef:
         state = self.state()
         return state is not None and state not in "ZX"
 
+    def kill_in_background(self, label: str) -> str:
+        """SIGKILL this process after :func:`into_background`; returns what that took effect
+        ("" when it was gone first); InjectError when it exited before the SIGKILL."""
+        moved = into_background(self.pid) if self.alive() else ""
+        if not self.send(signal.SIGKILL):
+            raise InjectError(f"{label}: PID {self.pid} exited before SIGKILL")
+        return moved
+
     def send(self, sig: int) -> bool:
         """Signal this process if it still exists; False when it is gone."""
         if not self.alive():
@@ -295,10 +303,7 @@ class KillInjector(BaseInjector):
             self._timer.daemon = True
             self._timer.start()
         else:
-            if self.ref.alive():
-                self.background = into_background(self.ref.pid)
-            if not self.ref.send(signal.SIGKILL):
-                raise InjectError(f"{self.label}: PID {self.ref.pid} exited before SIGKILL")
+            self.background = self.ref.kill_in_background(self.label)
 
     def verify(self) -> tuple[bool, str]:
         if self.ref is None:
@@ -342,10 +347,7 @@ class RestartInjector(BaseInjector):
 
     def apply(self) -> None:
         self.ref = ProcessRef.of_component(self.ctx.component(self.target), self.label)
-        if self.ref.alive():
-            self.background = into_background(self.ref.pid)
-        if not self.ref.send(signal.SIGKILL):
-            raise InjectError(f"{self.label}: PID {self.ref.pid} exited before SIGKILL")
+        self.background = self.ref.kill_in_background(self.label)
         self._timer = threading.Timer(float(self.params["delay_s"]), self._bring_back)
         self._timer.daemon = True
         self._timer.start()
