@@ -41,6 +41,11 @@ MAX_GATEWAYS = 8  # system_under_test/launcher.py's --gateways range
 DEFAULT_GATEWAYS = {"process": 2, "docker": 1}
 
 
+def default_gateways(backend: str) -> int:
+    """The gateways ``backend`` runs when a scenario does not say (:data:`DEFAULT_GATEWAYS`)."""
+    return DEFAULT_GATEWAYS.get(backend, 1)
+
+
 @dataclass(frozen=True)
 class RecommenderTarget:
     """The bundled sharded recommender, started by the harness (``python -m system_under_test``)."""
@@ -57,7 +62,7 @@ class RecommenderTarget:
 
     def __post_init__(self) -> None:
         if self.gateways == 0:
-            object.__setattr__(self, "gateways", DEFAULT_GATEWAYS.get(self.backend, 1))
+            object.__setattr__(self, "gateways", default_gateways(self.backend))
 
     def gateway_names(self) -> tuple[str, ...]:
         """The entry point's processes: ``gateway``, or ``gateway-0`` ... and the balancer."""
@@ -97,7 +102,7 @@ class RecommenderTarget:
         }
         if self.backend != "process":
             d["backend"] = self.backend
-        if self.gateways != DEFAULT_GATEWAYS.get(self.backend, 1):
+        if self.gateways != default_gateways(self.backend):
             d["gateways"] = self.gateways
         return d
 
@@ -208,7 +213,7 @@ def _read_recommender(f: Fields) -> RecommenderTarget | None:
     redis = f.get("redis", boolean(), True)
     args = f.get("args", _argv_conv("a list of extra command-line arguments", allow_empty=True), ())
     backend = f.get("backend", choice(BACKENDS), "process")
-    gateways = f.get("gateways", integer(1, MAX_GATEWAYS), DEFAULT_GATEWAYS.get(backend, 1))
+    gateways = f.get("gateways", integer(1, MAX_GATEWAYS), default_gateways(backend))
     if any_invalid(shards, preset, redis, args, backend, gateways):
         return None
     if gateways > 1 and backend != "process":
