@@ -51,6 +51,7 @@ from harness.load.driver import run_load  # noqa: E402
 from harness.load.spec import LoadJob  # noqa: E402
 from harness.model.load import LoadPhase, RequestMix  # noqa: E402
 from harness.model.requestlog import TIERS, error_code, succeeded  # noqa: E402
+from harness.model.target import MAX_GATEWAYS  # noqa: E402
 from harness.sut.recommender import RecommenderCluster, RecommenderOptions  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -201,7 +202,9 @@ def summarise(rate: float, steps: list[dict]) -> str:
 class BenchCluster(RecommenderCluster):
     """The recommender of this tree, or of another checkout (``tree``, with its own ``.venv``)
     for a before/after comparison inside one run: ``up`` then runs with that tree's Python from
-    that tree's root. ``up_extra``: more options of ``up`` (the balancer's limits)."""
+    that tree's root. ``up_extra``: more options of ``up`` (the balancer's limits);
+    ``gateways_option``: False for a checkout whose ``up`` has no ``--gateways`` (it runs its one
+    layout, the gateway alone: ``main`` checks once, says so and asks for one gateway)."""
 
     def __init__(
         self,
@@ -210,10 +213,12 @@ class BenchCluster(RecommenderCluster):
         log=print,
         tree: Path | None = None,
         up_extra: tuple[str, ...] = (),
+        gateways_option: bool = True,
     ) -> None:
         super().__init__(options, workdir, log=log)
         self.tree = tree.resolve() if tree is not None else None
         self.up_extra = up_extra
+        self.gateways_option = gateways_option
 
     def _launcher(self, *args: str) -> tuple[list[str], Path | None]:
         if args and args[0] == "up":
@@ -224,12 +229,7 @@ class BenchCluster(RecommenderCluster):
         return [python, "-m", "system_under_test", *args], self.tree
 
     def _gateway_args(self) -> list[str]:
-        """An older checkout's ``up`` has no ``--gateways`` and runs its one layout, the gateway
-        alone (``main`` says so and asks for one gateway): pass nothing then."""
-        if self.tree is not None and self.options.gateways == 1:
-            if not up_accepts(self.tree, "--gateways"):
-                return []
-        return super()._gateway_args()
+        return super()._gateway_args() if self.gateways_option else []
 
 
 def up_accepts(tree: Path, option: str) -> bool:
@@ -313,8 +313,8 @@ def parse_args() -> argparse.Namespace:
         ap.error(f"--mixes {args.mixes!r}: {bad} not among {sorted(MIXES)}")
     if args.baseline is not None and not (args.baseline / ".venv" / "bin" / "python").exists():
         ap.error(f"--baseline {args.baseline}: no .venv/bin/python there (run its setup.sh)")
-    if not 1 <= args.gateways <= 8:
-        ap.error(f"--gateways {args.gateways} is out of range; allowed: 1 to 8")
+    if not 1 <= args.gateways <= MAX_GATEWAYS:
+        ap.error(f"--gateways {args.gateways} is out of range; allowed: 1 to {MAX_GATEWAYS}")
     limits = (args.gateway_maxconn, args.queue_timeout_ms, args.max_queue)
     if args.gateways == 1 and limits != (None, None, None):
         ap.error(
@@ -325,13 +325,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def up_extra(args: argparse.Namespace) -> tuple[str, ...]:
+    """The balancer's limits given here, as options of ``up``."""
     out: list[str] = []
-    if args.gateway_maxconn is not None:
-        out += ["--gateway-maxconn", str(args.gateway_maxconn)]
-    if args.queue_timeout_ms is not None:
-        out += ["--queue-timeout-ms", str(args.queue_timeout_ms)]
-    if args.max_queue is not None:
-        out += ["--max-queue", str(args.max_queue)]
+    for option in ("gateway-maxconn", "queue-timeout-ms", "max-queue"):
+        value = getattr(args, option.replace("-", "_"))
+        if value is not None:
+            out += [f"--{option}", str(value)]
     return tuple(out)
 
 
@@ -352,10 +351,17 @@ def main() -> int:
         clusters: dict[str, RecommenderCluster] = {}
         if args.baseline is not None:
             base_options = options
-            if args.gateways != 1 and not up_accepts(args.baseline, "--gateways"):
+            has_option = up_accepts(args.baseline, "--gateways")
+            if not has_option and args.gateways != 1:
                 print(f"baseline {args.baseline}: its `up` has no --gateways; one gateway, no lb")
                 base_options = dataclasses.replace(options, gateways=1)
-            base = BenchCluster(base_options, work / "before", log=print, tree=args.baseline)
+            base = BenchCluster(
+                base_options,
+                work / "before",
+                log=print,
+                tree=args.baseline,
+                gateways_option=has_option,
+            )
             clusters["before"] = stack.enter_context(base)
         t0 = time.monotonic()
         here = BenchCluster(options, work / "after", log=print, up_extra=up_extra(args))
