@@ -30,11 +30,12 @@ Why each setting is what it is (docs/recommender.md has the table):
 * Overload, when asked for (``--gateway-maxconn``; off by default, see :data:`GATEWAY_MAXCONN`):
   each gateway gets at most ``maxconn`` requests at a time (:data:`GATEWAY_MAXCONN` measured best;
   one request per connection, so this is its work in flight), and a request that finds every
-  gateway full waits in the balancer's queue at most ``timeout queue``
-  (:data:`QUEUE_TIMEOUT_MS`). Then HAProxy answers it itself: ``503`` with ``Retry-After`` and
-  a JSON body like the gateway's own shed answer, in a few milliseconds, without work at any
-  gateway; and a request that finds ``max_queue`` (:data:`MAX_QUEUE`) already waiting is
-  answered so at once, without waiting out the queue timeout. Past capacity the gateways then serve what they can serve in time instead of
+  gateway full is answered by HAProxy itself at once (``max_queue`` 0, :data:`MAX_QUEUE`):
+  ``503`` with ``Retry-After`` and a JSON body like the gateway's own shed answer, without work
+  at any gateway. Only a retry waits for room, at most ``timeout queue``
+  (:data:`QUEUE_TIMEOUT_MS`); with ``max_queue`` N > 0 a request waits so unless N already do.
+  HAProxy's session then runs at autogroup nice :data:`BALANCER_AUTOGROUP_NICE`, so that its
+  answers do not wait behind the gateways for a core. Past capacity the gateways then serve what they can serve in time instead of
   queueing everything until all of it is late. ``Retry-After`` is added only to a 503 that
   HAProxy made itself while some gateway was up (a queue timeout): a 503 with no gateway up
   (``<NOSRV>``) is an outage, not a shed request, and a gateway's own 503 passes unchanged.
@@ -346,7 +347,8 @@ def main(argv: list[str]) -> int:
         type=int,
         default=MAX_QUEUE,
         help=f"a request that finds this many waiting at the balancer is answered 503 with "
-        f"Retry-After at once (default {MAX_QUEUE})",
+        f"Retry-After at once; 0: none waits, one that finds every gateway full is answered so "
+        f"at once, only a retry waits (default {MAX_QUEUE})",
     )
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
