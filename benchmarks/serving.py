@@ -313,6 +313,8 @@ def balancer_limits(config: str) -> str:
     maxconn = {w[w.index("maxconn") + 1] for w in words if w[:1] == ["server"] and "maxconn" in w}
     queue = [w[2] for w in words if w[:2] == ["timeout", "queue"]]
     fast = [w[w.index("ge") + 1] for w in words if "queue(gateways)" in w and "ge" in w]
+    if any("be_conn_free(gateways)" in w for w in words):  # a full set of gateways: 503 at once
+        fast = ["0 (only a retry waits)"]
     return (
         f"per-gateway maxconn {','.join(sorted(maxconn)) or 'none'}, timeout queue "
         f"{queue[0] if queue else 'none'}, max queue {fast[0] if fast else 'none'}"
