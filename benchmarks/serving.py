@@ -8,7 +8,9 @@ halfway through the step. For every step it prints the achieved rate, p50/p95/p9
 (error-inclusive), errors, tier shares, goodput (answers within the 20 ms SLA per second of the
 step), the p99 of served answers alone, the requests shed (503 with Retry-After, by the
 balancer's queue timeout or the gateway's overload control: not errors) and the p99 of those
-rejections, generator lag p99 and CPU milliseconds per request of each kind of component (user
+rejections with where their time went (the generator's lag, send to answer, and the balancer's
+own log of the 503s it answered: how many by HAProxy termination state, ``sQ`` queued then
+timed out, ``LR`` answered at once, with the p99 of ``Tw`` and ``Ta``), generator lag p99 and CPU milliseconds per request of each kind of component (user
 + system time from /proc/PID/stat over the step, divided by the requests sent; ``gateway`` sums
 every gateway, ``lb`` is the balancer; the load generator's own separately). The mixes it names
 (``MIXES``) are printed first: ``zipf`` is the scenarios' mix, ``cold`` the same skew over every
