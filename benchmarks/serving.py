@@ -8,7 +8,9 @@ halfway through the step. For every step it prints the achieved rate, p50/p95/p9
 (error-inclusive), errors, tier shares, goodput (answers within the 20 ms SLA per second of the
 step), the p99 of served answers alone, the requests shed (503 with Retry-After, by the
 balancer's queue timeout or the gateway's overload control: not errors) and the p99 of those
-rejections, generator lag p99 and CPU milliseconds per request of each kind of component (user
+rejections with where their time went (the generator's lag, send to answer, and the balancer's
+own log of the 503s it answered: how many by HAProxy termination state, ``sQ`` queued then
+timed out, ``LR`` answered at once, with the p99 of ``Tw`` and ``Ta``), generator lag p99 and CPU milliseconds per request of each kind of component (user
 + system time from /proc/PID/stat over the step, divided by the requests sent; ``gateway`` sums
 every gateway, ``lb`` is the balancer; the load generator's own separately). The mixes it names
 (``MIXES``) are printed first: ``zipf`` is the scenarios' mix, ``cold`` the same skew over every
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -122,6 +125,8 @@ def one_step(
         phases=(LoadPhase("step", rate, step_s, mix),),
     )
     cpu0 = cpu_by_name(cluster)
+    lb_log = lb_log_path(cluster)
+    lb_from = lb_log.stat().st_size if lb_log is not None and lb_log.exists() else 0
     killer = None
     if kill:
         pid = int(cluster.component(kill)["pid"])
@@ -131,6 +136,7 @@ def one_step(
     if killer is not None:
         killer.join()
     cpu1 = cpu_by_name(cluster)
+    lb_lines = read_from(lb_log, lb_from) if lb_log is not None else []
     log = result.log
     ok = succeeded(log)
     took_ms = (log["done_ns"] - log["intended_ns"]) / 1e6
@@ -148,6 +154,11 @@ def one_step(
         "errors": int(n - ok.sum() - shed.sum()),
         "shed": int(shed.sum()),
         "shed_p99": _p99(took_ms[shed]),
+        # where a rejection's time went: the generator's lateness (intended -> send) and the
+        # round trip (send -> done), each p99 over the shed requests
+        "shed_lag_p99": _p99((log["send_ns"][shed] - log["intended_ns"][shed]) / 1e6),
+        "shed_rtt_p99": _p99((log["done_ns"][shed] - log["send_ns"][shed]) / 1e6),
+        "lb": lb_rejections(lb_lines),
         "served_p99": _p99(took_ms[ok]),
         "goodput": float((ok & (took_ms <= SLA_MS)).sum() / step_s),
         "tiers": {t: c / max(ok.sum(), 1) for t, c in tiers.items()},
@@ -155,6 +166,47 @@ def one_step(
         "cpu_ms": cpu_ms,
         "cpu_not_counted": gone,
         "gen_cpu_ms": result.summary.get("cpu_ms_per_request", float("nan")),
+    }
+
+
+def lb_log_path(cluster: RecommenderCluster) -> Path | None:
+    """The balancer's log file (HAProxy logs each request it answered with an error there)."""
+    for c in cluster.manifest()["components"]:
+        if c["name"] == "lb" and c.get("log"):
+            return Path(c["log"])
+    return None
+
+
+def read_from(path: Path, offset: int) -> list[str]:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+
+
+# HAProxy's httplog: ... TR/Tw/Tc/Tr/Ta status bytes cookie cookie TERMINATION_STATE ...
+_HTTPLOG = re.compile(r" (-?\d+)/(-?\d+)/(-?\d+)/(-?\d+)/\+?(-?\d+) (\d{3}) \d+ \S+ \S+ (\S{4}) ")
+
+
+def lb_rejections(lines: list[str]) -> dict:
+    """HAProxy's own account of the 503s it answered in a step: how many by termination state
+    (``sQ``: queued, then the queue timeout; ``PR``: the fail-fast rule, answered at once) and
+    the p99 of Tw (ms queued) and Ta (ms from accepting the request to the answer) of each."""
+    states: dict[str, list[tuple[int, int]]] = {}
+    for line in lines:
+        m = _HTTPLOG.search(line)
+        if m is None or m.group(6) != "503":
+            continue
+        states.setdefault(m.group(7)[:2], []).append((int(m.group(2)), int(m.group(5))))
+    return {
+        state: {
+            "n": len(v),
+            "tw_p99": _p99(np.array([t for t, _ in v], dtype=float)),
+            "ta_p99": _p99(np.array([a for _, a in v], dtype=float)),
+        }
+        for state, v in sorted(states.items())
     }
 
 
@@ -170,7 +222,16 @@ def fmt(step: dict) -> str:
         f"p95 {step['p95']:6.2f}  p99 {step['p99']:7.2f} ms  errors {step['errors']}  "
         f"lag p99 {step['lag_p99']:.2f} ms  tiers {tiers}\n"
         f"        goodput {step['goodput']:6.1f}/s within {SLA_MS:g} ms  served p99 "
-        f"{step['served_p99']:.2f} ms  shed {step['shed']} (p99 {step['shed_p99']:.2f} ms)\n"
+        f"{step['served_p99']:.2f} ms  shed {step['shed']} (p99 {step['shed_p99']:.2f} ms: lag "
+        f"{step['shed_lag_p99']:.2f}, send to answer {step['shed_rtt_p99']:.2f}; balancer "
+        + (
+            ", ".join(
+                f"{k} {v['n']} Tw p99 {v['tw_p99']:.0f} Ta p99 {v['ta_p99']:.0f} ms"
+                for k, v in step["lb"].items()
+            )
+            or "none"
+        )
+        + ")\n"
         f"        CPU ms/request: {cpu}  load generator {step['gen_cpu_ms']:.2f}"
         + (
             f"  (not counted, died: {', '.join(step['cpu_not_counted'])})"
@@ -254,6 +315,8 @@ def balancer_limits(config: str) -> str:
     maxconn = {w[w.index("maxconn") + 1] for w in words if w[:1] == ["server"] and "maxconn" in w}
     queue = [w[2] for w in words if w[:2] == ["timeout", "queue"]]
     fast = [w[w.index("ge") + 1] for w in words if "queue(gateways)" in w and "ge" in w]
+    if any("be_conn_free(gateways)" in w for w in words):  # a full set of gateways: 503 at once
+        fast = ["0 (only a retry waits)"]
     return (
         f"per-gateway maxconn {','.join(sorted(maxconn)) or 'none'}, timeout queue "
         f"{queue[0] if queue else 'none'}, max queue {fast[0] if fast else 'none'}"

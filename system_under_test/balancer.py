@@ -30,11 +30,12 @@ Why each setting is what it is (docs/recommender.md has the table):
 * Overload, when asked for (``--gateway-maxconn``; off by default, see :data:`GATEWAY_MAXCONN`):
   each gateway gets at most ``maxconn`` requests at a time (:data:`GATEWAY_MAXCONN` measured best;
   one request per connection, so this is its work in flight), and a request that finds every
-  gateway full waits in the balancer's queue at most ``timeout queue``
-  (:data:`QUEUE_TIMEOUT_MS`). Then HAProxy answers it itself: ``503`` with ``Retry-After`` and
-  a JSON body like the gateway's own shed answer, in a few milliseconds, without work at any
-  gateway; and a request that finds ``max_queue`` (:data:`MAX_QUEUE`) already waiting is
-  answered so at once, without waiting out the queue timeout. Past capacity the gateways then serve what they can serve in time instead of
+  gateway full is answered by HAProxy itself at once (``max_queue`` 0, :data:`MAX_QUEUE`):
+  ``503`` with ``Retry-After`` and a JSON body like the gateway's own shed answer, without work
+  at any gateway. Only a retry waits for room, at most ``timeout queue``
+  (:data:`QUEUE_TIMEOUT_MS`); with ``max_queue`` N > 0 a request waits so unless N already do.
+  HAProxy's session then runs at autogroup nice :data:`BALANCER_AUTOGROUP_NICE`, so that its
+  answers do not wait behind the gateways for a core. Past capacity the gateways then serve what they can serve in time instead of
   queueing everything until all of it is late. ``Retry-After`` is added only to a 503 that
   HAProxy made itself while some gateway was up (a queue timeout): a 503 with no gateway up
   (``<NOSRV>``) is an outage, not a shed request, and a gateway's own 503 passes unchanged.
@@ -82,7 +83,21 @@ GATEWAY_MAXCONN = 2
 QUEUE_TIMEOUT_MS = 5
 # A request that finds this many already waiting at the balancer is answered 503 at once: a
 # queue that long would not drain within the queue timeout anyway, and a fast no is the point.
-MAX_QUEUE = 2
+# 0 (the default): none waits; a request that finds every gateway full is answered at once. A
+# queued request that was then refused waited out the queue timeout (5 ms), and with a queue of
+# 1 or 2 those were more than 1% of the rejections at twice capacity, so the rejections' p99 was
+# the queue timeout; a queue timeout of 1-2 ms fired after 0-4 ms (HAProxy's millisecond ticks,
+# its turn on a busy core) and shed more near capacity. Only a retry (a gateway frozen past the
+# server timeout) still waits, at most the queue timeout.
+MAX_QUEUE = 0
+# With the limit on, HAProxy's session gets this autogroup nice (weight 9548 against a nice-0
+# session's 1024) before it starts. Every component leads a session of its own and so is its own
+# scheduling group (system_under_test/runtime.py): HAProxy's own ``nice`` directive would only
+# order it within that group, where it is alone. On two cores busy with the gateways and shards
+# a rejection answered "at once" (HAProxy's Ta 0 ms) still took 3 ms at the p99 from the
+# client's send, waiting for HAProxy to run; with the larger share 1.0-1.3 ms. HAProxy spends
+# about 0.1 ms of CPU a request, so the share takes little from the others.
+BALANCER_AUTOGROUP_NICE = -10
 MAX_QUEUE_TIMEOUT_MS = 1000  # past this a queued request is late anyway: it never helps
 RETRY_AFTER_S = 1
 MAXREWRITE = 1024  # HAProxy's room for header rewrites (X-Request-Start) within tune.bufsize
@@ -114,11 +129,18 @@ def shed_body(s: BalancerSettings) -> str:
         error = f"no gateway was up at the balancer; retry after {s.retry_after_s} s"
         allowed = "in flight per gateway: no limit"
     else:
-        error = (
-            f"no gateway had room for this request within {s.queue_timeout_ms} ms at the "
-            f"balancer (each takes at most {s.gateway_maxconn} at a time), {s.max_queue} were "
-            f"already waiting there, or none was up; retry after {s.retry_after_s} s"
-        )
+        if s.max_queue == 0:
+            error = (
+                f"no gateway had room for this request at the balancer (each takes at most "
+                f"{s.gateway_maxconn} at a time; only a retry waits for one, at most "
+                f"{s.queue_timeout_ms} ms), or none was up; retry after {s.retry_after_s} s"
+            )
+        else:
+            error = (
+                f"no gateway had room for this request within {s.queue_timeout_ms} ms at the "
+                f"balancer (each takes at most {s.gateway_maxconn} at a time), {s.max_queue} "
+                f"were already waiting there, or none was up; retry after {s.retry_after_s} s"
+            )
         allowed = f"in flight per gateway: at most {s.gateway_maxconn}"
     return json.dumps({"error": error, "field": "load", "allowed": allowed}, separators=(",", ":"))
 
@@ -190,10 +212,15 @@ def render_config(s: BalancerSettings) -> str:
     if s.gateway_maxconn is not None:
         # Fail fast: with this many already waiting for a gateway, a new request would only
         # wait out the queue timeout; answer it now (Retry-After: below, http-after-response).
+        # max_queue 0: nothing waits; a request that finds every gateway full is answered now.
+        full = (
+            "{ be_conn_free(gateways) le 0 } { nbsrv(gateways) gt 0 }"
+            if s.max_queue == 0
+            else f"{{ queue(gateways) ge {s.max_queue} }}"
+        )
         lines.append(
             f"    http-request return status 503 content-type application/json string "
-            f"{_haproxy_string(shed_body(s))} hdr Retry-After {s.retry_after_s} "
-            f"if {{ queue(gateways) ge {s.max_queue} }}"
+            f"{_haproxy_string(shed_body(s))} hdr Retry-After {s.retry_after_s} if {full}"
         )
     lines += [
         "    default_backend gateways",
@@ -262,8 +289,8 @@ def check_limits(
             f"--queue-timeout-ms {queue_timeout_ms}{where} is out of range; allowed: 1 to "
             f"{MAX_QUEUE_TIMEOUT_MS} (a request's time queued counts in its 20 ms budget)"
         )
-    if max_queue is not None and not 1 <= max_queue <= most:
-        return f"--max-queue {max_queue}{where} is out of range; allowed: 1 to {most}"
+    if max_queue is not None and not 0 <= max_queue <= most:
+        return f"--max-queue {max_queue}{where} is out of range; allowed: 0 (no queue) to {most}"
     return None
 
 
@@ -320,7 +347,8 @@ def main(argv: list[str]) -> int:
         type=int,
         default=MAX_QUEUE,
         help=f"a request that finds this many waiting at the balancer is answered 503 with "
-        f"Retry-After at once (default {MAX_QUEUE})",
+        f"Retry-After at once; 0: none waits, one that finds every gateway full is answered so "
+        f"at once, only a retry waits (default {MAX_QUEUE})",
     )
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
@@ -351,6 +379,15 @@ def main(argv: list[str]) -> int:
     )
     args.config.parent.mkdir(parents=True, exist_ok=True)
     args.config.write_text(render_config(settings))
+    if settings.gateway_maxconn is not None:
+        from system_under_test.runtime import raise_session_share
+
+        raised = raise_session_share(BALANCER_AUTOGROUP_NICE)
+        print(
+            f"balancer autogroup nice {BALANCER_AUTOGROUP_NICE}: "
+            + ("set" if raised else "refused (not root, no CAP_SYS_NICE, or not a session leader)"),
+            file=sys.stderr,
+        )
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(haproxy, [haproxy, "-db", "-f", str(args.config)])

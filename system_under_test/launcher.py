@@ -397,7 +397,8 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="with --gateways 2 or more: a request that finds this many waiting at HAProxy is "
-        "answered 503 with Retry-After at once (default: serve-lb's, 2)",
+        "answered 503 with Retry-After at once; 0: none waits, a request that finds every "
+        "gateway full is answered so at once (default: serve-lb's, 0)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--preset", default="default", help="data/model preset (default, tiny)")

@@ -147,6 +147,14 @@ def parse_autogroup(text: str) -> int | None:
     return None
 
 
+def raise_session_share(nice: int) -> bool:
+    """Give this process's session the autogroup ``nice`` (negative: a larger share than the
+    nice-0 sessions of the other components), where it leads its session and may (root or
+    CAP_SYS_NICE). True when it took effect. The balancer's, before it becomes HAProxy
+    (``balancer.BALANCER_AUTOGROUP_NICE`` says why)."""
+    return _set_autogroup_nice(nice)
+
+
 def _leads_session() -> bool:
     return os.getsid(0) == os.getpid()
 

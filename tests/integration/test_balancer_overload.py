@@ -30,7 +30,7 @@ pytestmark = [
 
 HERE = Path(__file__).resolve().parent
 DELAY_MS = 100.0
-MAXCONN, QUEUE_TIMEOUT_MS, MAX_QUEUE = 2, 5, 2
+MAXCONN, QUEUE_TIMEOUT_MS = 2, 5
 FLOOD = 40
 # A rejection is answered by the balancer (at most the queue timeout) and never waits for a
 # gateway (100 ms); the bound leaves room for a busy shared machine.
@@ -72,7 +72,10 @@ def answers(port: int, path: str) -> bool:
         return False
 
 
-def test_a_flood_past_the_limit_gets_fast_503s_with_retry_after_and_nothing_hangs(tmp_path):
+@pytest.mark.parametrize("max_queue", [0, 2])  # 0: none waits (the default); 2: a short queue
+def test_a_flood_past_the_limit_gets_fast_503s_with_retry_after_and_nothing_hangs(
+    tmp_path, max_queue
+):
     lb_port, *gw_ports = free_ports(3)
     with children() as procs:
         gateways = []
@@ -84,7 +87,7 @@ def test_a_flood_past_the_limit_gets_fast_503s_with_retry_after_and_nothing_hang
             gateways.append(gw)
         argv = [sys.executable, "-m", "system_under_test", "serve-lb", "--port", str(lb_port),
                 "--config", str(tmp_path / "haproxy.cfg"), "--gateway-maxconn", str(MAXCONN),
-                "--queue-timeout-ms", str(QUEUE_TIMEOUT_MS), "--max-queue", str(MAX_QUEUE),
+                "--queue-timeout-ms", str(QUEUE_TIMEOUT_MS), "--max-queue", str(max_queue),
                 # a stand-in answers in 100 ms: not frozen, so no retry elsewhere
                 "--server-timeout-ms", "2000"]  # fmt: skip
         argv += [f"--gateway=127.0.0.1:{p}" for p in gw_ports]
@@ -127,6 +130,10 @@ def test_a_flood_past_the_limit_gets_fast_503s_with_retry_after_and_nothing_hang
         assert body["field"] == "load" and f"at most {MAXCONN}" in body["allowed"], body
         for port in gw_ports:
             assert get_json(port, "/stats")["max_in_flight"] <= MAXCONN
+        # HAProxy logs each 503 it answered: with no queue, none waited (sQ: queue timeout).
+        if max_queue == 0:
+            assert "sQ--" not in log and "LR--" in log, log
+        assert "balancer autogroup nice -10: " in log, log  # "set", or why it was refused
 
         # The flood is over: the next request is served.
         status, retry, _, _ = ask(lb_port)

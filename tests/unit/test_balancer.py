@@ -123,6 +123,46 @@ def test_a_request_that_finds_the_queue_full_is_answered_at_once_with_retry_afte
     assert got.index(fast) < got.index("backend gateways")
 
 
+def test_by_default_a_request_that_finds_every_gateway_full_is_answered_at_once():
+    """No queue (max_queue 0): nothing waits out the queue timeout but a retry; with no gateway
+    up the rule does not apply, so that 503 stays HAProxy's outage answer (no Retry-After)."""
+    assert BalancerSettings("h", 1, GATEWAYS).max_queue == 0
+    got = lines(config(gateway_maxconn=2))
+    fast = next(x for x in got if x.startswith("http-request return status 503"))
+    assert fast.endswith(
+        " hdr Retry-After 1 if { be_conn_free(gateways) le 0 } { nbsrv(gateways) gt 0 }"
+    )
+    assert got.index(fast) < got.index("backend gateways")
+    assert "timeout queue 5ms" in got  # a retry still waits for room, at most this long
+    body = json.loads(shed_body(BalancerSettings("h", 1, GATEWAYS, gateway_maxconn=2)))
+    assert "only a retry waits for one, at most 5 ms" in body["error"], body
+    assert body["field"] == "load" and "at most 2" in body["allowed"]
+
+
+def test_serve_lb_raises_its_share_of_the_cpu_only_with_the_limit(tmp_path, monkeypatch, capsys):
+    """With --gateway-maxconn the balancer's session gets autogroup nice -10 before it becomes
+    HAProxy (its rejections must not wait behind the gateways for a core); without, nothing
+    about its scheduling changes."""
+    from system_under_test import balancer, runtime
+
+    asked: list[int] = []
+    monkeypatch.setattr(runtime, "raise_session_share", lambda nice: asked.append(nice) or True)
+    monkeypatch.setattr(balancer.shutil, "which", lambda name: "/usr/sbin/haproxy")
+
+    def no_exec(path, argv):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(balancer.os, "execv", no_exec)
+    argv = ["--port", "7000", "--gateway", "127.0.0.1:7001", "--config", str(tmp_path / "c")]
+    with pytest.raises(SystemExit):
+        balancer.main(argv)
+    assert asked == []
+    with pytest.raises(SystemExit):
+        balancer.main([*argv, "--gateway-maxconn", "2"])
+    assert asked == [balancer.BALANCER_AUTOGROUP_NICE] == [-10]
+    assert "balancer autogroup nice -10: set" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -131,12 +171,17 @@ def test_a_request_that_finds_the_queue_full_is_answered_at_once_with_retry_afte
         ((None, 5000, None), "--gateway-maxconn 5000 (x) is out of range; allowed: 1 to 4096"),
         ((None, None, 0), "--queue-timeout-ms 0 (x) is out of range; allowed: 1 to 1000"),
         ((None, None, 1001), "--queue-timeout-ms 1001 (x) is out of range; allowed: 1 to 1000"),
-        ((None, None, None, 0), "--max-queue 0 (x) is out of range; allowed: 1 to 4096"),
+        (
+            (None, None, None, -1),
+            "--max-queue -1 (x) is out of range; allowed: 0 (no queue) to 4096",
+        ),
+        ((None, None, None, 4097), "--max-queue 4097 (x) is out of range; allowed: 0 (no"),
     ],
 )
 def test_balancer_limits_out_of_range_are_named_with_what_is_allowed(args, expected):
     assert (check_limits(*args, source="x") or "").startswith(expected)
     assert check_limits(10, 8, 5, 4) is None and check_limits(None, None, None) is None
+    assert check_limits(None, 2, 5, 0) is None
 
 
 def test_client_limits_come_from_the_gateways_own():
