@@ -167,6 +167,9 @@ def check_window(w: dict[str, Any], where: str) -> None:
         number(w.get(key), f"{where}.{key}")
     for key in ("valid_share", "agreement_at_k", "ndcg_at_k", "cold_start_share"):
         number(w.get(key), f"{where}.{key}")
+    integer(w.get("shed", 0), f"{where}.shed", minimum=0)
+    for key in ("shed_share", "goodput_per_s", "served_p99_ms", "rejection_p99_ms"):
+        number(w.get(key), f"{where}.{key}")
     answers = obj(w.get("answers", {}), f"{where}.answers")
     for tier, q in obj(answers.get("by_tier", {}), f"{where}.answers.by_tier").items():
         for key, value in obj(q, f"{where}.answers.by_tier.{tier}").items():

@@ -10,6 +10,11 @@ Every quantile check (p50, p95, p99, p99.9) states the distribution-free confide
 its quantile (:mod:`harness.metrics.confidence`), at 95% or at the SLO's own ``confidence``; with
 ``confidence`` set the interval decides: PASS or FAIL only when it lies wholly on one side of the
 limit, INCONCLUSIVE when it straddles it.
+
+``rejection_p99`` is judged on the shed requests alone: below ``min_samples`` of them (100 by
+default) the window is INCONCLUSIVE, since a p99 of a handful of rejections is their maximum
+and says little; so is a p99 within the limit whose interval has no upper end (fewer than
+368 rejections at 95%): it may FAIL on a few rejections, but PASSes only on enough of them. ``served_p99`` is the answered requests' own p99, with its own interval.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from harness.metrics.confidence import DEFAULT_LEVEL, QuantileInterval
 from harness.metrics.failover import Failover, Recovery
 from harness.metrics.stats import WindowStats
 from harness.model.record import FaultEvent
-from harness.model.slo import Evidence, SLOSpec
+from harness.model.slo import MIN_REJECTIONS, Evidence, SLOSpec
 
 
 def evidence_problem(
@@ -57,16 +62,26 @@ def judge(
     slo: SLOSpec, stats: WindowStats, *, where: str, sla_ms: float, evidence: Evidence
 ) -> CheckResult:
     """Judge one window metric SLO in one window."""
-    value = stats.metric(slo.metric, include_errors=slo.include_errors, tier=slo.tier)
+    value = stats.metric(
+        slo.metric, include_errors=slo.include_errors, tier=slo.tier, include_shed=slo.include_shed
+    )
     name = text.metric_name(slo, sla_ms)
     shown = text.number(value, slo.unit)
     window = stats.window.describe()
-    reason = evidence_problem(stats, evidence, sla_ms, slo.min_samples)
+    if slo.metric == "rejection_p99":
+        reason = evidence_problem(stats, evidence, sla_ms) or too_few_rejections(stats, slo)
+    else:
+        reason = evidence_problem(stats, evidence, sla_ms, slo.min_samples)
     if reason is not None:
         message = (
             f"{name} {window} cannot be judged: {reason} ({where}); measured {shown},"
             f" {text.requirement(slo)}"
         )
+        return CheckResult(
+            Verdict.INCONCLUSIVE, message, value, slo.limit, stats.window.name, where, slo.metric
+        )
+    if math.isnan(value) and slo.metric == "goodput":  # an empty window: nothing to rate
+        message = f"{name} {window} has no duration to measure a rate over ({where})"
         return CheckResult(
             Verdict.INCONCLUSIVE, message, value, slo.limit, stats.window.name, where, slo.metric
         )
@@ -83,6 +98,17 @@ def judge(
         slo.metric, include_errors=slo.include_errors, level=slo.confidence or DEFAULT_LEVEL
     )
     tally = f"{text.count(stats.count)} requests in the window"
+    if slo.metric in ("rejection_p99", "shed_share") or (
+        slo.metric == "error_ratio" and not slo.include_shed
+    ):
+        tally += f", {text.count(stats.shed)} shed"
+    elif slo.metric == "goodput":
+        tally += (
+            f", {text.count(stats.within_sla)} answered within the {sla_ms:g} ms SLA in"
+            f" {stats.window.duration_s:.1f} s"
+        )
+    elif slo.metric == "served_p99":
+        tally += f", {text.count(stats.successes)} answered"
     if math.isinf(value) and stats.errors:
         tally += f", {text.count(stats.errors)} failed (a failure counts as infinitely slow)"
     if interval is not None:
@@ -94,6 +120,26 @@ def judge(
     message = f"{name} {shown} {window} {text.comparison(slo, holds)} ({where}); {tally}"
     iv = interval.to_dict() if interval is not None else None
     return judged(slo, holds, message, value, stats.window.name, where, iv)
+
+
+def too_few_rejections(stats: WindowStats, slo: SLOSpec) -> str | None:
+    """Why ``rejection_p99`` cannot be judged in this window, or None: fewer shed requests than
+    ``min_samples`` (default 100), or a p99 within the limit whose confidence interval has no
+    upper end (too few rejections to bound it: a pass would rest on the largest few)."""
+    needed = slo.min_samples or MIN_REJECTIONS
+    if stats.shed < needed:
+        return (
+            f"only {text.count(stats.shed)} shed requests, fewer than the {text.count(needed)}"
+            " needed to judge a p99 of rejections (min_samples); the target shed too little to"
+            " show how fast it refuses"
+        )
+    iv = stats.interval("rejection_p99", level=slo.confidence or DEFAULT_LEVEL)
+    if iv is not None and math.isinf(iv.high_ms) and slo.holds(stats.rejection_p99):
+        return (
+            f"{text.count(stats.shed)} shed requests are too few to bound their p99 from above"
+            f" ({text.interval(iv)}); a longer or stronger surge sheds more"
+        )
+    return None
 
 
 def too_close(

@@ -168,7 +168,7 @@ def _selects(slo: SLOSpec, w: Window, timeline: Sequence[FaultEvent]) -> bool:
 
 def condition_holds(name: str, w: Window, timeline: Sequence[FaultEvent]) -> bool:
     """Does an ``unless`` condition hold at some time in the window?"""
-    down = [timeline[j] for j in w.active if FAULT_KINDS[timeline[j].kind].takes_down]
+    down = [timeline[j] for j in w.active if _takes_down(timeline[j])]
     if name == "region_down":
         return any(e.target == "region" for e in down)
     primaries = {
@@ -183,6 +183,11 @@ def condition_holds(name: str, w: Window, timeline: Sequence[FaultEvent]) -> boo
         if p is not None and _overlap(p, e, w):
             return True
     return False
+
+
+def _takes_down(e: FaultEvent) -> bool:
+    spec = FAULT_KINDS.get(e.kind)  # a surge phase is no fault kind: it takes nothing down
+    return spec is not None and spec.takes_down
 
 
 def _overlap(a: FaultEvent, b: FaultEvent, w: Window) -> bool:

@@ -18,6 +18,8 @@ def number(value: float | None, unit: str) -> str:
         return "n/a"
     if unit == "ms":
         return "inf ms" if math.isinf(value) else f"{value:.1f} ms"
+    if unit == "answers/s":
+        return f"{value:,.1f} answers/s"
     if value == 0:
         return "0%"
     return f"{value * 100:.3g}%"
@@ -26,8 +28,14 @@ def number(value: float | None, unit: str) -> str:
 def metric_name(slo: SLOSpec, sla_ms: float) -> str:
     if slo.metric in LATENCY_METRICS:
         return slo.metric if slo.include_errors else f"{slo.metric} (successes only)"
+    if slo.metric == "error_ratio" and not slo.include_shed:
+        return "error ratio (shed requests apart)"
     return {
         "error_ratio": "error ratio",
+        "shed_share": "shed share",
+        "goodput": f"goodput (answers within the {sla_ms:g} ms SLA per second)",
+        "served_p99": "p99 of served answers",
+        "rejection_p99": "p99 of rejections (shed requests)",
         "within_sla": f"share answered within the {sla_ms:g} ms SLA",
         "tier_share": f"{slo.tier} share",
         "cold_start_share": "cold-start share",

@@ -9,6 +9,11 @@ shortfall is reported (``sent_ratio``, lag) for the judges to discount. A quanti
 interval comes from the same histogram (:meth:`WindowStats.interval`). Answer quality (valid
 share, agreement and NDCG, over all and per tier; cold starts) comes from
 :mod:`harness.metrics.quality`; an invalid answer is a failure like any other.
+
+Under overload a target may shed requests (a fast 503 with ``Retry-After``, the error kind
+``shed``): they are counted apart (``shed``, ``shed_share``) with their own response-time
+histogram (``rejection_p99``), beside the answered requests' own p99 (``served_p99``) and the
+goodput (answers within the SLA per second of the window).
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from harness.metrics.confidence import DEFAULT_LEVEL, QuantileInterval, quantile
 from harness.metrics.histogram import LatencyHistogram
 from harness.metrics.quality import WindowQuality, window_quality
 from harness.metrics.windows import Window
-from harness.model.requestlog import ERROR_KINDS, TIERS, succeeded
+from harness.model.requestlog import ERROR_KINDS, TIERS, error_code, succeeded
 
 QUANTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0), ("p99.9", 99.9))
 QUANTILE_OF = dict(QUANTILES)
+SHED = error_code("shed")
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,8 @@ class WindowStats:
     service_hist: LatencyHistogram
     lag_hist: LatencyHistogram
     quality: WindowQuality
+    shed: int = 0
+    rejection_hist: LatencyHistogram | None = None  # response times of the shed requests
 
     @property
     def errors(self) -> int:
@@ -95,6 +103,32 @@ class WindowStats:
     @property
     def error_ratio(self) -> float:
         return self._share(self.errors)
+
+    @property
+    def unshed_error_ratio(self) -> float:
+        """Failures other than a shed request among the intended requests."""
+        return self._share(self.errors - self.shed)
+
+    @property
+    def shed_share(self) -> float:
+        return self._share(self.shed)
+
+    @property
+    def goodput(self) -> float:
+        """Answers within the SLA per second of the window (answers/s)."""
+        d = self.window.duration_s
+        return self.within_sla / d if d > 0 else math.nan
+
+    @property
+    def served_p99(self) -> float:
+        """p99 of the answered requests alone (ms); NaN when none was answered."""
+        return self.latency.p99 if self.successes else math.nan
+
+    @property
+    def rejection_p99(self) -> float:
+        """p99 of the shed requests alone (ms, from the intended send); NaN when none was."""
+        h = self.rejection_hist
+        return h.percentile(99) if h is not None and h.count else math.nan
 
     @property
     def within_sla_share(self) -> float:
@@ -120,10 +154,25 @@ class WindowStats:
             return q.valid_share
         return q.agreement if name == "agreement_at_k" else q.ndcg
 
-    def metric(self, name: str, *, include_errors: bool = True, tier: str | None = None) -> float:
+    def metric(
+        self,
+        name: str,
+        *,
+        include_errors: bool = True,
+        tier: str | None = None,
+        include_shed: bool = True,
+    ) -> float:
         """The value of a window metric named as in an SLO (``p99``, ``error_ratio``, ...)."""
         if name == "error_ratio":
-            return self.error_ratio
+            return self.error_ratio if include_shed else self.unshed_error_ratio
+        if name == "shed_share":
+            return self.shed_share
+        if name == "goodput":
+            return self.goodput
+        if name == "served_p99":
+            return self.served_p99
+        if name == "rejection_p99":
+            return self.rejection_p99
         if name == "within_sla":
             return self.within_sla_share
         if name == "tier_share":
@@ -138,7 +187,15 @@ class WindowStats:
         self, name: str, *, include_errors: bool = True, level: float = DEFAULT_LEVEL
     ) -> QuantileInterval | None:
         """The confidence interval of a quantile metric (``p99``, ...) of the response time;
-        None for other metrics and for an empty window."""
+        None for other metrics and for an empty window. ``served_p99`` is the p99 of the
+        answered requests, ``rejection_p99`` of the shed ones."""
+        if name == "served_p99":
+            return quantile_interval(self.response_hist, name, 0.99, with_errors=False, level=level)
+        if name == "rejection_p99":
+            h = self.rejection_hist
+            if h is None:
+                return None
+            return quantile_interval(h, name, 0.99, with_errors=False, level=level)
         q = QUANTILE_OF.get(name)
         if q is None:
             return None
@@ -156,6 +213,11 @@ class WindowStats:
             "misses": self.misses,
             "error_ratio": self.error_ratio,
             "within_sla": self.within_sla_share,
+            "shed": self.shed,
+            "shed_share": self.shed_share,
+            "goodput_per_s": self.goodput,
+            "served_p99_ms": self.served_p99,
+            "rejection_p99_ms": self.rejection_p99,
             "tier_shares": {t: self.tier_share(t) for t in TIERS},
             "tier_counts": dict(self.tier_counts),
             "cold_start_share": self.cold_start_share,
@@ -173,6 +235,11 @@ class WindowStats:
                 "response": self.response_hist.encode(),
                 "service": self.service_hist.encode(),
                 "lag": self.lag_hist.encode(),
+                **(
+                    {"rejection": self.rejection_hist.encode()}
+                    if self.rejection_hist is not None
+                    else {}
+                ),
             },
         }
 
@@ -196,6 +263,9 @@ def window_stats(requests: np.ndarray, window: Window, sla_ms: float) -> WindowS
     service = LatencyHistogram.from_us(_us(rows["done_ns"][ok] - rows["send_ns"][ok]))
     lag = LatencyHistogram.from_us(_us(rows["send_ns"][sent] - rows["intended_ns"][sent]))
     tiers = rows["tier"][ok]
+    shed = rows["error_kind"] == SHED
+    timed = shed & (rows["done_ns"] >= 0)
+    rejected = LatencyHistogram.from_us(_us(rows["done_ns"][timed] - rows["intended_ns"][timed]))
     return WindowStats(
         window=window,
         count=int(rows.shape[0]),
@@ -213,6 +283,8 @@ def window_stats(requests: np.ndarray, window: Window, sla_ms: float) -> WindowS
         service_hist=service,
         lag_hist=lag,
         quality=window_quality(rows),
+        shed=int(shed.sum()),
+        rejection_hist=rejected,
     )
 
 

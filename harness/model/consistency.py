@@ -1,4 +1,6 @@
 """Scenario rules that span fields: fault timing against the load, phase names, SLO selections.
+A surge phase (``surge: true``) counts as an event like a fault: it gives the scenario before,
+during and after windows, and SLO fault selectors may pick it (``fault: {kind: surge}``).
 
 Run on a scenario whose fields are each valid; every broken rule becomes a :class:`Problem` at
 the field to change, saying what would be allowed there.
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from harness.model.errors import Problem
+from harness.model.load import surge_events
+from harness.model.record import FaultEvent
 from harness.model.slo import FAULT_METRICS, SLOSpec
 
 if TYPE_CHECKING:
@@ -28,6 +32,17 @@ def cross_check(s: Scenario, problems: list[Problem]) -> None:
         return
     for i, fault in enumerate(s.faults):
         _check_fault_timing(fault, f"faults[{i}]", s.warmup_s, end, problems)
+    for surge in surge_events(s.load):
+        if surge.inject_s < s.warmup_s:
+            problems.append(
+                Problem(
+                    f"{surge.origin}.surge",
+                    True,
+                    f"surge only on a phase that starts at or after warmup_s ({s.warmup_s:g} s);"
+                    f" this one starts at {surge.inject_s:g} s",
+                    WARMUP_HINT.replace("a fault", "a surge"),
+                )
+            )
     plan = _check_schedule(s, problems)
     if plan is None:
         return
@@ -116,9 +131,12 @@ def _check_slo(
         )
         problems.append(Problem(f"{path}.fault", sel.index, allowed))
         return
-    chosen = [f for f in plan if sel is None or sel.matches(f)]
+    surges = surge_events(s.load)
+    chosen_surges: list[FaultEvent] = [e for e in surges if sel is None or sel.matches(e)]
+    chosen_faults = [f for f in plan if sel is None or sel.matches(f)]
+    chosen = chosen_faults + chosen_surges
     if sel is not None and not chosen:
-        labels = ", ".join(sorted({f.label for f in plan})) or "none"
+        labels = ", ".join(sorted({f.label for f in plan} | {e.label for e in surges})) or "none"
         problems.append(
             Problem(
                 f"{path}.fault",
@@ -131,10 +149,14 @@ def _check_slo(
             Problem(
                 f"{path}.metric",
                 slo.metric,
-                "a window metric: this scenario has no faults to measure",
+                "a window metric: this scenario has no faults or surge phases to measure",
             )
         )
-    elif slo.metric == "time_to_recover" and all(f.duration_s is None for f in chosen):
+    elif (
+        slo.metric == "time_to_recover"
+        and not chosen_surges
+        and all(f.duration_s is None for f in chosen_faults)
+    ):
         problems.append(
             Problem(
                 f"{path}.metric",
@@ -144,7 +166,7 @@ def _check_slo(
             )
         )
     elif not slo.per_fault:
-        _check_windows(slo, path, bool(plan), problems)
+        _check_windows(slo, path, bool(plan) or bool(surges), problems)
 
 
 def _check_windows(slo: SLOSpec, path: str, has_faults: bool, problems: list[Problem]) -> None:
@@ -153,8 +175,8 @@ def _check_windows(slo: SLOSpec, path: str, has_faults: bool, problems: list[Pro
             Problem(
                 f"{path}.windows",
                 list(slo.windows),
-                "steady or every: this scenario has no faults, so no before,"
-                " during or after windows",
+                "steady or every: this scenario has no faults and no surge phase, so no"
+                " before, during or after windows",
             )
         )
     elif has_faults and slo.windows == ("steady",):
@@ -162,6 +184,7 @@ def _check_windows(slo: SLOSpec, path: str, has_faults: bool, problems: list[Pro
             Problem(
                 f"{path}.windows",
                 list(slo.windows),
-                "before, during, after or every: a scenario with faults has no steady window",
+                "before, during, after or every: a scenario with faults or a surge phase has"
+                " no steady window",
             )
         )

@@ -8,6 +8,12 @@ once per selected fault. Answer-quality metrics (``valid_share``, ``agreement_at
 :class:`Evidence` holds the thresholds below which a window is INCONCLUSIVE instead of judged.
 A quantile SLO may set ``confidence`` (e.g. 0.95): its verdict then follows the quantile's
 confidence interval, and a window whose interval straddles the limit is INCONCLUSIVE.
+
+Overload metrics judge a target that sheds load: ``goodput`` (answers within the SLA per second
+of the window, in answers/s), ``served_p99`` (p99 of the answered requests alone, in ms),
+``rejection_p99`` (p99 of the shed requests alone, in ms: INCONCLUSIVE below ``min_samples``
+rejections, 100 by default) and ``shed_share`` (shed requests among the intended). An
+``error_ratio`` SLO with ``include_shed: false`` counts every failure but a shed request.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any, Protocol
 
 from harness.model.errors import MISSING, Problem
 from harness.model.faults import FAULT_KINDS
+from harness.model.load import SURGE
 from harness.model.requestlog import TIERS
 from harness.model.validate import (
     INVALID,
@@ -36,10 +43,21 @@ from harness.model.validate import (
 
 LATENCY_METRICS = ("p50", "p95", "p99", "p99.9", "max")
 QUANTILE_METRICS = ("p50", "p95", "p99", "p99.9")  # judged with a confidence interval
-RATIO_METRICS = ("error_ratio", "within_sla", "tier_share", "cold_start_share")
+# p99 of the answered requests alone and of the shed ones alone (ms); also with an interval
+SPLIT_QUANTILE_METRICS = ("served_p99", "rejection_p99")
+RATIO_METRICS = ("error_ratio", "within_sla", "tier_share", "cold_start_share", "shed_share")
+RATE_METRICS = ("goodput",)  # answers within the SLA per second of the window
 QUALITY_METRICS = ("valid_share", "agreement_at_k", "ndcg_at_k")
 FAULT_METRICS = ("time_to_failover", "time_to_last_miss", "time_to_recover")
-METRICS = LATENCY_METRICS + RATIO_METRICS + QUALITY_METRICS + FAULT_METRICS
+METRICS = (
+    LATENCY_METRICS
+    + SPLIT_QUANTILE_METRICS
+    + RATIO_METRICS
+    + RATE_METRICS
+    + QUALITY_METRICS
+    + FAULT_METRICS
+)
+MIN_REJECTIONS = 100  # rejection_p99 without min_samples: fewer shed requests is INCONCLUSIVE
 REFERENCE_METRICS = ("agreement_at_k", "ndcg_at_k")  # need a reference answer per user
 WINDOW_KINDS = ("steady", "before", "during", "after")
 EXPECTATIONS = ("hold", "violated")
@@ -103,6 +121,7 @@ class SLOSpec:
     expect: str = "hold"
     reason: str = ""
     confidence: float | None = None  # quantile metrics: judge by the interval at this level
+    include_shed: bool = True  # error_ratio: count shed requests as errors
     origin: str = field(default="", compare=False)
 
     @property
@@ -116,7 +135,12 @@ class SLOSpec:
 
     @property
     def unit(self) -> str:
-        return "ms" if self.metric in LATENCY_METRICS + FAULT_METRICS else ""
+        """``ms`` for times, ``answers/s`` for goodput, ``""`` for a share (0..1)."""
+        if self.metric in RATE_METRICS:
+            return "answers/s"
+        return (
+            "ms" if self.metric in LATENCY_METRICS + SPLIT_QUANTILE_METRICS + FAULT_METRICS else ""
+        )
 
     def holds(self, value: float) -> bool:
         return BOUNDS[self.bound][0](value, self.limit)
@@ -136,6 +160,8 @@ class SLOSpec:
             d["include_errors"] = self.include_errors
         if self.unless is not None:
             d["unless"] = self.unless
+        if not self.include_shed:
+            d["include_shed"] = False
         if self.min_samples is not None:
             d["min_samples"] = self.min_samples
         if self.expects_violation:
@@ -194,6 +220,14 @@ def read_slo(data: Any, path: str, problems: list[Problem], origin: str) -> SLOS
         )
     errors = f.get("include_errors", boolean(), True)
     unless = f.get("unless", choice(CONDITIONS), None)
+    shed = f.get("include_shed", boolean(), True)
+    if shed is False and metric != "error_ratio":
+        shed = f.add(
+            "include_shed",
+            shed,
+            "include_shed only with metric: error_ratio",
+            "shed requests have their own metrics: shed_share, rejection_p99",
+        )
     min_samples = f.get("min_samples", integer(1, 10_000_000), None)
     expect, reason = _read_expectation(f)
     confidence = _read_confidence(f, metric)
@@ -212,9 +246,9 @@ def read_slo(data: Any, path: str, problems: list[Problem], origin: str) -> SLOS
         reason,
         confidence,
     )
-    if not f.ok or any_invalid(*values):
+    if not f.ok or any_invalid(*values, shed):
         return None
-    return SLOSpec(*values, origin=origin)
+    return SLOSpec(*values, origin=origin, include_shed=shed)
 
 
 def _read_expectation(f: Fields) -> tuple[Any, Any]:
@@ -238,11 +272,12 @@ def _read_confidence(f: Fields, metric: Any) -> Any:
     lies wholly on one side of the limit, INCONCLUSIVE when it straddles it."""
     conv = Conv("a number above 0.5 and below 1 (e.g. 0.95)", _level)
     level = f.get("confidence", conv, None)
-    if level not in (None, INVALID) and metric not in QUANTILE_METRICS:
+    if level not in (None, INVALID) and metric not in QUANTILE_METRICS + SPLIT_QUANTILE_METRICS:
         return f.add(
             "confidence",
             level,
-            "confidence only with a quantile metric: " + ", ".join(QUANTILE_METRICS),
+            "confidence only with a quantile metric: "
+            + ", ".join(QUANTILE_METRICS + SPLIT_QUANTILE_METRICS),
             "other metrics have no order-statistic interval",
         )
     return level
@@ -267,6 +302,8 @@ def _read_bound(f: Fields, metric: Any) -> tuple[Any, Any]:
         conv = number(0, 1, unit="a share of requests")
     elif metric in QUALITY_METRICS:
         conv = number(0, 1, unit="a mean over answers, 0..1")
+    elif metric in RATE_METRICS:
+        conv = number(0, unit="answers/s")
     else:
         conv = number(0, unit="ms")
     return bound, f.get(bound, conv)
@@ -300,8 +337,8 @@ def _selector_conv() -> Conv:
         index, kind, target = v.get("index"), v.get("kind"), v.get("target")
         if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
             raise Bad("index is a position in faults, from 0")
-        if kind is not None and kind not in FAULT_KINDS:
-            raise Bad(f"unknown fault kind {kind!r}")
+        if kind is not None and kind not in FAULT_KINDS and kind != SURGE:
+            raise Bad(f"unknown fault kind {kind!r} (or surge: a surge phase of the load)")
         if target is not None and not isinstance(target, str):
             raise Bad("target is a component name or glob pattern")
         return FaultSelector(index, kind, target)
@@ -322,11 +359,14 @@ __all__ = [
     "FaultSelector",
     "LATENCY_METRICS",
     "METRICS",
+    "MIN_REJECTIONS",
     "QUANTILE_METRICS",
     "QUALITY_METRICS",
+    "RATE_METRICS",
     "RATIO_METRICS",
     "REFERENCE_METRICS",
     "SLOSpec",
+    "SPLIT_QUANTILE_METRICS",
     "TIERS",
     "WINDOW_KINDS",
     "read_evidence",

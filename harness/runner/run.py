@@ -51,6 +51,7 @@ from harness.model.errors import (
     SutFailure,
     UsageError,
 )
+from harness.model.load import with_surges
 from harness.model.record import FaultEvent, Halt, RecordFile, RunRecord
 from harness.model.requestlog import TIERS, error_code, succeeded
 from harness.model.scenario import Scenario
@@ -343,7 +344,7 @@ def judge(
     """The evaluation (:func:`harness.checks.evaluate`, the run's own problems included),
     written to ``run.json`` and ``details.json``; warnings about what the run could not observe
     go to ``log`` as well."""
-    timeline = faults.timeline()
+    timeline = with_surges(faults.timeline(), scenario.load)  # a surge is judged like a fault
     end_s = job_end_s(result)
     problems = RunProblems(
         faults=tuple(faults.problems),

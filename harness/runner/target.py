@@ -45,8 +45,15 @@ def start_target(
         sla_ms=scenario.sla_ms,
         redis_address=redis_address,
         gateways=t.gateways,
+        up_args=t.args,
     )
     if t.backend == "docker":
+        if t.args:
+            raise UsageError(
+                f"target.args {list(t.args)!r} go to `python -m system_under_test up`, which the"
+                " process backend runs; the docker backend starts each component itself: drop"
+                " args or use backend: process"
+            )
         if redis_address is not None and t.redis:
             raise UsageError(
                 f"--redis-address {redis_address!r} applies to the process backend; with "

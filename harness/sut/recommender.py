@@ -63,6 +63,8 @@ class RecommenderOptions:
     # 2 or more: gateway-0 ... behind HAProxy (the component lb), `up`'s default layout;
     # 1: the gateway alone (the component gateway)
     gateways: int = 2
+    # more options of `up` (a scenario's target.args), e.g. the balancer's --gateway-maxconn
+    up_args: tuple[str, ...] = ()
 
 
 def _sut_command(*args: str) -> list[str]:
@@ -157,6 +159,7 @@ class RecommenderCluster:
                 args += ["--artifacts", opts.artifacts]
             if self.redis is not None:
                 args += ["--redis", self.redis.url]
+            args += list(opts.up_args)
             self._run_up(args)
         except BaseException:
             self.stop()

@@ -181,7 +181,22 @@ def _num_or(v: Any) -> Any:
     return "" if v is None else str(v)
 
 
+OVERLOAD_COLUMNS = ["goodput (answers/s)", "served p99", "shed", "rejection p99"]
+
+
+def _overload_cells(w: dict[str, Any]) -> list[Any]:
+    """Goodput, the served answers' p99, the shed share and the rejections' p99 of a window."""
+    return [
+        _num_or(w.get("goodput_per_s")),
+        _num_or(w.get("served_p99_ms")),
+        _pct(w.get("shed_share")),
+        _num_or(w.get("rejection_p99_ms")),
+    ]
+
+
 def window_table(run: RunDir) -> str:
+    """One row per window; the overload columns only when some window shed a request."""
+    shed = any((w.get("shed") or 0) > 0 for w in run.record.windows)
     rows = []
     for w in run.record.windows:
         win = w.get("window", {})
@@ -199,6 +214,7 @@ def window_table(run: RunDir) -> str:
                 _num_or(lat.get("p99.9")),
                 _pct(w.get("within_sla")),
                 _pct(w.get("error_ratio")),
+                *(_overload_cells(w) if shed else []),
                 tiers,
                 _pct(w.get("cold_start_share")),
                 _q(w.get("valid_share")),
@@ -209,30 +225,37 @@ def window_table(run: RunDir) -> str:
         )
     if not rows:
         return '<p class="note">No window statistics in the record.</p>'
-    return (
-        '<p class="note">Per window (response time from the intended send, ms, '
-        "error-inclusive: a failure counts as infinitely slow).</p>"
-        + table(
-            [
-                "window",
-                "span",
-                "requests",
-                "p50",
-                "p95",
-                "p99",
-                "p99.9",
-                "within SLA",
-                "errors",
-                "tiers",
-                "cold start",
-                "valid",
-                "agreement@k",
-                "NDCG@k",
-                "lag p99",
-            ],
-            rows,
-            "windows",
+    note = (
+        "Per window (response time from the intended send, ms, "
+        "error-inclusive: a failure counts as infinitely slow)."
+    )
+    if shed:
+        note += (
+            " Shed requests (a 503 with Retry-After) are failures there too; goodput counts the"
+            " answers within the SLA per second, served p99 the answered requests alone,"
+            " rejection p99 the shed ones alone (ms)."
         )
+    return f'<p class="note">{note}</p>' + table(
+        [
+            "window",
+            "span",
+            "requests",
+            "p50",
+            "p95",
+            "p99",
+            "p99.9",
+            "within SLA",
+            "errors",
+            *(OVERLOAD_COLUMNS if shed else []),
+            "tiers",
+            "cold start",
+            "valid",
+            "agreement@k",
+            "NDCG@k",
+            "lag p99",
+        ],
+        rows,
+        "windows",
     )
 
 
