@@ -61,7 +61,9 @@ def _named(name: str) -> Callable[[Target], tuple[str, ...]]:
 COMPONENT_SETS: dict[str, ComponentSet] = {
     "any": ComponentSet("any component", lambda t: t.component_names(), "a component"),
     "proxied": ComponentSet(
-        "shard copies, `region`", lambda t: t.proxied(), "the recommender target"
+        "shard copies, `region`",
+        lambda t: t.proxied(),
+        "the recommender target with its fault proxy (proxy: true, the default; not docker)",
     ),
     "shards": ComponentSet("shard copies", lambda t: t.shard_copies(), "the recommender target"),
     "recommender": ComponentSet("recommender components", _recommender, "the recommender target"),

@@ -58,6 +58,12 @@ class RecommenderTarget:
     # 2 or more: gateway-0 ... behind HAProxy, the component lb; 1: the gateway alone;
     # 0: the backend's default (DEFAULT_GATEWAYS)
     gateways: int = 0
+    # False: a pytest session runs this scenario on a cluster of its own, started for it and
+    # stopped after, never on one shared with other scenarios (harness/runner/session.py)
+    share: bool = True
+    # False: no fault proxy in front of the shard copies and the region (their calls go
+    # straight to them): no network fault can be injected there, and no proxy costs CPU
+    proxy: bool = True
     kind: str = field(default="recommender", init=False)
 
     def __post_init__(self) -> None:
@@ -85,8 +91,10 @@ class RecommenderTarget:
 
     def proxied(self) -> tuple[str, ...]:
         """Components reached through the userspace fault proxy (latency, bandwidth, ...);
-        the docker backend has no proxy."""
-        return () if self.backend == "docker" else self.shard_copies() + ("region",)
+        the docker backend has no proxy, nor a target with ``proxy: false``."""
+        if self.backend == "docker" or not self.proxy:
+            return ()
+        return self.shard_copies() + ("region",)
 
     def containers(self) -> tuple[str, ...]:
         """Components that run as containers (the docker backend's faults can hit them)."""
@@ -104,6 +112,10 @@ class RecommenderTarget:
             d["backend"] = self.backend
         if self.gateways != default_gateways(self.backend):
             d["gateways"] = self.gateways
+        if not self.share:
+            d["share"] = False
+        if not self.proxy:
+            d["proxy"] = False
         return d
 
 
@@ -179,6 +191,8 @@ def read_target(data: Any, path: str, problems: list[Problem]) -> Target | None:
                 "args",
                 "backend",
                 "gateways",
+                "share",
+                "proxy",
                 "components",
                 "endpoint",
                 "request",
@@ -214,7 +228,9 @@ def _read_recommender(f: Fields) -> RecommenderTarget | None:
     args = f.get("args", _argv_conv("a list of extra command-line arguments", allow_empty=True), ())
     backend = f.get("backend", choice(BACKENDS), "process")
     gateways = f.get("gateways", integer(1, MAX_GATEWAYS), default_gateways(backend))
-    if any_invalid(shards, preset, redis, args, backend, gateways):
+    share = f.get("share", boolean(), True)
+    proxy = f.get("proxy", boolean(), True)
+    if any_invalid(shards, preset, redis, args, backend, gateways, share, proxy):
         return None
     if gateways > 1 and backend != "process":
         f.add(
@@ -225,7 +241,14 @@ def _read_recommender(f: Fields) -> RecommenderTarget | None:
         )
         return None
     return RecommenderTarget(
-        shards=shards, preset=preset, redis=redis, args=args, backend=backend, gateways=gateways
+        shards=shards,
+        preset=preset,
+        redis=redis,
+        args=args,
+        backend=backend,
+        gateways=gateways,
+        share=share,
+        proxy=proxy,
     )
 
 

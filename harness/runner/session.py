@@ -94,6 +94,8 @@ class ClusterPool:
         t = scenario.target
         if not isinstance(t, RecommenderTarget) or t.backend != "process" or t.args:
             return None
+        if not t.share:  # asks for a cluster of its own (caches as a fresh start leaves them)
+            return None
         return RecommenderOptions(
             shards=t.shards,
             preset=t.preset,
@@ -101,6 +103,7 @@ class ClusterPool:
             sla_ms=scenario.sla_ms,
             redis_address=redis_address,
             gateways=t.gateways,
+            proxy=t.proxy,
         )
 
     def get(self, options: RecommenderOptions, log: Any) -> Target:

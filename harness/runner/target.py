@@ -46,6 +46,7 @@ def start_target(
         redis_address=redis_address,
         gateways=t.gateways,
         up_args=t.args,
+        proxy=t.proxy,
     )
     if t.backend == "docker":
         if t.args:

@@ -58,6 +58,26 @@ def test_scenario_items_share_a_cluster_only_for_the_local_recommender():
     assert ClusterPool.options_for(docker) is None
     extra_args = replace(kill, target=replace(kill.target, args=("--x",)))
     assert ClusterPool.options_for(extra_args) is None
+    own = replace(kill, target=replace(kill.target, share=False))
+    assert ClusterPool.options_for(own) is None  # share: false asks for a cluster of its own
+
+
+def test_share_false_is_read_kept_and_checked():
+    """``share: false`` round-trips through the scenario's dict; a non-boolean is refused with
+    the field's path and what is allowed."""
+    from harness.model.errors import ScenarioError
+    from harness.model.scenario import scenario_from_dict
+
+    down = load_scenario("scenarios/shard_down.yaml")
+    assert down.target.share is False
+    assert down.target.to_dict()["share"] is False
+    assert scenario_from_dict(down.to_dict()).target.share is False
+    assert "share" not in load_scenario("scenarios/primary_kill.yaml").target.to_dict()
+    data = down.to_dict()
+    data["target"]["share"] = "no"
+    with pytest.raises(ScenarioError) as e:
+        scenario_from_dict(data, "x.yaml")
+    assert "target.share" in str(e.value) and "'no'" in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -115,3 +135,24 @@ def test_session_workdirs_sit_beside_the_runs(tmp_path):
     path = session_workdir(tmp_path, "pytest-session")
     assert path.parent == tmp_path and "-pytest-session-" in path.name
     assert session_workdir(tmp_path, "shared-cluster", 3).name.endswith("-3")
+
+
+def test_proxy_false_starts_no_proxy_and_refuses_network_faults():
+    """``proxy: false`` reaches the cluster options (a cluster of its own kind in the pool), leaves
+    no proxied component, and a latency fault on a shard copy is refused naming the field."""
+    from harness.model.errors import ScenarioError
+    from harness.model.scenario import scenario_from_dict
+
+    kill = load_scenario("scenarios/primary_kill.yaml")
+    direct = replace(kill, target=replace(kill.target, proxy=False))
+    options = ClusterPool.options_for(direct)
+    assert options is not None and options.proxy is False
+    assert options != ClusterPool.options_for(kill)  # never shares a proxied cluster
+    assert direct.target.proxied() == () and kill.target.proxied()
+    assert scenario_from_dict(direct.to_dict()).target.proxy is False
+    data = load_scenario("scenarios/shard_latency_5ms.yaml").to_dict()
+    data["target"]["proxy"] = False
+    with pytest.raises(ScenarioError) as e:
+        scenario_from_dict(data, "x.yaml")
+    assert "faults[0].target: got 'shard-1-primary'" in str(e.value)
+    assert "proxy: true" in str(e.value)
