@@ -376,7 +376,7 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="with 2 or more gateways: how long HAProxy gives a gateway to answer before it "
-        "sends the request to another (default: serve-lb's, 10)",
+        "sends the request to another (default: serve-lb's, 10; 20 with --gateway-maxconn)",
     )
     parser.add_argument(
         "--gateway-maxconn",

@@ -163,6 +163,34 @@ def test_serve_lb_raises_its_share_of_the_cpu_only_with_the_limit(tmp_path, monk
     assert "balancer autogroup nice -10: set" in capsys.readouterr().err
 
 
+def test_with_the_limit_the_server_timeout_is_the_sla_unless_given(tmp_path, monkeypatch):
+    """Past capacity a 10 ms retry only moved a busy gateway's request to the other, just as
+    busy; with the limit a frozen gateway holds at most its maxconn requests, so the default
+    server timeout is then the SLA. One given on the command line always wins."""
+    from system_under_test import balancer, runtime
+
+    assert balancer.server_timeout_for(None, None) == balancer.SERVER_TIMEOUT_MS == 10
+    assert balancer.server_timeout_for(None, 2) == balancer.LIMITED_SERVER_TIMEOUT_MS == 20
+    assert balancer.server_timeout_for(7, 2) == 7 and balancer.server_timeout_for(7, None) == 7
+    monkeypatch.setattr(runtime, "raise_session_share", lambda nice: True)
+    monkeypatch.setattr(balancer.shutil, "which", lambda name: "/usr/sbin/haproxy")
+
+    def no_exec(path, argv):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(balancer.os, "execv", no_exec)
+    cfg = tmp_path / "c"
+    argv = ["--port", "7000", "--gateway", "127.0.0.1:7001", "--gateway", "127.0.0.1:7002"]
+    for extra, want in (
+        ([], "timeout server 10ms"),
+        (["--gateway-maxconn", "2"], "timeout server 20ms"),
+        (["--gateway-maxconn", "2", "--server-timeout-ms", "12"], "timeout server 12ms"),
+    ):
+        with pytest.raises(SystemExit):
+            balancer.main([*argv, "--config", str(cfg), *extra])
+        assert want in lines(cfg.read_text()), extra
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
