@@ -69,7 +69,7 @@ def test_the_plan_and_the_load_totals_are_printed(tmp_path, capsys):
     assert any(
         line.startswith("load: 1 phase, ") and "requests (mean 150.0/s" in line for line in lines
     )
-    assert "  8.5 s to the end of the load: kill(shard-1-primary) (faults[0])" in lines
+    assert "  6 s to the end of the load: kill(shard-1-primary) (faults[0])" in lines
     assert "guards: none" in lines
 
 

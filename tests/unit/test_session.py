@@ -68,8 +68,9 @@ def test_share_false_is_read_kept_and_checked():
     from harness.model.errors import ScenarioError
     from harness.model.scenario import scenario_from_dict
 
-    down = load_scenario("scenarios/shard_down.yaml")
-    assert down.target.share is False
+    shipped = load_scenario("scenarios/shard_down.yaml")
+    assert shipped.target.share is True and "share" not in shipped.target.to_dict()
+    down = replace(shipped, target=replace(shipped.target, share=False))
     assert down.target.to_dict()["share"] is False
     assert scenario_from_dict(down.to_dict()).target.share is False
     assert "share" not in load_scenario("scenarios/primary_kill.yaml").target.to_dict()
