@@ -139,10 +139,10 @@ def test_by_default_a_request_that_finds_every_gateway_full_is_answered_at_once(
     assert body["field"] == "load" and "at most 2" in body["allowed"]
 
 
-def test_serve_lb_raises_its_share_of_the_cpu_only_with_the_limit(tmp_path, monkeypatch, capsys):
-    """With --gateway-maxconn the balancer's session gets autogroup nice -10 before it becomes
-    HAProxy (its rejections must not wait behind the gateways for a core); without, nothing
-    about its scheduling changes."""
+@pytest.fixture
+def serve_lb(monkeypatch) -> list[int]:
+    """``balancer.main`` up to the exec of HAProxy (found on PATH, never run: the exec exits 0);
+    the autogroup nice values it asks for are returned."""
     from system_under_test import balancer, runtime
 
     asked: list[int] = []
@@ -153,6 +153,16 @@ def test_serve_lb_raises_its_share_of_the_cpu_only_with_the_limit(tmp_path, monk
         raise SystemExit(0)
 
     monkeypatch.setattr(balancer.os, "execv", no_exec)
+    return asked
+
+
+def test_serve_lb_raises_its_share_of_the_cpu_only_with_the_limit(tmp_path, serve_lb, capsys):
+    """With --gateway-maxconn the balancer's session gets autogroup nice -10 before it becomes
+    HAProxy (its rejections must not wait behind the gateways for a core); without, nothing
+    about its scheduling changes."""
+    from system_under_test import balancer
+
+    asked = serve_lb
     argv = ["--port", "7000", "--gateway", "127.0.0.1:7001", "--config", str(tmp_path / "c")]
     with pytest.raises(SystemExit):
         balancer.main(argv)
@@ -163,22 +173,15 @@ def test_serve_lb_raises_its_share_of_the_cpu_only_with_the_limit(tmp_path, monk
     assert "balancer autogroup nice -10: set" in capsys.readouterr().err
 
 
-def test_with_the_limit_the_server_timeout_is_the_sla_unless_given(tmp_path, monkeypatch):
+def test_with_the_limit_the_server_timeout_is_the_sla_unless_given(tmp_path, serve_lb):
     """Past capacity a 10 ms retry only moved a busy gateway's request to the other, just as
     busy; with the limit a frozen gateway holds at most its maxconn requests, so the default
     server timeout is then the SLA. One given on the command line always wins."""
-    from system_under_test import balancer, runtime
+    from system_under_test import balancer
 
     assert balancer.server_timeout_for(None, None) == balancer.SERVER_TIMEOUT_MS == 10
     assert balancer.server_timeout_for(None, 2) == balancer.LIMITED_SERVER_TIMEOUT_MS == 20
     assert balancer.server_timeout_for(7, 2) == 7 and balancer.server_timeout_for(7, None) == 7
-    monkeypatch.setattr(runtime, "raise_session_share", lambda nice: True)
-    monkeypatch.setattr(balancer.shutil, "which", lambda name: "/usr/sbin/haproxy")
-
-    def no_exec(path, argv):
-        raise SystemExit(0)
-
-    monkeypatch.setattr(balancer.os, "execv", no_exec)
     cfg = tmp_path / "c"
     argv = ["--port", "7000", "--gateway", "127.0.0.1:7001", "--gateway", "127.0.0.1:7002"]
     for extra, want in (
