@@ -111,6 +111,9 @@ def judge(
         tally += f", {text.count(stats.successes)} answered"
     if math.isinf(value) and stats.errors:
         tally += f", {text.count(stats.errors)} failed (a failure counts as infinitely slow)"
+    failed = failures(stats, slo.include_shed) if slo.metric == "error_ratio" else ""
+    if failed:
+        tally += f" (failed: {failed})"
     if interval is not None:
         tally += f"; {text.interval(interval)}"
     if slo.confidence is not None and interval is not None:
@@ -120,6 +123,15 @@ def judge(
     message = f"{name} {shown} {window} {text.comparison(slo, holds)} ({where}); {tally}"
     iv = interval.to_dict() if interval is not None else None
     return judged(slo, holds, message, value, stats.window.name, where, iv)
+
+
+def failures(stats: WindowStats, include_shed: bool = True) -> str:
+    """The window's failures by kind, most first (``http_status 2, timeout 1``): what a failed
+    ``error_ratio`` check needs to say for its cause to be looked for."""
+    kinds = {k: n for k, n in stats.error_kinds.items() if include_shed or k != "shed"}
+    return ", ".join(
+        f"{k} {text.count(n)}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])
+    )
 
 
 def too_few_rejections(stats: WindowStats, slo: SLOSpec) -> str | None:

@@ -187,6 +187,29 @@ def test_overload_messages_name_value_unit_and_counts():
     )
 
 
+def test_a_failed_error_ratio_names_the_failures_by_kind():
+    rows = overload_log()
+    after = np.flatnonzero(rows["intended_ns"] >= 23 * 10**9)
+    rows["status"][after[:2]] = 504  # answered, but by the balancer's gateway timeout
+    rows["tier"][after[:2]] = -1
+    rows["error_kind"][after[2]] = error_code("timeout")
+    s = during(rows)["after"]
+    ev = Evidence()
+    r = judge(SLOSpec("error_ratio", "at_most", 0.0), s, where=WHERE, sla_ms=20, evidence=ev)
+    assert r.verdict is Verdict.FAIL
+    assert "1,600 requests in the window (failed: http_status 2, timeout 1)" in r.message
+    # shed requests apart: the surge window's 6,000 shed are not named as its failures
+    s = during(rows)["during"]
+    r = judge(
+        SLOSpec("error_ratio", "at_most", 0.0, include_shed=False),
+        s,
+        where=WHERE,
+        sla_ms=20,
+        evidence=ev,
+    )
+    assert r.verdict is Verdict.PASS and "failed:" not in r.message
+
+
 def test_too_few_rejections_is_inconclusive_not_pass():
     s = during(overload_log(shed_every=200))["during"]  # 60 shed requests
     slo = SLOSpec("rejection_p99", "at_most", 2.0)
