@@ -8,8 +8,9 @@ over the framed protocol of ``protocol.py`` (specified in ``docs/protocol.md``):
 * ``ping``     health and identity (shard, role, model version, owned ranges);
 * ``lookup``   per-bag partial sums of owned rows (``nn.EmbeddingBag`` sum semantics); the gateway
                adds the partials of several shards and divides by the total count for a mean;
-* ``retrieve`` the shard's best ``top_n`` items for a query vector, with their rows, plus (in the
-               same call) partial sums of a bag of owned items: one call per shard per request;
+* ``retrieve`` the shard's best ``top_n`` items for a query vector (or for the row of a user it
+               holds, returned too), with their rows, plus (in the same call) partial sums of a
+               bag of owned items: one call per shard per request;
 * ``control``  the per-request fault points (``FaultPoints``) that chaos scenarios switch on;
                only with the token the server was started with (``auth.py``).
 
@@ -574,6 +575,16 @@ class ShardService:
                 ({"op": "retrieve", "top_n": top_n}, {"query": query}),
                 ({"op": "retrieve", "top_n": top_n}, {"query": query, "bag_ids": bag}),
                 ({"op": "retrieve", "top_n": min(size, 1 + i)}, {"query": query}),
+                *(
+                    [
+                        (
+                            {"op": "retrieve", "top_n": top_n},
+                            {"user_ids": users[i % len(users) :][:1]},
+                        )
+                    ]
+                    if len(users)
+                    else []
+                ),
                 ({"op": "lookup", "table": "item"}, {"ids": bag}),
                 ({"op": "lookup", "table": "item"}, {"ids": bag, "offsets": np.zeros(1, np.int64)}),
                 ({"op": "ping"}, {}),
@@ -615,10 +626,24 @@ class ShardService:
 
     def _retrieve(self, msg: Message) -> Reply:
         top_n = int_field(msg.header, "top_n", 1)
-        query = vector_tensor(msg.tensors, "query", self.tables.dim)
         bag_ids = id_tensor(msg.tensors, "bag_ids", required=False)
         bag_offsets = id_tensor(msg.tensors, "bag_offsets", required=False)
-        return {}, self.tables.retrieve(query, top_n, bag_ids, bag_offsets)
+        user_ids = id_tensor(msg.tensors, "user_ids", required=False)
+        if user_ids is None:
+            query = vector_tensor(msg.tensors, "query", self.tables.dim)
+            return {}, self.tables.retrieve(query, top_n, bag_ids, bag_offsets)
+        # Queried by a user this shard holds: its row is the query, and comes back with the
+        # answer (a gateway without the row cached needs one call here, not a lookup first).
+        if "query" in msg.tensors:
+            raise RemoteError("bad_request", "give tensor 'query' or 'user_ids', not both")
+        if len(user_ids) != 1:
+            raise RemoteError(
+                "bad_request", f"tensor 'user_ids' must hold one user id, got {len(user_ids)}"
+            )
+        row = self.tables.lookup("user", user_ids)["sums"]
+        out = self.tables.retrieve(row[0], top_n, bag_ids, bag_offsets)
+        out["user_row"] = row
+        return {}, out
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 One request, with deadline = arrival + SLA - margin (every shard call gets the time that remains):
 
 1. features: history ids and dense features (in process, or Redis with an in-process fallback);
-2. user row: L1, else Redis L2 (read in the same round trip as the features), else ``lookup`` on
-   shard ``u % S``;
+2. user row: L1, else Redis L2 (read in the same round trip as the features), else from shard
+   ``u % S``: its ``retrieve`` queried by the user's id answers the row with its candidates (one
+   call on that shard, then the others');
 3. one ``retrieve`` per shard (query = user row, top_n = n_candidates), piggybacking that shard's
    uncached history rows; the merged top candidates by score, minus items already in the history;
 4. the ranker scores them; the top k are the answer. Rows seen are kept in L1.
@@ -76,6 +77,17 @@ class NeedFallback(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class _HistoryRows:
+    """A request's history rows: which L1 holds (``hit``, ``rows`` filled where it does), the
+    sorted ids it lacks, and each shard's bag of those (a slice of ``missing``)."""
+
+    hit: np.ndarray
+    rows: np.ndarray
+    missing: np.ndarray
+    bags: list[np.ndarray]
 
 
 class _Stages:
@@ -233,14 +245,19 @@ class RecommendService:
         try:
             if deadline - self.clock() < self.min_left_s:
                 raise NeedFallback("deadline", "before the user row")
-            user_vec, user_tier = await self._user_row(user_id, l2_row, deadline, rid)
+            need = self._history_rows(hist)
+            user_vec = self._cached_user_row(user_id, l2_row)
+            user_tier, owner = Tier.PRIMARY, None
+            if user_vec is None:
+                user_vec, owner = await self._retrieve_by_user(user_id, need.bags, deadline, rid)
+                user_tier = owner[1].tier
             now = stages.lap("user")
             if deadline - now < self.min_left_s:
                 raise NeedFallback(
                     "deadline", f"{(deadline - now) * 1000:.2f} ms left before retrieve"
                 )
             cands, cand_emb, hist_mean, tiers, coverage = await self._retrieve(
-                user_vec, hist, deadline, rid
+                user_vec, hist, need, deadline, rid, owner
             )
             stages.lap("retrieve")
         except NeedFallback as exc:
@@ -296,52 +313,51 @@ class RecommendService:
             n = task.result()
             log.info("redis: refilled the features of %d of %d users", n, self.features.n_users)
 
-    async def _user_row(
-        self, user_id: int, l2_row: np.ndarray | None, deadline: float, rid: str
-    ) -> tuple[np.ndarray, Tier]:
+    def _cached_user_row(self, user_id: int, l2_row: np.ndarray | None) -> np.ndarray | None:
+        """The user's row from L1, else from Redis L2 (read with the features); None if neither
+        holds it."""
         row = self.users.get_one(user_id)
         if row is not None:
             self.metrics.cache_hits.inc("l1")
-            return row, Tier.PRIMARY
+            return row
         self.metrics.cache_misses.inc("l1")
         if l2_row is not None:
             self.users.put_one(user_id, l2_row)
-            return l2_row, Tier.PRIMARY
+        return l2_row
+
+    async def _retrieve_by_user(
+        self, user_id: int, bags: list[np.ndarray], deadline: float, rid: str
+    ) -> tuple[np.ndarray, tuple[int, CallResult]]:
+        """The user's own shard's ``retrieve``, queried by the user's row, which comes back in
+        the same answer (``user_row``) and is cached: a request whose user row is not cached
+        waits for that shard once, not for a ``lookup`` and then a ``retrieve``. The shard is
+        required (no other holds the row). ``(row, (shard, result))``."""
         shard = sharding.user_shard(user_id, self.n_shards)
-        dim = self.bundle.dim
-
-        def check(msg: protocol.Message) -> str | None:
-            sums, counts = msg.tensors.get("sums"), msg.tensors.get("counts")
-            if sums is None or sums.shape != (1, dim) or counts is None or counts.shape != (1,):
-                return f"lookup reply has sums {_shape(sums)}, counts {_shape(counts)}"
-            if counts[0] != 1 or not _all_finite(sums):
-                return "lookup reply has a missing or non-finite user row"
-            return None
-
+        bag = bags[shard]
+        tensors = {"user_ids": np.array([user_id], dtype=np.int64)}
+        if len(bag):
+            tensors["bag_ids"] = bag
         try:
             res = await self.caller.call(
                 shard,
-                "lookup",
+                "retrieve",
                 deadline,
                 rid,
-                {"table": "user"},
-                {"ids": np.array([user_id], dtype=np.int64)},
-                check,
+                {"top_n": self.bundle.n_candidates},
+                tensors,
+                self._retrieve_check(shard, len(bag), user_row=True),
             )
         except ShardCallFailed as exc:
             raise NeedFallback("user_shard", str(exc)) from None
-        row = res.msg.tensors["sums"][0].copy()
+        row = res.msg.tensors["user_row"][0].copy()
         self.users.put_one(user_id, row)
         if self.l2 is not None:
             self.l2.set_many({f"{self._user_key}{user_id}": pack_row(row)}, use="l2")
-        return row, res.tier
+        return row, (shard, res)
 
-    async def _retrieve(
-        self, user_vec: np.ndarray, hist: np.ndarray, deadline: float, rid: str
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Tier], float]:
-        """Candidates (ids, rows), the history mean, the answering shards' tiers, coverage."""
-        n_shards = self.n_shards
-        hit, hist_rows = self.items.get(hist)
+    def _history_rows(self, hist: np.ndarray) -> _HistoryRows:
+        """Which history rows L1 holds, and each shard's bag of the ones it does not."""
+        hit, rows = self.items.get(hist)
         n_hist = len(hist)
         n_hit = int(np.count_nonzero(hit))
         if n_hit:
@@ -351,10 +367,26 @@ class RecommendService:
             missing = np.unique(hist[~hit])
             # sorted, so each shard's bag is a slice: cut at the shards' item bounds
             cuts = [0, *np.searchsorted(missing, self.bounds[1:-1]).tolist(), len(missing)]
-            bags = [missing[cuts[s] : cuts[s + 1]] for s in range(n_shards)]
+            bags = [missing[cuts[s] : cuts[s + 1]] for s in range(self.n_shards)]
         else:
             missing = _NO_IDS
-            bags = [_NO_IDS] * n_shards
+            bags = [_NO_IDS] * self.n_shards
+        return _HistoryRows(hit, rows, missing, bags)
+
+    async def _retrieve(
+        self,
+        user_vec: np.ndarray,
+        hist: np.ndarray,
+        need: _HistoryRows,
+        deadline: float,
+        rid: str,
+        owner: tuple[int, CallResult] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Tier], float]:
+        """Candidates (ids, rows), the history mean, the answering shards' tiers, coverage.
+        ``owner``: a shard whose retrieve has already answered (:meth:`_retrieve_by_user`)."""
+        n_shards = self.n_shards
+        hit, hist_rows, missing, bags = need.hit, need.rows, need.missing, need.bags
+        n_hist = len(hist)
         # One call per shard, all in flight at once; one future for the lot (no task per call).
         results: list[Any] = [None] * n_shards
         left = [n_shards]
@@ -367,8 +399,12 @@ class RecommendService:
                 all_done.set_result(None)
 
         for s in range(n_shards):
-            self._retrieve_one(s, user_vec, bags[s], deadline, rid, functools.partial(done, s))
-        await all_done
+            if owner is not None and s == owner[0]:
+                done(s, owner[1], None)
+            else:
+                self._retrieve_one(s, user_vec, bags[s], deadline, rid, functools.partial(done, s))
+        if left[0]:
+            await all_done
         ids_l, scores_l, emb_l, fetched, tiers = [], [], [], [], []
         coverage = 0.0
         for s, res in enumerate(results):
@@ -418,17 +454,13 @@ class RecommendService:
                 ids, emb = ids[keep], emb[keep]
         return ids, emb, hist_mean, tiers, round(coverage, 6)
 
-    def _retrieve_one(
-        self,
-        shard: int,
-        user_vec: np.ndarray,
-        bag: np.ndarray,
-        deadline: float,
-        rid: str,
-        on_done: Callable[[CallResult | None, BaseException | None], None],
-    ) -> None:
+    def _retrieve_check(
+        self, shard: int, m: int, user_row: bool = False
+    ) -> Callable[[protocol.Message], str | None]:
+        """The check of a ``retrieve`` answer of ``shard`` with a bag of ``m`` history ids (and
+        the user's row, with ``user_row``): shapes, the shard's item range, finite values."""
         lo, hi = int(self.bounds[shard]), int(self.bounds[shard + 1])
-        top_n, dim, m = self.bundle.n_candidates, self.bundle.dim, len(bag)
+        top_n, dim = self.bundle.n_candidates, self.bundle.dim
 
         def check(msg: protocol.Message) -> str | None:
             t = msg.tensors
@@ -449,8 +481,25 @@ class RecommendService:
                 sums = t.get("bag_sums")
                 if sums is None or sums.shape != (m, dim) or not _all_finite(sums):
                     return f"retrieve reply bag_sums {_shape(sums)} is not {m} finite rows"
+            if user_row:
+                row = t.get("user_row")
+                if row is None or row.shape != (1, dim) or not _all_finite(row):
+                    return f"retrieve reply user_row {_shape(row)} is not one finite row of {dim}"
             return None
 
+        return check
+
+    def _retrieve_one(
+        self,
+        shard: int,
+        user_vec: np.ndarray,
+        bag: np.ndarray,
+        deadline: float,
+        rid: str,
+        on_done: Callable[[CallResult | None, BaseException | None], None],
+    ) -> None:
+        m = len(bag)
+        check = self._retrieve_check(shard, m)
         tensors = {"query": user_vec, "bag_ids": bag} if m else {"query": user_vec}
         # (bag without offsets: one row per id, so L1 can keep them)
         self.caller.start(
@@ -458,7 +507,7 @@ class RecommendService:
             "retrieve",
             deadline,
             rid,
-            {"top_n": top_n},
+            {"top_n": self.bundle.n_candidates},
             tensors,
             check,
             on_done,

@@ -97,6 +97,30 @@ def test_sharded_answer_equals_reference(cluster, reference):
             )
 
 
+def test_an_uncached_user_row_costs_its_shard_one_call(cluster, reference):
+    """The user's own shard answers its retrieve and the user's row in one call: a request
+    whose row is not cached waits on that shard once, not for a lookup and then a retrieve."""
+    model, features, n_candidates, torch = reference
+    calls = "recchaos_shard_call_seconds_count"
+    with cluster.diagnose():
+        until_tier(cluster, REFERENCE_USERS[0], "primary", timeout_s=5.0)  # shards warm
+        for user in fresh_users(shard=1, n=3, start=3300):
+            before = [cluster.metric(calls, shard=str(s)) for s in (0, 1)]
+            reply = cluster.recommend(user, k=10)
+            after = [cluster.metric(calls, shard=str(s)) for s in (0, 1)]
+            assert reply.status == 200 and reply.tier in ("primary", "replica"), reply.body
+            # one answered call per shard (a logical call counts its winning answer only): the
+            # user's shard 1 was asked once, for its candidates and the user's row together
+            assert (after[0] - before[0], after[1] - before[1]) == (1, 1), (user, before, after)
+            ids, logits = model_answer(model, features, n_candidates, torch, user, 10)
+            assert reply.body["items"] == ids, f"user {user}"
+            np.testing.assert_allclose(reply.body["scores"], logits, rtol=1e-4, atol=1e-5)
+            # the row is cached now: the same user again costs shard 1 its retrieve alone
+            again = cluster.recommend(user, k=10)
+            assert again.status == 200 and again.body["items"] == ids
+            assert cluster.metric(calls, shard="1") - after[1] == 1
+
+
 def model_answer(model, features, n_candidates, torch, user: int, k: int):
     from system_under_test.models import full_pipeline
 

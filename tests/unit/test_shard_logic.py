@@ -243,6 +243,18 @@ def test_service_ops_and_errors():
     assert fields["items"] == [5, 10] and fields["n_users"] == 5
     _, out = call(svc, {"op": "lookup", "table": "user"}, {"ids": np.array([1, 9], np.int64)})
     assert out["sums"].shape == (2, 3)
+    # Queried by a user it holds: the user's row is the query, and comes back as user_row.
+    bag = np.array([6, 8], np.int64)
+    _, by_user = call(
+        svc, {"op": "retrieve", "top_n": 4}, {"user_ids": np.array([9]), "bag_ids": bag}
+    )
+    _, by_query = call(
+        svc, {"op": "retrieve", "top_n": 4}, {"query": out["sums"][1], "bag_ids": bag}
+    )
+    np.testing.assert_array_equal(by_user.pop("user_row"), out["sums"][1:])
+    assert by_user.keys() == by_query.keys()
+    for name, arr in by_query.items():
+        np.testing.assert_array_equal(by_user[name], arr)
     bad = [
         ({"op": "nope"}, {}, "bad_op"),
         ({"op": None}, {}, "bad_op"),
@@ -256,6 +268,14 @@ def test_service_ops_and_errors():
         (
             {"op": "retrieve", "top_n": 3},
             {"query": np.zeros(3, np.float32), "bag_offsets": np.array([0], np.int64)},
+            "bad_request",
+        ),
+        ({"op": "retrieve", "top_n": 3}, {"user_ids": np.array([2])}, "not_owned"),
+        ({"op": "retrieve", "top_n": 3}, {"user_ids": np.array([1, 3])}, "bad_request"),
+        ({"op": "retrieve", "top_n": 3}, {"user_ids": np.array([1.0], np.float32)}, "bad_request"),
+        (
+            {"op": "retrieve", "top_n": 3},
+            {"user_ids": np.array([1]), "query": np.zeros(3, np.float32)},
             "bad_request",
         ),
     ]
