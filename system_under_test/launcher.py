@@ -138,6 +138,10 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
     common = ["--preset", args.preset, "--device", args.device]
     if args.artifacts:
         common += ["--artifacts", str(args.artifacts)]
+    # the shard copies' and the region's (the gateways do not take it)
+    backend = list(common)
+    if getattr(args, "keep_warm_ms", None) is not None:
+        backend += ["--keep-warm-ms", f"{args.keep_warm_ms:g}"]
     host = args.host
     ports: dict[str, int] = dict(args.port_plan or {})
     names = [f"shard-{i}-{r}" for i in range(args.shards) for r in ("primary", "replica")]
@@ -163,7 +167,7 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
                     "--port",
                     str(port),
                 ]
-                + common
+                + backend
             )
             comps.append(
                 Component(name, role, shard, f"{host}:{port}", cmd, log_dir / f"{name}.log")
@@ -175,7 +179,7 @@ def plan_cluster(args: argparse.Namespace, log_dir: Path) -> list[Component]:
             "region",
             None,
             f"{host}:{region_port}",
-            py + ["serve-region", "--host", host, "--port", str(region_port)] + common,
+            py + ["serve-region", "--host", host, "--port", str(region_port)] + backend,
             log_dir / "region.log",
         )
     )
@@ -404,6 +408,13 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="default", help="data/model preset (default, tiny)")
     parser.add_argument("--artifacts", type=Path, default=None, help="artifact cache directory")
     parser.add_argument(
+        "--keep-warm-ms",
+        type=float,
+        default=None,
+        help="each shard copy and the region run their serving path once after this long without"
+        " a request (default 1000; 0: never)",
+    )
+    parser.add_argument(
         "--log-dir",
         type=Path,
         default=None,
@@ -480,6 +491,9 @@ def validate_up(args: argparse.Namespace) -> str | None:
         )
     if args.sla_ms <= 0:
         return f"--sla-ms {args.sla_ms} must be positive"
+    kw = getattr(args, "keep_warm_ms", None)
+    if kw is not None and not (kw == 0 or 10 <= kw <= 60_000):
+        return f"--keep-warm-ms {kw:g} is out of range; allowed: 0 (never) or 10 to 60000"
     if args.redis and not args.redis.startswith(("redis://", "unix://")):
         return f"--redis {args.redis!r} must be a URL like redis://127.0.0.1:6379/0"
     if args.timeout <= 0:

@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -523,6 +524,14 @@ def _faulted(op: str, plan: FaultPlan, compute: Callable[[], Reply]) -> Reply:
 # Passes over every op before a shard (or the region) listens: the first few calls of a fresh
 # process are the slow ones, a few dozen cost a few milliseconds in all.
 WARM_UP_ROUNDS = 30
+# How long a server may go without a request before it runs its serving path once by itself
+# (``keep_warm``). On the virtual machines these latency figures come from, memory a process has
+# not touched for a while is slow to touch again, code pages included (benchmarks/idle_memory.py
+# measures it): a shard copy's retrieve cost 0.5 ms of CPU right after another and 7-10 ms after
+# 3 s without a call, so a replica or the region, idle until a primary fails, answered its first
+# calls late. Kept warm every second, such a call took 0.6-1.8 ms; the rounds cost an idle copy
+# about 2% of a core (every 0.25 s: 4%, for little more).
+KEEP_WARM_S = 1.0
 
 
 class ShardService:
@@ -537,6 +546,9 @@ class ShardService:
             "lookup": self._lookup,
             "retrieve": self._retrieve,
         }
+        self._warm_frames: list[bytes] = []
+        self._warm_round = 0
+        self._warm_top_n = 1
 
     def respond(self, msg: Message) -> Reply | Awaitable[Reply]:
         """The server's handler: the reply at once, or an awaitable of it for a delay fault."""
@@ -565,6 +577,7 @@ class ShardService:
         machine), the later ones 0.4-0.7 ms. Warmed here, "listening" means "serves in time".
         """
         t = self.tables
+        self._warm_top_n = top_n  # the keep-warm rounds ask for what the gateways ask for
         rng = np.random.default_rng(0)
         users = sharding.user_rows_of_shard(t.n_users, t.shard, t.n_shards)
         size = t.item_end - t.item_start
@@ -599,6 +612,28 @@ class ShardService:
                 reply = self.respond(protocol.decode_body(memoryview(frame)[4:]))
                 assert isinstance(reply, tuple)  # no fault point is on before serving
                 protocol.encode({"id": i, "ok": True, **reply[0]}, reply[1])
+
+    def keep_warm(self) -> None:
+        """One retrieve's whole path (decode, compute, encode) without sockets and without the
+        fault points (a warm round is not a request: it must not count as one or fail as
+        one), alternately queried by a vector with a bag and by a user (see ``KEEP_WARM_S``)."""
+        if not self._warm_frames:
+            t = self.tables
+            rng = np.random.default_rng(1)
+            users = sharding.user_rows_of_shard(t.n_users, t.shard, t.n_shards)
+            query = rng.standard_normal(t.dim).astype(np.float32)
+            bag = np.unique(rng.integers(t.item_start, t.item_end, 4))
+            tensor_sets: list[Tensors] = [{"query": query, "bag_ids": bag}]
+            if len(users):
+                tensor_sets.append({"user_ids": users[:1]})
+            self._warm_frames = [
+                protocol.encode({"id": 0, "op": "retrieve", "top_n": self._warm_top_n}, ts)
+                for ts in tensor_sets
+            ]
+        self._warm_round += 1
+        frame = self._warm_frames[self._warm_round % len(self._warm_frames)]
+        fields, tensors = self._retrieve(protocol.decode_body(memoryview(frame)[4:]))
+        protocol.encode({"id": 0, "ok": True, **fields}, tensors)
 
     def ping(self) -> dict[str, Any]:
         t = self.tables
@@ -660,6 +695,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="default", help="data/model preset (default 'default')")
     parser.add_argument("--artifacts", type=Path, default=None, help="artifact cache directory")
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where tables live")
+    parser.add_argument(
+        "--keep-warm-ms",
+        type=float,
+        default=KEEP_WARM_S * 1000,
+        help="run the serving path once after this long without a request, so that the first"
+        f" call after a quiet spell is not slow (default {KEEP_WARM_S * 1000:g}; 0: never)",
+    )
 
 
 def validate_common(args: argparse.Namespace) -> str | None:
@@ -667,6 +709,8 @@ def validate_common(args: argparse.Namespace) -> str | None:
 
     if not 0 <= args.port <= 65535:
         return f"--port {args.port} is out of range; allowed: 0 (any free port) to 65535"
+    if not (args.keep_warm_ms == 0 or 10 <= args.keep_warm_ms <= 60_000):
+        return f"--keep-warm-ms {args.keep_warm_ms:g} is out of range; allowed: 0 (never) or 10 to 60000"
     if args.preset not in PRESETS:
         return f"--preset {args.preset!r} is unknown; allowed: {', '.join(sorted(PRESETS))}"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -712,18 +756,56 @@ async def serve(
     stop: asyncio.Event,
     log: logging.Logger,
     ready: Callable[[int], str],
+    keep_warm: Callable[[], None] | None = None,
+    keep_warm_s: float = KEEP_WARM_S,
 ) -> int:
-    """Serve until ``stop`` is set; logs ``ready(bound_port)`` once listening."""
-    server = await protocol.start_server(handler, host, port)
+    """Serve until ``stop`` is set; logs ``ready(bound_port)`` once listening. ``keep_warm``
+    (the serving path once, without sockets) runs whenever no request came for
+    ``keep_warm_s`` (0: never)."""
+    last = [time.monotonic()]
+
+    def tracked(msg: Message) -> Reply | Awaitable[Reply]:
+        last[0] = time.monotonic()
+        return handler(msg)
+
+    server = await protocol.start_server(tracked if keep_warm else handler, host, port)
     bound = int(server.sockets[0].getsockname()[1])
     log.info("ready %s", ready(bound))
+    warm = None
+    if keep_warm is not None and keep_warm_s > 0:
+        warm = asyncio.get_running_loop().create_task(
+            _keep_warm(keep_warm, keep_warm_s, last, stop, log)
+        )
     await stop.wait()
+    if warm is not None:
+        warm.cancel()
     server.close()
     try:
         await asyncio.wait_for(server.wait_closed(), 1.0)
     except TimeoutError:  # open client connections are cancelled when the loop ends
         pass
     return 0
+
+
+async def _keep_warm(
+    run: Callable[[], None],
+    every_s: float,
+    last: list[float],
+    stop: asyncio.Event,
+    log: logging.Logger,
+) -> None:
+    """Run ``run`` each time ``every_s`` has passed without a request (``last[0]``)."""
+    while not stop.is_set():
+        idle = time.monotonic() - last[0]
+        if idle < every_s:
+            await asyncio.sleep(every_s - idle)
+            continue
+        try:
+            run()
+        except Exception:  # noqa: BLE001 - keeping warm must never stop the server
+            log.exception("keep-warm round failed; stopping keep-warm")
+            return
+        last[0] = time.monotonic()
 
 
 def load_shard(args: argparse.Namespace) -> tuple[ShardTables, str]:
@@ -797,7 +879,17 @@ def main(argv: list[str]) -> int:
         )
 
     return run_until_signalled(
-        lambda stop: serve(service.respond, args.host, args.port, stop, log, ready), log
+        lambda stop: serve(
+            service.respond,
+            args.host,
+            args.port,
+            stop,
+            log,
+            ready,
+            service.keep_warm,
+            args.keep_warm_ms / 1000,
+        ),
+        log,
     )
 
 

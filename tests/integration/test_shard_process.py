@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -23,10 +24,12 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+import torch
 
 from system_under_test import protocol, sharding
 from system_under_test.auth import TOKEN_VARIABLE, new_token
 from system_under_test.process import ManagedProcess, StartError
+from system_under_test.shard_server import ShardService, ShardTables, serve
 
 pytestmark = pytest.mark.integration
 
@@ -334,3 +337,43 @@ def test_missing_artifacts_exit_1_with_the_fix(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     assert "python -m system_under_test train --preset tiny" in proc.stderr
+
+
+def test_serve_keeps_warm_only_while_no_request_comes():
+    """``serve`` runs ``keep_warm`` after each quiet spell of ``keep_warm_s``, and not while
+    requests keep coming more often than that."""
+    users, items = torch.randn(10, 3), torch.randn(10, 3)
+    svc = ShardService(ShardTables.from_full(users, items, 0, 2), "primary", "v1")
+    rounds: list[float] = []
+
+    async def scenario():
+        stop = asyncio.Event()
+        ports: list[int] = []
+
+        def ready(port: int) -> str:
+            ports.append(port)
+            return f"port={port}"
+
+        server = asyncio.ensure_future(
+            serve(svc.respond, "127.0.0.1", 0, stop, logging.getLogger("t"), ready,
+                  lambda: rounds.append(time.monotonic()), 0.05)
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while len(rounds) < 3:  # idle: a round each 50 ms
+                assert time.monotonic() < deadline, f"{len(rounds)} keep-warm rounds in 10 s"
+                await asyncio.sleep(0.01)
+            client = protocol.Client("127.0.0.1", ports[0])
+            busy_from = time.monotonic()
+            n_before = len(rounds)
+            while time.monotonic() - busy_from < 0.5:  # a request every ~5 ms: never idle
+                await client.call("ping", 2.0)
+                await asyncio.sleep(0.005)
+            busy = [r for r in rounds[n_before:] if r > busy_from + 0.06]
+            await client.close()
+        finally:
+            stop.set()
+            await asyncio.wait_for(server, 5)
+        return busy
+
+    assert asyncio.run(scenario()) == []

@@ -374,6 +374,20 @@ def test_up_passes_its_server_timeout_to_the_balancer_and_checks_it(tmp_path):
     )
 
 
+def test_up_passes_keep_warm_to_the_shards_and_the_region_only(tmp_path):
+    from system_under_test.launcher import plan_cluster, validate_up
+
+    args = up_args("--gateways", "2", "--shards", "1", "--keep-warm-ms", "250")
+    names = ["shard-0-primary", "shard-0-replica", "region", "gateway-0", "gateway-1", "lb"]
+    args.port_plan = {name: 20000 + i for i, name in enumerate(names)}  # no sockets here
+    for comp in plan_cluster(args, tmp_path):
+        given = "--keep-warm-ms" in comp.command
+        assert given == (comp.role in ("primary", "replica", "region")), comp.name
+        if given:
+            assert comp.command[comp.command.index("--keep-warm-ms") + 1] == "250"
+    assert "--keep-warm-ms 5 is out of range" in (validate_up(up_args("--keep-warm-ms", "5")) or "")
+
+
 def plan_names(tmp_path, *argv: str) -> list[str]:
     from system_under_test.launcher import plan_cluster
 

@@ -340,6 +340,20 @@ def test_control_sets_counts_and_clears_faults():
     assert out["sums"].shape == (2, 3) and not np.isnan(out["sums"]).any()
 
 
+def test_keep_warm_runs_the_retrieve_path_past_the_fault_points():
+    t = _two_shards()[1]
+    svc = ShardService(t, "replica", "v1", TOKEN)
+    call(svc, {"op": "control", "faults": {"error_rate": 1.0}, "token": TOKEN})
+    for _ in range(3):  # by vector with a bag, then by user, then by vector again
+        svc.keep_warm()
+    assert svc._warm_round == 3 and len(svc._warm_frames) == 2
+    fields, _ = call(svc, {"op": "control", "token": TOKEN})
+    assert fields["injected"]["error"] == 0  # a warm round is not a request
+    with pytest.raises(RemoteError) as info:  # a request still is
+        call(svc, {"op": "retrieve", "top_n": 2, "rid": "x"}, {"query": np.zeros(3, np.float32)})
+    assert info.value.code == "injected"
+
+
 @pytest.mark.parametrize(
     ("server_token", "given", "why"),
     [
@@ -472,6 +486,19 @@ def test_region_rejects_bad_requests():
         call(svc, {"op": "lookup"})
 
 
+def test_region_keep_warm_runs_recommend_past_the_fault_points():
+    from system_under_test.region_server import RegionModel, RegionService
+
+    region, _ = _region()
+    svc = RegionService(region, "v1", TOKEN)
+    call(svc, {"op": "control", "faults": {"error_rate": 1.0}, "token": TOKEN})
+    svc.keep_warm()
+    svc.keep_warm()
+    fields, _ = call(svc, {"op": "control", "token": TOKEN})
+    assert fields["injected"]["error"] == 0 and svc._warm_frame is not None
+    assert isinstance(region, RegionModel)
+
+
 # ---------------------------------------------------------------------------------- command line
 
 
@@ -490,6 +517,9 @@ def test_region_rejects_bad_requests():
          "--preset 'huge' is unknown; allowed: default, tiny"),
         (["--shard", "0", "--shards", "2", "--role", "primary", "--port", "0", "--device", "tpu"],
          "invalid choice: 'tpu'"),
+        (["--shard", "0", "--shards", "2", "--role", "primary", "--port", "0",
+          "--keep-warm-ms", "5"],
+         "--keep-warm-ms 5 is out of range; allowed: 0 (never) or 10 to 60000"),
     ],
 )  # fmt: skip
 def test_bad_shard_arguments_exit_2_naming_the_value(args, text, capsys):
