@@ -35,7 +35,7 @@ from system_under_test.shard_server import (
     id_tensor,
     int_field,
     parse_or_exit,
-    serve,
+    serve_until_signalled,
     vector_tensor,
 )
 
@@ -204,7 +204,6 @@ def main(argv: list[str]) -> int:
     from system_under_test.runtime import (
         configure_process,
         freeze_heap,
-        run_until_signalled,
         serving_priority,
     )
 
@@ -228,16 +227,4 @@ def main(argv: list[str]) -> int:
             f"device={args.device} version={version}"
         )
 
-    return run_until_signalled(
-        lambda stop: serve(
-            service.respond,
-            args.host,
-            args.port,
-            stop,
-            log,
-            ready,
-            service.keep_warm,
-            args.keep_warm_ms / 1000,
-        ),
-        log,
-    )
+    return serve_until_signalled(service, args, log, ready)

@@ -339,7 +339,7 @@ def test_missing_artifacts_exit_1_with_the_fix(tmp_path):
     assert "python -m system_under_test train --preset tiny" in proc.stderr
 
 
-def test_serve_keeps_warm_only_while_no_request_comes():
+def test_serve_keeps_warm_only_while_no_request_comes(caplog):
     """``serve`` runs ``keep_warm`` after each quiet spell of ``keep_warm_s``, and not while
     requests keep coming more often than that."""
     users, items = torch.randn(10, 3), torch.randn(10, 3)
@@ -376,4 +376,8 @@ def test_serve_keeps_warm_only_while_no_request_comes():
             await asyncio.wait_for(server, 5)
         return busy
 
-    assert asyncio.run(scenario()) == []
+    with caplog.at_level(logging.INFO, logger="t"):
+        assert asyncio.run(scenario()) == []
+    # what the rounds cost is logged when the server stops
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kept warm")]
+    assert line.startswith(f"kept warm: {len(rounds)} rounds after 0.05 s without a request")
