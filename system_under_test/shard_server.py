@@ -27,6 +27,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -826,12 +827,17 @@ async def _keep_warm(
     """Run ``run`` each time ``every_s`` has passed without a request (``last[0]``); what the
     rounds cost (CPU time of this thread) is logged when the server stops."""
     rounds, cpu_s = 0, 0.0
+    # Each round after a random 80-100% of ``every_s``: servers started together would otherwise
+    # keep warm together, a burst of rounds on every core at once.
+    rng = random.Random()
+    wait_s = every_s * rng.uniform(0.8, 1.0)
     try:
         while not stop.is_set():
             idle = time.monotonic() - last[0]
-            if idle < every_s:
-                await asyncio.sleep(every_s - idle)
+            if idle < wait_s:
+                await asyncio.sleep(wait_s - idle)
                 continue
+            wait_s = every_s * rng.uniform(0.8, 1.0)
             started = time.thread_time()
             try:
                 run()
