@@ -528,10 +528,10 @@ WARM_UP_ROUNDS = 30
 # How long a server may go without a request before it runs its serving path once by itself
 # (``keep_warm``). On the virtual machines these latency figures come from, memory a process has
 # not touched for a while is slow to touch again, code pages included (benchmarks/idle_memory.py
-# measures it): a shard copy's retrieve cost 0.5 ms of CPU right after another and 7-10 ms after
-# 3 s without a call, so a replica or the region, idle until a primary fails, answered its first
-# calls late. Kept warm every second, such a call took 0.6-1.8 ms; the rounds cost an idle copy
-# about 2% of a core (every 0.25 s: 4%, for little more).
+# measures it): a tiny-preset replica's retrieve took 0.5 ms right after another and 5.4 ms
+# (4.8-12.3) after 3 s without a call, so a replica or the region, idle until a primary fails,
+# answered its first calls late. Kept warm every second, the same call took 1.95 ms (1.09-3.42);
+# a round costs 0.9-2.2 ms of CPU (the server logs its rounds when it stops).
 KEEP_WARM_S = 1.0
 
 
@@ -589,16 +589,6 @@ class ShardService:
                 ({"op": "retrieve", "top_n": top_n}, {"query": query}),
                 ({"op": "retrieve", "top_n": top_n}, {"query": query, "bag_ids": bag}),
                 ({"op": "retrieve", "top_n": min(size, 1 + i)}, {"query": query}),
-                *(
-                    [
-                        (
-                            {"op": "retrieve", "top_n": top_n},
-                            {"user_ids": users[i % len(users) :][:1]},
-                        )
-                    ]
-                    if len(users)
-                    else []
-                ),
                 ({"op": "lookup", "table": "item"}, {"ids": bag}),
                 ({"op": "lookup", "table": "item"}, {"ids": bag, "offsets": np.zeros(1, np.int64)}),
                 ({"op": "ping"}, {}),
@@ -606,6 +596,7 @@ class ShardService:
             if len(users):
                 user = users[rng.integers(len(users), size=1)]
                 calls.append(({"op": "lookup", "table": "user"}, {"ids": user}))
+                calls.append(({"op": "retrieve", "top_n": top_n}, {"user_ids": user}))
             for header, tensors in calls:
                 frame = protocol.encode(
                     {"id": i, "deadline": 0, "rid": "warm-up", **header}, tensors
