@@ -390,3 +390,32 @@ def test_serve_keeps_warm_only_while_no_request_comes(caplog):
     # what the rounds cost is logged when the server stops
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kept warm")]
     assert line.startswith(f"kept warm: {len(rounds)} rounds after 0.05 s without a request")
+
+
+def test_keep_warm_is_put_off_while_the_process_wakes_late(caplog):
+    """A round that is due waits while the keep-warm timer wakes the process late (here a
+    callback that holds the event loop 20 ms at a time): the log counts the rounds put off."""
+    users, items = torch.randn(10, 3), torch.randn(10, 3)
+    svc = ShardService(ShardTables.from_full(users, items, 0, 2), "primary", "v1")
+    rounds: list[float] = []
+
+    async def scenario():
+        stop = asyncio.Event()
+        server = asyncio.ensure_future(
+            serve(svc.respond, "127.0.0.1", 0, stop, logging.getLogger("t"), lambda p: "",
+                  lambda: rounds.append(time.monotonic()), 0.02)
+        )  # fmt: skip
+        try:
+            held_from = time.monotonic()
+            while time.monotonic() - held_from < 1.0:  # the loop held 20 ms of every 21
+                time.sleep(0.02)
+                await asyncio.sleep(0.001)
+        finally:
+            stop.set()
+            await asyncio.wait_for(server, 5)
+
+    with caplog.at_level(logging.INFO, logger="t"):
+        asyncio.run(scenario())
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kept warm")]
+    put_off = int(line.rsplit("; ", 1)[1].split()[0])
+    assert put_off >= 5 and put_off > len(rounds), line
