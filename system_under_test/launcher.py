@@ -53,6 +53,7 @@ from system_under_test.process import (
     StartError,
     stop_processes,
 )
+from system_under_test.runtime import KEEP_WARM_S, keep_warm_problem
 
 DEFAULT_MANIFEST = Path(".sut/manifest.json")
 MANIFEST_VERSION = 1
@@ -412,7 +413,7 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="each shard copy and the region run their serving path once after this long without"
-        " a request (default 1000; 0: never)",
+        f" a request (default {KEEP_WARM_S * 1000:g}; 0: never)",
     )
     parser.add_argument(
         "--log-dir",
@@ -492,8 +493,9 @@ def validate_up(args: argparse.Namespace) -> str | None:
     if args.sla_ms <= 0:
         return f"--sla-ms {args.sla_ms} must be positive"
     kw = getattr(args, "keep_warm_ms", None)
-    if kw is not None and not (kw == 0 or 10 <= kw <= 60_000):
-        return f"--keep-warm-ms {kw:g} is out of range; allowed: 0 (never) or 10 to 60000"
+    problem = keep_warm_problem(kw) if kw is not None else None
+    if problem:
+        return problem
     if args.redis and not args.redis.startswith(("redis://", "unix://")):
         return f"--redis {args.redis!r} must be a URL like redis://127.0.0.1:6379/0"
     if args.timeout <= 0:

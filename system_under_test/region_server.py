@@ -143,7 +143,7 @@ class RegionService:
 
     def keep_warm(self) -> None:
         """One recommend's whole path (decode, model, encode) without sockets and without the
-        fault points, as a shard keeps warm (``shard_server.KEEP_WARM_S``): the region is
+        fault points, as a shard keeps warm (``runtime.KEEP_WARM_S``): the region is
         called only when a shard cannot answer, so it is idle most of the time."""
         m = self.model
         if self._warm_frame is None:

@@ -47,6 +47,24 @@ STARTUP_AUTOGROUP_NICE = 19
 AUTOGROUP_RETRY_S = 1.0  # how long a change refused with EAGAIN (rate limit) is tried again
 
 
+# How long a server may go without a request before it runs its serving path once by itself
+# (``keep_warm``). On the virtual machines these latency figures come from, memory a process has
+# not touched for a while is slow to touch again, code pages included (benchmarks/idle_memory.py
+# measures it): a tiny-preset replica's retrieve took 0.5 ms right after another and 5.4 ms
+# (4.8-12.3) after 3 s without a call, so a replica or the region, idle until a primary fails,
+# answered its first calls late. Kept warm every second, the same call took 1.95 ms (1.09-3.42);
+# a round costs 0.9-2.2 ms of CPU (the server logs its rounds when it stops).
+KEEP_WARM_S = 1.0
+
+
+def keep_warm_problem(ms: float) -> str | None:
+    """What is wrong with a ``--keep-warm-ms`` value (``serve-shard``, ``serve-region``, ``up``),
+    or None: 0 (never) or 10 to 60,000 ms."""
+    if ms == 0 or 10 <= ms <= 60_000:
+        return None
+    return f"--keep-warm-ms {ms:g} is out of range; allowed: 0 (never) or 10 to 60000"
+
+
 def can_restore_priority() -> bool:
     """Whether this process may go back from SCHED_IDLE to SCHED_OTHER at its nice value: root
     or CAP_SYS_NICE, or an RLIMIT_NICE that allows it (Linux's rule for unprivileged threads).

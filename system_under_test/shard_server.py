@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from system_under_test import protocol, sharding
 from system_under_test.auth import TOKEN_VARIABLE, token_matches
 from system_under_test.protocol import Message, RemoteError, Tensors
+from system_under_test.runtime import KEEP_WARM_S, keep_warm_problem
 
 control_log = logging.getLogger("control")
 
@@ -525,14 +526,6 @@ def _faulted(op: str, plan: FaultPlan, compute: Callable[[], Reply]) -> Reply:
 # Passes over every op before a shard (or the region) listens: the first few calls of a fresh
 # process are the slow ones, a few dozen cost a few milliseconds in all.
 WARM_UP_ROUNDS = 30
-# How long a server may go without a request before it runs its serving path once by itself
-# (``keep_warm``). On the virtual machines these latency figures come from, memory a process has
-# not touched for a while is slow to touch again, code pages included (benchmarks/idle_memory.py
-# measures it): a tiny-preset replica's retrieve took 0.5 ms right after another and 5.4 ms
-# (4.8-12.3) after 3 s without a call, so a replica or the region, idle until a primary fails,
-# answered its first calls late. Kept warm every second, the same call took 1.95 ms (1.09-3.42);
-# a round costs 0.9-2.2 ms of CPU (the server logs its rounds when it stops).
-KEEP_WARM_S = 1.0
 # A round waits for a calm moment: when the keep-warm timer woke this process more than
 # KEEP_WARM_BUSY_S late, the machine is short of CPU (on an idle machine it wakes within 0.1 ms),
 # and the round is put off by KEEP_WARM_RETRY_S. Under a surge of twice the capacity the rounds of
@@ -616,7 +609,7 @@ class ShardService:
     def keep_warm(self) -> None:
         """One retrieve's whole path (decode, compute, encode) without sockets and without the
         fault points (a warm round is not a request: it must not count as one or fail as
-        one), alternately queried by a vector with a bag and by a user (see ``KEEP_WARM_S``)."""
+        one), alternately queried by a vector with a bag and by a user (see ``runtime.KEEP_WARM_S``)."""
         if not self._warm_frames:
             t = self.tables
             rng = np.random.default_rng(1)
@@ -709,8 +702,9 @@ def validate_common(args: argparse.Namespace) -> str | None:
 
     if not 0 <= args.port <= 65535:
         return f"--port {args.port} is out of range; allowed: 0 (any free port) to 65535"
-    if not (args.keep_warm_ms == 0 or 10 <= args.keep_warm_ms <= 60_000):
-        return f"--keep-warm-ms {args.keep_warm_ms:g} is out of range; allowed: 0 (never) or 10 to 60000"
+    problem = keep_warm_problem(args.keep_warm_ms)
+    if problem:
+        return problem
     if args.preset not in PRESETS:
         return f"--preset {args.preset!r} is unknown; allowed: {', '.join(sorted(PRESETS))}"
     if args.device == "cuda" and not torch.cuda.is_available():
