@@ -6,27 +6,37 @@ the data. Every SLO yields at least one result (an SLO with nothing to judge is 
 every fault that was not shown to take effect adds an INCONCLUSIVE result of its own, and so
 does every problem of the run itself (:mod:`harness.checks.integrity`). A run a guard halted
 gets a FAIL of its own (:func:`harness.checks.guards.halt_check`).
+
+A window check that fails is judged again without the requests in flight during a host stall
+(:mod:`harness.metrics.stalls`: a CPU of the machine ran nothing, not even the real-time stall
+probe) of at least the evidence's ``max_host_stall_ms``: if it does not fail then, the run
+cannot tell the system's failure from the machine's, and the check is INCONCLUSIVE with both
+findings in its message (:class:`StallExcuse`). Never PASS: the requests the machine delayed
+are not evidence that the system held its SLO.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from harness.checks import text
 from harness.checks.guards import halt_check
 from harness.checks.integrity import RunProblems, problem_checks, run_verdict
 from harness.checks.judge import evidence_problem, judge, judge_fault
 from harness.checks.quality import judge_quality
 from harness.checks.verdict import CheckResult, Verdict
 from harness.metrics.failover import Failover, Recovery, time_to_failover, time_to_recover
+from harness.metrics.stalls import at_least, in_flight_during
 from harness.metrics.stats import WindowStats, window_stats
 from harness.metrics.windows import Window, windows_for
 from harness.model.faults import FAULT_KINDS
 from harness.model.record import FaultEvent, Halt
 from harness.model.scenario import Scenario
 from harness.model.slo import QUALITY_METRICS, SLOSpec
+from harness.model.stalls import HostStall
 
 
 @dataclass(frozen=True)
@@ -51,14 +61,17 @@ def evaluate(
     run_start_s: float = 0.0,
     problems: RunProblems | None = None,
     halt: Halt | None = None,
+    stalls: Sequence[HostStall] = (),
 ) -> Evaluation:
     """The run judged: its SLO checks, then one check per problem of the run itself, then the
-    halt (a guard that tripped), if any."""
+    halt (a guard that tripped), if any. ``stalls``: the host stalls the probes measured (the
+    request log's clock), for :class:`StallExcuse`."""
     problems = problems or RunProblems()
     wins = windows_for(timeline, run_start_s, run_end_s, scenario.warmup_s, scenario.settle_s)
     stats = tuple(window_stats(requests, w, scenario.sla_ms) for w in wins)
     times = fault_times(requests, timeline, run_end_s, scenario.sla_ms)
-    checks = judge_run(scenario, stats, timeline, times) + problem_checks(problems)
+    excuse = StallExcuse.of(scenario, requests, stalls)
+    checks = judge_run(scenario, stats, timeline, times, excuse) + problem_checks(problems)
     if halt is not None:
         checks += (halt_check(halt, scenario.where(halt.guard)),)
     return Evaluation(stats, times, checks, run_verdict(checks, problems))
@@ -108,6 +121,7 @@ def judge_run(
     stats: Sequence[WindowStats],
     timeline: Sequence[FaultEvent],
     times: Mapping[int, FaultTimes],
+    excuse: StallExcuse | None = None,
 ) -> tuple[CheckResult, ...]:
     results = [_unverified(scenario, e) for e in timeline if not e.verified]
     for slo in scenario.slos:
@@ -116,15 +130,87 @@ def judge_run(
             _judge_faults(scenario, slo, stats, timeline, times)
             if slo.per_fault
             else [
-                (judge_quality if slo.metric in QUALITY_METRICS else judge)(
-                    slo, s, where=where, sla_ms=scenario.sla_ms, evidence=scenario.evidence
-                )
+                _judge_one(scenario, slo, s, where, excuse)
                 for s in stats
                 if _selects(slo, s.window, timeline)
             ]
         )
         results += found or [_nothing_to_judge(slo, where)]
     return tuple(results)
+
+
+def _judge_one(
+    scenario: Scenario, slo: SLOSpec, stats: WindowStats, where: str, excuse: StallExcuse | None
+) -> CheckResult:
+    sla, evidence = scenario.sla_ms, scenario.evidence
+    if slo.metric in QUALITY_METRICS:
+        return judge_quality(slo, stats, where=where, sla_ms=sla, evidence=evidence)
+    result = judge(slo, stats, where=where, sla_ms=sla, evidence=evidence)
+    return excuse.recheck(result, slo, stats, where) if excuse is not None else result
+
+
+@dataclass(frozen=True)
+class StallExcuse:
+    """Judges a failed window check again without the requests a host stall delayed."""
+
+    scenario: Scenario
+    requests: np.ndarray
+    stalls: tuple[HostStall, ...]
+    stalled: np.ndarray = field(repr=False)  # per request: in flight during one of ``stalls``
+
+    @classmethod
+    def of(
+        cls, scenario: Scenario, requests: np.ndarray, stalls: Sequence[HostStall]
+    ) -> StallExcuse | None:
+        """None when no stall reaches the evidence's ``max_host_stall_ms``."""
+        long = at_least(stalls, scenario.evidence.host_stall_limit_ms(scenario.sla_ms))
+        if not long:
+            return None
+        margin = int(scenario.sla_ms * 1e6)  # the backlog a stall leaves is served after it
+        return cls(scenario, requests, long, in_flight_during(requests, long, margin))
+
+    def recheck(
+        self, result: CheckResult, slo: SLOSpec, stats: WindowStats, where: str
+    ) -> CheckResult:
+        if result.verdict is not Verdict.FAIL or slo.expects_violation:
+            return result
+        w = stats.window
+        lo, hi = int(w.start_s * 1e9), int(w.end_s * 1e9)
+        rows = (self.requests["intended_ns"] >= lo) & (self.requests["intended_ns"] < hi)
+        hit = int((rows & self.stalled).sum())
+        if not hit:
+            return result
+        margin = self.scenario.sla_ms * 1e6
+        seen = [s for s in self.stalls if s.start_ns <= hi + margin and s.end_ns + margin >= lo]
+        clean = window_stats(self.requests[~self.stalled], w, self.scenario.sla_ms)
+        again = judge(
+            slo,
+            clean,
+            where=where,
+            sla_ms=self.scenario.sla_ms,
+            evidence=self.scenario.evidence,
+        )
+        stalls = "; ".join(s.describe() for s in seen[:3]) + (
+            f"; {len(seen) - 3} more" if len(seen) > 3 else ""
+        )
+        found = (
+            f"; {hit} of the window's requests were in flight during a host stall ({stalls},"
+            f" measured by the stall probe)"
+        )
+        if again.verdict is Verdict.FAIL:
+            return replace(
+                result, message=result.message + found + ", and it fails without them too"
+            )
+        return replace(
+            result,
+            verdict=Verdict.INCONCLUSIVE,
+            message=(
+                f"{result.message}{found}; without them it does not fail"
+                f" ({text.metric_name(slo, self.scenario.sla_ms)}"
+                f" {text.number(again.value, slo.unit)}, {again.verdict.value}): the machine, not"
+                " the system under test, may have lost that time"
+            ),
+        )
 
 
 def _judge_faults(

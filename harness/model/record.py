@@ -135,6 +135,8 @@ class RunRecord:
     warnings: tuple[str, ...] = ()  # what the run could not test as asked (e.g. its mix)
     files: dict[str, str] = field(default_factory=dict)
     halt: Halt | None = None  # set when a guard tripped (the run was halted)
+    # what the stall probes saw during the load: trusted, cpus, notes, stalls (cpu, at_s, ms)
+    host_stalls: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from harness.model.errors import MISSING, Problem
 from harness.model.faults import FAULT_KINDS
 from harness.model.load import SURGE
 from harness.model.requestlog import TIERS
+from harness.model.stalls import DETECT_MS
 from harness.model.validate import (
     INVALID,
     Bad,
@@ -176,21 +177,28 @@ class SLOSpec:
 class Evidence:
     """Below these a window is INCONCLUSIVE: samples, generator lag p99, share actually sent.
 
-    ``max_lag_p99_ms`` None means a quarter of the scenario's SLA.
+    ``max_lag_p99_ms`` None means a quarter of the scenario's SLA. ``max_host_stall_ms``: a
+    host stall this long or longer (None: a quarter of the SLA) makes a window check that fails
+    only on the requests in flight during it INCONCLUSIVE (:class:`harness.checks.run.StallExcuse`).
     """
 
     min_samples: int = 100
     max_lag_p99_ms: float | None = None
     min_sent_ratio: float = 0.99
+    max_host_stall_ms: float | None = None
 
     def lag_limit_ms(self, sla_ms: float) -> float:
         return sla_ms / 4 if self.max_lag_p99_ms is None else self.max_lag_p99_ms
+
+    def host_stall_limit_ms(self, sla_ms: float) -> float:
+        return sla_ms / 4 if self.max_host_stall_ms is None else self.max_host_stall_ms
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "min_samples": self.min_samples,
             "max_lag_p99_ms": self.max_lag_p99_ms,
             "min_sent_ratio": self.min_sent_ratio,
+            "max_host_stall_ms": self.max_host_stall_ms,
         }
 
 
@@ -199,10 +207,11 @@ def read_evidence(data: Any, path: str, problems: list[Problem]) -> Evidence | N
     n = f.get("min_samples", integer(1, 10_000_000), 100)
     lag = f.get("max_lag_p99_ms", number(0, lo_open=True, unit="ms"), None)
     sent = f.get("min_sent_ratio", number(0, 1, unit="share of intended requests"), 0.99)
+    stall = f.get("max_host_stall_ms", number(DETECT_MS, unit="ms"), None)
     f.finish()
-    if not f.ok or any_invalid(n, lag, sent):
+    if not f.ok or any_invalid(n, lag, sent, stall):
         return None
-    return Evidence(min_samples=n, max_lag_p99_ms=lag, min_sent_ratio=sent)
+    return Evidence(min_samples=n, max_lag_p99_ms=lag, min_sent_ratio=sent, max_host_stall_ms=stall)
 
 
 def read_slo(data: Any, path: str, problems: list[Problem], origin: str) -> SLOSpec | None:

@@ -56,6 +56,7 @@ from harness.model.record import FaultEvent, Halt, RecordFile, RunRecord
 from harness.model.requestlog import TIERS, error_code, succeeded
 from harness.model.scenario import Scenario
 from harness.model.target import GenericTarget, RecommenderTarget
+from harness.process.stallprobe import ProbeReport, stall_probes
 from harness.runner import provenance
 from harness.runner.answers import AnswerSetup, prepare_answers, score_answers
 from harness.runner.faults import FaultPlanRun
@@ -340,10 +341,12 @@ def judge(
     heal_errors: list[str],
     answers: dict[str, Any] | None = None,
     log: Callable[[str], None] = lambda _line: None,
+    host: ProbeReport | None = None,
 ) -> Evaluation:
     """The evaluation (:func:`harness.checks.evaluate`, the run's own problems included),
     written to ``run.json`` and ``details.json``; warnings about what the run could not observe
-    go to ``log`` as well."""
+    go to ``log`` as well. ``host``: what the stall probes saw during the load (a check that
+    failed only on requests in flight during a host stall is INCONCLUSIVE, not FAIL)."""
     timeline = with_surges(faults.timeline(), scenario.load)  # a surge is judged like a fault
     end_s = job_end_s(result)
     problems = RunProblems(
@@ -352,7 +355,14 @@ def judge(
         heal_errors=tuple(heal_errors),
     )
     halt = record.record.halt
-    ev = evaluate(scenario, result.log, timeline, end_s, problems=problems, halt=halt)
+    origin = result.start_mono_ns
+    stalls = host.relative_to(origin) if host is not None and host.trusted else ()
+    ev = evaluate(
+        scenario, result.log, timeline, end_s, problems=problems, halt=halt, stalls=stalls
+    )
+    if host is not None:
+        for note in host.notes:
+            log(f"warning: host stalls not measured: {note}")
     unobserved = unobserved_recoveries(timeline, end_s, scenario.settle_s)
     for warning in unobserved:
         log(f"warning: {warning}")
@@ -364,6 +374,7 @@ def judge(
         verdict=ev.verdict.value,
         load_end_s=end_s,
         origin_mono_ns=result.start_mono_ns,
+        host_stalls=host.to_dict(origin) if host is not None else None,
     )
     _write_extra(record.path.parent, result, cross, faults, answers or {})
     write_hdr_files(record.path.parent, result.log, ev.windows, result.start_mono_ns)
@@ -578,9 +589,10 @@ def run_phases(
         origin_mono_ns=job.start_mono_ns or 0, files={"cluster": str(target.manifest_path.parent)}
     )
     guards = fx.guards(scenario, target.base_url, job.start_mono_ns or 0)
-    result, heal_errors = load_and_heal(
-        job, faults, settings, display, record, fx.load, guards, watchdog
-    )
+    with fx.stall_probes(run_dir / "host", watchdog) as host:
+        result, heal_errors = load_and_heal(
+            job, faults, settings, display, record, fx.load, guards, watchdog
+        )
     fx.sleep(min(scenario.settle_s, 2.0))
     cross = cross_check(
         before,
@@ -589,7 +601,7 @@ def run_phases(
         tolerance=max(5, len(result.log) // 100),
     )
     answers = answer_details(scenario, setup, result)
-    ev = judge(scenario, result, faults, record, cross, heal_errors, answers, display.log)
+    ev = judge(scenario, result, faults, record, cross, heal_errors, answers, display.log, host)
     display.final(ev.verdict, record)
     return ev
 
@@ -679,6 +691,13 @@ def _extra_components(target: Target) -> list[Any]:
 # -- the side effects a run sequences ---------------------------------------------------------
 
 
+def watch_stalls(
+    out_dir: Path, watchdog: WatchdogHandle | None
+) -> AbstractContextManager[ProbeReport]:
+    """One stall probe per CPU while the load runs (:mod:`harness.process.stallprobe`)."""
+    return stall_probes(out_dir, watchdog)
+
+
 def watch_guards(scenario: Scenario, base_url: str, origin_ns: int) -> GuardWatch:
     """The scenario's guards, watched against the target at ``base_url`` from ``origin_ns``."""
     return GuardWatch(scenario.guards, base_url, origin_ns)
@@ -708,3 +727,6 @@ class Effects:
     )
     monotonic_ns: Callable[[], int] = time.monotonic_ns
     sleep: Callable[[float], None] = time.sleep
+    stall_probes: Callable[[Path, WatchdogHandle | None], AbstractContextManager[ProbeReport]] = (
+        watch_stalls
+    )

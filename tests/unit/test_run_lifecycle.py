@@ -22,6 +22,8 @@ from harness.model.errors import EXIT_INTERRUPTED, SutFailure
 from harness.model.record import FaultEvent
 from harness.model.requestlog import TIERS, empty_log
 from harness.model.scenario import Scenario, scenario_from_dict
+from harness.model.stalls import HostStall
+from harness.process.stallprobe import ProbeReport
 from harness.runner.answers import AnswerSetup
 from harness.runner.guards import GuardWatch
 from harness.runner.run import STEADY_REQUESTS, Effects, RunOutcome, execute, steady_state
@@ -163,9 +165,20 @@ class Harness:
     lines: list[str] = field(default_factory=list)
     progress: list[dict[str, Any]] = field(default_factory=list)  # the load's progress lines
     warnings: tuple[str, ...] = ()
+    stalls: tuple[HostStall, ...] = ()  # what the fake stall probes report (monotonic clock)
 
     def effects(self) -> Effects:
         story = self.story
+
+        @contextmanager
+        def stall_probes(out_dir: Path, watchdog: Any) -> Iterator[ProbeReport]:
+            story("stall probes on")
+            report = ProbeReport()
+            try:
+                yield report
+            finally:  # filled in once stopped, as the real probes' report is
+                story("stall probes off")
+                report.stalls, report.trusted, report.cpus = self.stalls, True, (0, 1)
 
         @contextmanager
         def watchdog(
@@ -204,6 +217,7 @@ class Harness:
             ),
             monotonic_ns=lambda: CLOCK_NS,
             sleep=lambda s: story(f"sleep {s:g}"),
+            stall_probes=stall_probes,
         )
 
     def run(self, s: Scenario, effects: Effects | None = None) -> RunOutcome:
@@ -226,8 +240,10 @@ COMPLETE = [
     "steady state",
     "scrape",
     "fault plan",
+    "stall probes on",
     "faults run",
     "heal all",
+    "stall probes off",
     "sleep 1",
     "scrape",
     "target stopped",
@@ -253,6 +269,25 @@ def test_a_pass_runs_every_phase_in_order_and_records_the_verdict(tmp_path):
     assert h.lines[-1] == "verdict: PASS"
     details = json.loads((outcome.run_dir / "details.json").read_text())
     assert details["fault_problems"] == [] and details["unaccounted"] == []
+
+
+def test_a_run_that_fails_only_through_a_host_stall_is_inconclusive_and_records_it(tmp_path):
+    # Every answer late (a FAIL on its own), but a host stall spans the whole load: without the
+    # requests in flight during it nothing is left to judge, so the run cannot say FAIL or PASS.
+    origin = CLOCK_NS + 3_000_000_000
+    whole = HostStall(1, origin - 1_000_000, origin + (SECONDS + 1) * 1_000_000_000)
+    failed = Harness(tmp_path / "a", latency_ms=40.0).run(scenario())
+    assert failed.verdict is Verdict.FAIL  # the same run without a stall
+    h = Harness(tmp_path / "b", latency_ms=40.0, stalls=(whole,))
+    outcome = h.run(scenario())
+    assert outcome.verdict is Verdict.INCONCLUSIVE
+    record = saved(outcome)
+    (check,) = record["checks"]
+    assert check["verdict"] == "INCONCLUSIVE" and "host stall" in check["message"]
+    assert "CPU 1 ran nothing" in check["message"]
+    stalls = record["host_stalls"]
+    assert stalls["trusted"] and stalls["cpus"] == [0, 1]
+    assert stalls["stalls"] == [{"cpu": 1, "at_s": -0.001, "ms": whole.ms}]
 
 
 def test_what_the_run_could_not_test_is_recorded_as_a_warning(tmp_path):
@@ -340,8 +375,10 @@ def test_a_crash_during_the_load_heals_stops_and_records_incomplete(tmp_path):
         "steady state",
         "scrape",
         "fault plan",
+        "stall probes on",
         "faults run",
         "heal all",
+        "stall probes off",
         "target stopped",
         "watchdog released",
         "journal closed",
@@ -358,9 +395,10 @@ def test_ctrl_c_heals_stops_and_exits_130_with_a_partial_record(tmp_path):
     h = Harness(tmp_path)
     h.plan = FakeFaultPlan(h.story, interrupt=True)
     outcome = h.run(scenario([KILL]))
-    assert h.story.main()[-5:] == [
+    assert h.story.main()[-6:] == [
         "faults run",
         "heal all",
+        "stall probes off",
         "target stopped",
         "watchdog released",
         "journal closed",
@@ -415,7 +453,7 @@ def test_a_guard_that_trips_halts_heals_at_once_records_the_halt_and_fails(tmp_p
 
     s = scenario([KILL], guards=[{"kind": "error_ratio", "above": 0.5, "for_s": 2}])
     outcome = h.run(s, replace(h.effects(), guards=guards))
-    assert h.story.main() == COMPLETE[:6] + ["halt"] + COMPLETE[6:]
+    assert h.story.main() == COMPLETE[:7] + ["halt"] + COMPLETE[7:]
     assert outcome.verdict is Verdict.FAIL and outcome.exit_code == 1
     record = saved(outcome)
     assert record["verdict"] == "FAIL" and record["status"] == "complete"

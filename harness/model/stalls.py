@@ -1,0 +1,36 @@
+"""A host stall: a spell in which a CPU of the machine ran nothing, not even a real-time task.
+
+What the stall probe (:mod:`harness.process.stallprobe`) records and the run record keeps;
+which requests a stall may have delayed is :mod:`harness.metrics.stalls`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+DETECT_MS = 2.0  # the probe notes a wake-up this much later than due, or more
+
+
+@dataclass(frozen=True)
+class HostStall:
+    """CPU ``cpu`` ran nothing from ``start_ns`` to ``end_ns`` (the request log's clock: ns from
+    the load's origin)."""
+
+    cpu: int
+    start_ns: int
+    end_ns: int
+
+    @property
+    def ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+    @property
+    def at_s(self) -> float:
+        return self.start_ns / 1e9
+
+    def describe(self) -> str:
+        return f"CPU {self.cpu} ran nothing for {self.ms:.1f} ms at {self.at_s:.2f} s"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cpu": self.cpu, "at_s": round(self.at_s, 4), "ms": round(self.ms, 2)}
