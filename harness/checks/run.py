@@ -28,6 +28,7 @@ from harness.checks.integrity import RunProblems, problem_checks, run_verdict
 from harness.checks.judge import evidence_problem, judge, judge_fault
 from harness.checks.quality import judge_quality
 from harness.checks.verdict import CheckResult, Verdict
+from harness.metrics.capacity import Capacity
 from harness.metrics.failover import Failover, Recovery, time_to_failover, time_to_recover
 from harness.metrics.stalls import at_least, in_flight_during
 from harness.metrics.stats import WindowStats, window_stats
@@ -62,16 +63,19 @@ def evaluate(
     problems: RunProblems | None = None,
     halt: Halt | None = None,
     stalls: Sequence[HostStall] = (),
+    capacity: Capacity | None = None,
 ) -> Evaluation:
     """The run judged: its SLO checks, then one check per problem of the run itself, then the
     halt (a guard that tripped), if any. ``stalls``: the host stalls the probes measured (the
-    request log's clock), for :class:`StallExcuse`."""
+    request log's clock), for :class:`StallExcuse`; ``capacity``: what the scenario's rate steps
+    measured before the load, for a floor written as a share of it (``of: capacity``)."""
     problems = problems or RunProblems()
     wins = windows_for(timeline, run_start_s, run_end_s, scenario.warmup_s, scenario.settle_s)
     stats = tuple(window_stats(requests, w, scenario.sla_ms) for w in wins)
     times = fault_times(requests, timeline, run_end_s, scenario.sla_ms)
     excuse = StallExcuse.of(scenario, requests, stalls)
-    checks = judge_run(scenario, stats, timeline, times, excuse) + problem_checks(problems)
+    checks = judge_run(scenario, stats, timeline, times, excuse, capacity)
+    checks += problem_checks(problems)
     if halt is not None:
         checks += (halt_check(halt, scenario.where(halt.guard)),)
     return Evaluation(stats, times, checks, run_verdict(checks, problems))
@@ -122,6 +126,7 @@ def judge_run(
     timeline: Sequence[FaultEvent],
     times: Mapping[int, FaultTimes],
     excuse: StallExcuse | None = None,
+    capacity: Capacity | None = None,
 ) -> tuple[CheckResult, ...]:
     results = [_unverified(scenario, e) for e in timeline if not e.verified]
     for slo in scenario.slos:
@@ -130,7 +135,7 @@ def judge_run(
             _judge_faults(scenario, slo, stats, timeline, times)
             if slo.per_fault
             else [
-                _judge_one(scenario, slo, s, where, excuse)
+                _judge_one(scenario, slo, s, where, excuse, capacity)
                 for s in stats
                 if _selects(slo, s.window, timeline)
             ]
@@ -140,13 +145,40 @@ def judge_run(
 
 
 def _judge_one(
-    scenario: Scenario, slo: SLOSpec, stats: WindowStats, where: str, excuse: StallExcuse | None
+    scenario: Scenario,
+    slo: SLOSpec,
+    stats: WindowStats,
+    where: str,
+    excuse: StallExcuse | None,
+    capacity: Capacity | None,
 ) -> CheckResult:
     sla, evidence = scenario.sla_ms, scenario.evidence
     if slo.metric in QUALITY_METRICS:
         return judge_quality(slo, stats, where=where, sla_ms=sla, evidence=evidence)
+    share = slo.limit
+    if slo.of == "capacity":
+        if capacity is None or capacity.rate is None:
+            return _no_capacity(slo, stats, where, sla, capacity)
+        slo = replace(slo, limit=share * capacity.rate)
     result = judge(slo, stats, where=where, sla_ms=sla, evidence=evidence)
+    if capacity is not None and slo.of == "capacity":
+        result = replace(
+            result, message=f"{result.message}; the floor is {share:g} of the {capacity.describe()}"
+        )
     return excuse.recheck(result, slo, stats, where) if excuse is not None else result
+
+
+def _no_capacity(
+    slo: SLOSpec, stats: WindowStats, where: str, sla_ms: float, capacity: Capacity | None
+) -> CheckResult:
+    why = capacity.describe() if capacity is not None else "no capacity was measured in this run"
+    message = (
+        f"{text.metric_name(slo, sla_ms)} {stats.window.describe()} ({where}) is judged against"
+        f" {slo.limit:g} of the capacity, and there is none to judge it by: {why}"
+    )
+    return CheckResult(
+        Verdict.INCONCLUSIVE, message, None, None, stats.window.name, where, slo.metric
+    )
 
 
 @dataclass(frozen=True)

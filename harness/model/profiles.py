@@ -1,7 +1,7 @@
 """Named profiles (``pr``, ``nightly``, ...) that override a scenario's durations and rates.
 
 A profile is a partial scenario: top-level numbers (seed, warmup_s, settle_s, sla_ms), phases by
-name, faults by index, and keys of evidence and fault_schedule. ``skip: REASON`` marks a profile
+name, faults by index, and keys of evidence, fault_schedule and capacity. ``skip: REASON`` marks a profile
 the scenario is not meant to run in (the pytest plugin skips it with that reason). :func:`apply_profile` merges one
 into the parsed YAML and returns, beside the merged dict, where each overridden field came from,
 so a problem in an overridden value is reported at the profile's field path.
@@ -21,7 +21,8 @@ SCALARS = ("seed", "warmup_s", "settle_s", "sla_ms")
 PHASE_KEYS = ("rate", "duration_s", "mix")
 FAULT_KEYS = ("at_s", "duration_s", "heal", "params")
 SCHEDULE_KEYS = ("every_s", "duration_s", "kinds", "targets", "start_s", "end_s", "seed", "params")
-EVIDENCE_KEYS = ("min_samples", "max_lag_p99_ms", "min_sent_ratio")
+EVIDENCE_KEYS = ("min_samples", "max_lag_p99_ms", "min_sent_ratio", "max_host_stall_ms")
+CAPACITY_KEYS = ("rates", "step_s")
 
 
 def read_profiles(raw: Any, problems: list[Problem]) -> dict[str, dict[str, Any]]:
@@ -35,7 +36,7 @@ def read_profiles(raw: Any, problems: list[Problem]) -> dict[str, dict[str, Any]
             f.add(str(name), name, f"a profile name matching {PROFILE_NAME}")
             continue
         g = Fields(body, f.at(name), problems)
-        for key in SCALARS + ("phases", "faults", "evidence", "fault_schedule"):
+        for key in SCALARS + ("phases", "faults", "evidence", "fault_schedule", "capacity"):
             g.raw(key)
         g.get("skip", string(what="the reason this profile is skipped (a non-empty string)"), None)
         g.finish()
@@ -65,7 +66,11 @@ def apply_profile(
         if key in overrides:
             merged[key] = overrides[key]
             origins[key] = join_path(base, key)
-    for key, allowed in (("evidence", EVIDENCE_KEYS), ("fault_schedule", SCHEDULE_KEYS)):
+    for key, allowed in (
+        ("evidence", EVIDENCE_KEYS),
+        ("fault_schedule", SCHEDULE_KEYS),
+        ("capacity", CAPACITY_KEYS),
+    ):
         if key in overrides:
             _merge_into(
                 merged, key, key, overrides[key], join_path(base, key), allowed, problems, origins

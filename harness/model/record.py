@@ -137,6 +137,8 @@ class RunRecord:
     halt: Halt | None = None  # set when a guard tripped (the run was halted)
     # what the stall probes saw during the load: trusted, cpus, notes, stalls (cpu, at_s, ms)
     host_stalls: dict[str, Any] | None = None
+    # the capacity the scenario's rate steps measured before the load (its capacity section)
+    capacity: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

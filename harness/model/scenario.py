@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.model.answers import AnswerSpec, cross_check_answers, read_answers
 from harness.model.bounds import check_data
+from harness.model.capacity import CapacitySpec, read_capacity
 from harness.model.consistency import cross_check
 from harness.model.errors import MISSING, Problem, ScenarioError
 from harness.model.explore import ExploreSpec, read_explore
@@ -70,6 +71,7 @@ class Scenario:
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     profile: str | None = None
     guards: tuple[GuardSpec, ...] = ()
+    capacity: CapacitySpec | None = None  # rate steps measuring the capacity before the load
     source: str = field(default="<python>", compare=False)
 
     @property
@@ -113,6 +115,7 @@ class Scenario:
             "answers": self.answers.to_dict(),
             "profiles": {k: dict(v) for k, v in self.profiles.items()},
             "profile": self.profile,
+            "capacity": self.capacity.to_dict() if self.capacity is not None else None,
         }
 
 
@@ -224,6 +227,8 @@ def _read(data: Any, source: str, problems: list[Problem]) -> Scenario | None:
     explore = f.raw("explore")
     explore = read_explore(explore, "explore", problems, target) if explore is not None else None
     answers = read_answers(f.raw("answers", {}), "answers", problems, source)
+    capacity = f.raw("capacity")
+    capacity = read_capacity(capacity, "capacity", problems) if capacity is not None else None
     f.raw("profiles")
     f.get("profile", string(), None)
     f.finish()
@@ -247,12 +252,30 @@ def _read(data: Any, source: str, problems: list[Problem]) -> Scenario | None:
         explore,
         answers,
         guards=guards or (),
+        capacity=capacity,
         source=source,
     )
     cross_check(s, problems)
     cross_check_answers(answers, target.kind, problems)
     _check_quality_slos(s, problems)
+    _check_capacity_slos(s, problems)
     return s if len(problems) == before else None
+
+
+def _check_capacity_slos(s: Scenario, problems: list[Problem]) -> None:
+    """A floor written as a share of the capacity needs the steps that measure it."""
+    if s.capacity is not None:
+        return
+    for slo in s.slos:
+        if slo.of == "capacity":
+            problems.append(
+                Problem(
+                    f"{slo.origin}.of",
+                    "capacity",
+                    "of: capacity only in a scenario with a capacity section (rates, step_s)",
+                    "add capacity: {rates: [...], step_s: 3}, or give goodput in answers/s",
+                )
+            )
 
 
 def _check_quality_slos(s: Scenario, problems: list[Problem]) -> None:

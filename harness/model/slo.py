@@ -123,6 +123,7 @@ class SLOSpec:
     reason: str = ""
     confidence: float | None = None  # quantile metrics: judge by the interval at this level
     include_shed: bool = True  # error_ratio: count shed requests as errors
+    of: str | None = None  # goodput: "capacity", the limit is a share of the measured capacity
     origin: str = field(default="", compare=False)
 
     @property
@@ -170,6 +171,8 @@ class SLOSpec:
             d["reason"] = self.reason
         if self.confidence is not None:
             d["confidence"] = self.confidence
+        if self.of is not None:
+            d["of"] = self.of
         return d
 
 
@@ -238,6 +241,7 @@ def read_slo(data: Any, path: str, problems: list[Problem], origin: str) -> SLOS
             "shed requests have their own metrics: shed_share, rejection_p99",
         )
     min_samples = f.get("min_samples", integer(1, 10_000_000), None)
+    of = _read_of(f, metric, bound, limit)
     expect, reason = _read_expectation(f)
     confidence = _read_confidence(f, metric)
     f.finish()
@@ -255,9 +259,31 @@ def read_slo(data: Any, path: str, problems: list[Problem], origin: str) -> SLOS
         reason,
         confidence,
     )
-    if not f.ok or any_invalid(*values, shed):
+    if not f.ok or any_invalid(*values, shed, of):
         return None
-    return SLOSpec(*values, origin=origin, include_shed=shed)
+    return SLOSpec(*values, origin=origin, include_shed=shed, of=of)
+
+
+def _read_of(f: Fields, metric: Any, bound: Any, limit: Any) -> Any:
+    """``of: capacity`` (goodput, at_least only): the limit is a share of the capacity measured
+    in the same run (the scenario's ``capacity`` section), not answers/s."""
+    of = f.get("of", choice(("capacity",)), None)
+    if of is None or of is INVALID:
+        return of
+    if metric not in RATE_METRICS or bound != "at_least":
+        return f.add(
+            "of",
+            of,
+            "of only with metric: goodput and at_least",
+            "a share of the measured capacity is a floor on goodput",
+        )
+    if isinstance(limit, float | int) and not 0 < limit <= 2:
+        return f.add(
+            "at_least",
+            limit,
+            "a share of the measured capacity above 0 and at most 2 (with of: capacity)",
+        )
+    return of
 
 
 def _read_expectation(f: Fields) -> tuple[Any, Any]:

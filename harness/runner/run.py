@@ -28,7 +28,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +43,7 @@ from harness.inject.journal import Journal
 from harness.load.answers import AnswerCheck
 from harness.load.driver import LoadResult, run_load
 from harness.load.spec import RECOMMENDER_REQUEST, LoadJob
+from harness.metrics.capacity import Capacity, measure_capacity
 from harness.metrics.windows import unobserved_recoveries
 from harness.model.errors import (
     EXIT_HARNESS,
@@ -342,11 +343,13 @@ def judge(
     answers: dict[str, Any] | None = None,
     log: Callable[[str], None] = lambda _line: None,
     host: ProbeReport | None = None,
+    capacity: Capacity | None = None,
 ) -> Evaluation:
     """The evaluation (:func:`harness.checks.evaluate`, the run's own problems included),
     written to ``run.json`` and ``details.json``; warnings about what the run could not observe
     go to ``log`` as well. ``host``: what the stall probes saw during the load (a check that
-    failed only on requests in flight during a host stall is INCONCLUSIVE, not FAIL)."""
+    failed only on requests in flight during a host stall is INCONCLUSIVE, not FAIL);
+    ``capacity``: what the scenario's rate steps measured before the load."""
     timeline = with_surges(faults.timeline(), scenario.load)  # a surge is judged like a fault
     end_s = job_end_s(result)
     problems = RunProblems(
@@ -358,7 +361,14 @@ def judge(
     origin = result.start_mono_ns
     stalls = host.relative_to(origin) if host is not None and host.trusted else ()
     ev = evaluate(
-        scenario, result.log, timeline, end_s, problems=problems, halt=halt, stalls=stalls
+        scenario,
+        result.log,
+        timeline,
+        end_s,
+        problems=problems,
+        halt=halt,
+        stalls=stalls,
+        capacity=capacity,
     )
     if host is not None:
         for note in host.notes:
@@ -581,6 +591,11 @@ def run_phases(
     setup = fx.answers(scenario, target, run_dir, settings.strict, display.log)
     if setup.warnings:
         record.update(warnings=setup.warnings)
+    capacity = None
+    if scenario.capacity is not None:
+        capacity = capacity_steps(scenario, target, run_dir, settings, display, fx, watchdog)
+        record.update(capacity=capacity.to_dict())
+        fx.steady_state(target, scenario)  # serving inside the SLA again before the load
     scraped = metrics_urls(target.base_url, target.manifest())  # each gateway's own
     before = fx.scrape_tiers(scraped, run_dir / METRICS_BEFORE)
     job = build_job(scenario, target, run_dir, fx.monotonic_ns(), setup.check)
@@ -601,9 +616,47 @@ def run_phases(
         tolerance=max(5, len(result.log) // 100),
     )
     answers = answer_details(scenario, setup, result)
-    ev = judge(scenario, result, faults, record, cross, heal_errors, answers, display.log, host)
+    ev = judge(
+        scenario, result, faults, record, cross, heal_errors, answers, display.log, host, capacity
+    )
     display.final(ev.verdict, record)
     return ev
+
+
+def capacity_steps(
+    scenario: Scenario,
+    target: Target,
+    run_dir: Path,
+    settings: RunSettings,
+    display: ProgressDisplay,
+    fx: Effects,
+    watchdog: WatchdogHandle | None,
+) -> Capacity:
+    """The scenario's rate steps against the target, lowest first, before its load: the
+    capacity a floor on goodput can be a share of (:mod:`harness.metrics.capacity`). Its
+    request log is in ``capacity/`` of the run directory."""
+    spec = scenario.capacity
+    assert spec is not None
+    steps = replace(scenario, load=spec.phases(scenario.load[0].mix))
+    job = replace(
+        build_job(steps, target, run_dir, fx.monotonic_ns(), None),
+        output_dir=str(run_dir / "capacity"),
+    )
+    rates = ", ".join(f"{r:g}" for r in spec.rates)
+    display.log(
+        f"measuring the capacity: {rates} requests/s, {spec.step_s:g} s each"
+        f" ({spec.duration_s:g} s)"
+    )
+    result = fx.load(
+        job,
+        START_LEAD_S + spec.duration_s + 60.0,
+        lambda line: None,
+        settings.load_workers,
+        watchdog,
+    )
+    capacity = measure_capacity(result.log, spec, scenario.sla_ms)
+    display.log(capacity.describe())
+    return capacity
 
 
 def answer_details(scenario: Scenario, setup: AnswerSetup, result: LoadResult) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 from harness.checks import Verdict, evaluate, judge
 from harness.checks.run import fault_times
 from harness.metrics import window_stats, windows_for
+from harness.metrics.capacity import measure_capacity
 from harness.model.errors import ScenarioError
 from harness.model.load import LoadPhase, surge_events, with_surges
 from harness.model.record import FaultEvent
@@ -241,6 +242,25 @@ def test_recovery_after_a_surge():
     assert r is not None and r.last_non_primary_ms == pytest.approx(1500, abs=10)
 
 
+def synthetic_capacity(spec, held_up_to):
+    """The scenario's capacity steps, every rate up to ``held_up_to`` answered in 3 ms, every
+    rate above it with a tenth of its requests shed."""
+    t = np.concatenate(
+        [i * spec.step_s + np.arange(0, spec.step_s, 1 / r) for i, r in enumerate(spec.rates)]
+    )
+    rate = np.repeat(spec.rates, [round(spec.step_s * r) for r in spec.rates])
+    rows = empty_log(t.size)
+    rows["intended_ns"] = np.round(t * 1e9).astype(np.int64)
+    rows["send_ns"] = rows["intended_ns"]
+    shed = (rate > held_up_to) & (np.arange(t.size) % 10 == 0)
+    rows["done_ns"] = rows["send_ns"] + 3_000_000
+    rows["status"] = np.where(shed, 503, 200)
+    rows["error_kind"] = np.where(shed, SHED, 0)
+    capacity = measure_capacity(rows, spec, 20.0)
+    assert capacity.rate == held_up_to
+    return capacity
+
+
 def test_the_overload_scenario_judges_a_synthetic_run():
     s = load_scenario("scenarios/overload.yaml", profile="pr")
     phases = s.load
@@ -268,7 +288,8 @@ def test_the_overload_scenario_judges_a_synthetic_run():
     rows["answer"] = np.where(shed, NOT_CHECKED, 0)
     rows["agreement"] = np.where(shed, np.nan, 1.0)
     rows["ndcg"] = np.where(shed, np.nan, 0.2)
-    ev = evaluate(s, rows, with_surges((), phases), total)
+    capacity = synthetic_capacity(s.capacity, held_up_to=600)  # the floor: 540 answers/s
+    ev = evaluate(s, rows, with_surges((), phases), total, capacity=capacity)
     not_passed = [c.message for c in ev.checks if c.verdict is not Verdict.PASS]
     assert ev.verdict is Verdict.PASS, not_passed
     metrics = {c.metric for c in ev.checks}
