@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import sys
 import urllib.error
 import urllib.request
@@ -41,6 +42,8 @@ def http_get(url: str, timeout_s: float) -> str | None:
         return f"GET {url}: HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
         return f"GET {url}: {getattr(exc, 'reason', exc)}"
+    except http.client.HTTPException as exc:  # e.g. a self-connect reads back its own request
+        return f"GET {url}: {type(exc).__name__}: {exc}"
 
 
 def _address(value: str) -> str:

@@ -49,6 +49,21 @@ STALE_AFTER_S = 0.2
 Tensors = dict[str, np.ndarray]
 
 
+def self_connected(sock: Any) -> bool:
+    """Whether a connected TCP socket is connected to itself.
+
+    Connecting to a loopback port in the ephemeral range where nothing listens can succeed:
+    when the kernel picks that same port as the connection's own, the two ends meet (TCP's
+    simultaneous open). Such a connection answers nothing, and while it lives the port cannot
+    be bound: a launcher polling a shard's port before the shard listened took the port from
+    the shard (``address already in use``) that way. A connection to itself is no connection.
+    """
+    try:
+        return sock is not None and sock.getsockname() == sock.getpeername()
+    except OSError:
+        return False
+
+
 class ProtocolError(Exception):
     """A frame that does not follow the protocol."""
 
@@ -356,6 +371,12 @@ class Client:
                 ) from None
             except OSError as exc:
                 raise Unavailable(f"{self.name}: connect failed: {exc}") from None
+            if self_connected(transport.get_extra_info("socket")):
+                transport.close()
+                raise Unavailable(
+                    f"{self.name}: connect failed: nothing listens on {self.host}:{self.port},"
+                    " and the kernel gave this connection that port as its own (a self-connect)"
+                )
             self._proto, self._transport = proto, transport  # type: ignore[assignment]
             connecting.set_result(None)
         except BaseException as exc:

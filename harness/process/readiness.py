@@ -85,8 +85,11 @@ def listens(pid: int, host: str, port: int) -> bool:
 
 
 def tcp_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
+    """Whether something accepts connections on ``host:port``. A connection to itself (the
+    kernel gave it ``port`` as its own while nothing listened there) is not one, and closing it
+    at once frees the port for the server about to bind it."""
     try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            return sock.getsockname() != sock.getpeername()
     except OSError:
         return False

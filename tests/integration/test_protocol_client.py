@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 
+from harness.process.readiness import tcp_open
 from system_under_test import protocol
+from system_under_test.protocol import self_connected
 
 
 def _free_port() -> int:
@@ -104,3 +106,26 @@ def test_a_connection_silent_past_the_stale_limit_is_dropped_and_dialled_again()
         await server.wait_closed()
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_a_connection_to_itself_is_recognised_as_none():
+    # What the kernel does when a client polls a loopback port in the ephemeral range before
+    # the server listens and is given that port as its own: the two ends meet. Made on purpose
+    # here (bind, then connect to the bound port); the client and tcp_open refuse it.
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.connect(("127.0.0.1", port))
+        assert self_connected(s)
+    finally:
+        s.close()
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        peer = socket.create_connection(server.getsockname(), timeout=2)
+        assert not self_connected(peer)
+        assert tcp_open(*server.getsockname())
+        peer.close()
+    finally:
+        server.close()
+    assert not self_connected(None)
