@@ -30,7 +30,7 @@ from harness.checks.quality import judge_quality
 from harness.checks.verdict import CheckResult, Verdict
 from harness.metrics.capacity import Capacity
 from harness.metrics.failover import Failover, Recovery, time_to_failover, time_to_recover
-from harness.metrics.stalls import at_least, in_flight_during
+from harness.metrics.stalls import at_least, in_flight_during, spells
 from harness.metrics.stats import WindowStats, window_stats
 from harness.metrics.windows import Window, windows_for
 from harness.model.faults import FAULT_KINDS
@@ -181,6 +181,9 @@ def _no_capacity(
     )
 
 
+SPELL_GAP_NS = 3_000_000  # stalls of one CPU at most about a probe period (2 ms) apart: one spell
+
+
 @dataclass(frozen=True)
 class StallExcuse:
     """Judges a failed window check again without the requests a host stall delayed."""
@@ -195,7 +198,8 @@ class StallExcuse:
         cls, scenario: Scenario, requests: np.ndarray, stalls: Sequence[HostStall]
     ) -> StallExcuse | None:
         """None when no stall reaches the evidence's ``max_host_stall_ms``."""
-        long = at_least(stalls, scenario.evidence.host_stall_limit_ms(scenario.sla_ms))
+        joined = spells(stalls, SPELL_GAP_NS)
+        long = at_least(joined, scenario.evidence.host_stall_limit_ms(scenario.sla_ms))
         if not long:
             return None
         margin = int(scenario.sla_ms * 1e6)  # the backlog a stall leaves is served after it

@@ -24,9 +24,29 @@ import numpy as np
 from harness.model.stalls import HostStall
 
 
+def spells(stalls: Sequence[HostStall], gap_ns: int) -> tuple[HostStall, ...]:
+    """Stalls of one CPU less than ``gap_ns`` apart joined into one spell (its ``ran_ns`` the
+    time between them; what it lost, ``stalled_ms``, is the stalls' sum). 3.8 ms without
+    running, 0.4 ms of running and 2.6 ms without again is a CPU that lost 6.4 of 6.8 ms, not
+    two stalls too short to matter. Stalls of different CPUs are never joined: a request's
+    processes need not have run on the other CPU then."""
+    out: list[HostStall] = []
+    last: dict[int, int] = {}  # cpu -> index in out of its latest spell
+    for s in sorted(stalls, key=lambda x: x.start_ns):
+        i = last.get(s.cpu)
+        if i is not None and s.start_ns - out[i].end_ns < gap_ns:
+            prev = out[i]
+            gap = max(s.start_ns - prev.end_ns, 0)
+            out[i] = HostStall(s.cpu, prev.start_ns, max(prev.end_ns, s.end_ns), prev.ran_ns + gap)
+            continue
+        last[s.cpu] = len(out)
+        out.append(s)
+    return tuple(out)
+
+
 def at_least(stalls: Sequence[HostStall], ms: float) -> tuple[HostStall, ...]:
-    """The stalls of ``ms`` or longer."""
-    return tuple(s for s in stalls if s.ms >= ms)
+    """The stalls (or spells) in which the CPU ran nothing for ``ms`` or more in all."""
+    return tuple(s for s in stalls if s.stalled_ms >= ms)
 
 
 def in_flight_during(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from harness.checks import Verdict, evaluate
-from harness.metrics.stalls import at_least, in_flight_during
+from harness.metrics.stalls import at_least, in_flight_during, spells
 from harness.model.errors import ScenarioError
 from harness.model.requestlog import NOT_CHECKED, empty_log
 from harness.model.scenario import scenario_from_dict
@@ -107,3 +107,27 @@ def test_max_host_stall_ms_is_validated_with_its_place_and_what_is_allowed():
     with pytest.raises(ScenarioError) as err:
         scenario(max_host_stall_ms=1)
     assert "evidence.max_host_stall_ms" in str(err.value) and ">= 2" in str(err.value)
+
+
+def test_stalls_of_one_cpu_close_together_are_one_spell_of_their_sum():
+    a, b = stall(5.0055, 3.83, cpu=0), stall(5.0097, 2.59, cpu=0)
+    other = stall(5.0080, 4.0, cpu=1)
+    (spell, alone) = spells([a, b, other], 3_000_000)
+    assert (spell.cpu, spell.start_ns, spell.end_ns) == (0, a.start_ns, b.end_ns)
+    assert spell.stalled_ms == pytest.approx(6.42, abs=0.01) and spell.ms == pytest.approx(6.79)
+    assert "CPU 0 ran nothing for 6.4 of 6.8 ms at 5.01 s" == spell.describe()
+    assert alone == other  # another CPU's stall stays its own
+    assert at_least([spell, alone], 5.0) == (spell,)
+    assert spells([a, stall(5.02, 2.59, cpu=0)], 3_000_000) == (a, stall(5.02, 2.59, cpu=0))
+
+
+def test_two_short_stalls_close_together_excuse_what_one_of_their_length_would():
+    rows = late_at(steady_log(), 4.0, 1, 21.0)  # one late answer of 2,000: 99.95%
+    rows = late_at(rows, 6.0, 2, 21.0)
+    short = [stall(3.998, 3.8), stall(4.0022, 2.6), stall(5.998, 3.0)]
+    (within, _) = evaluate(scenario(), rows, [], 10.0, stalls=short).checks
+    assert within.verdict is Verdict.FAIL  # the late pair at 6 s had only a 3 ms stall
+    short[2] = stall(5.998, 6.0)
+    (within, _) = evaluate(scenario(), rows, [], 10.0, stalls=short).checks
+    assert within.verdict is Verdict.INCONCLUSIVE
+    assert "CPU 1 ran nothing for 6.4 of 6.8 ms at 4.00 s" in within.message
