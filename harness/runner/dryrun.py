@@ -130,6 +130,13 @@ def describe(scenario: Scenario, found: Components) -> list[str]:
         "nothing is loaded or injected",
         f"target: {_what(scenario)}; components from {found.source}",
     ]
+    cap = scenario.capacity
+    if cap is not None:
+        rates = ", ".join(f"{r:g}" for r in cap.rates)
+        lines.append(
+            f"capacity: steps of {rates} requests/s, {cap.step_s:g} s each"
+            f" ({cap.duration_s:g} s before the load)"
+        )
     lines += load_lines(scenario)
     lines += plan_lines(scenario, found)
     lines.append(f"guards ({len(scenario.guards)}):" if scenario.guards else "guards: none")

@@ -73,6 +73,19 @@ def test_the_plan_and_the_load_totals_are_printed(tmp_path, capsys):
     assert "guards: none" in lines
 
 
+def test_the_capacity_steps_are_printed_with_the_time_they_add(tmp_path, capsys):
+    overload = str(ROOT / "scenarios" / "overload.yaml")
+    code, out, _ = dry(
+        capsys, overload, "--profile", "nightly", "--manifest", str(manifest(tmp_path))
+    )
+    assert code == 0
+    assert (
+        "capacity: steps of 300, 400, 500, 550, 600, 650, 700, 800, 900 requests/s, 5 s each"
+        " (45 s before the load)"
+    ) in out.splitlines()
+    assert "capacity:" not in dry(capsys, KILL, "--manifest", str(manifest(tmp_path)))[1]
+
+
 def test_a_target_missing_from_the_manifest_exits_2_naming_it(tmp_path, capsys):
     code, out, err = dry(capsys, KILL, "--manifest", str(manifest(tmp_path, shards=1)))
     assert code == 2
