@@ -60,8 +60,8 @@ def self_connected(sock: Any) -> bool:
     """
     try:
         return sock is not None and sock.getsockname() == sock.getpeername()
-    except OSError:
-        return False
+    except (OSError, ValueError):  # closed already: uvloop's socket of a closed transport has
+        return False  # descriptor -1, and asking it for its name raises ValueError
 
 
 class ProtocolError(Exception):
@@ -485,10 +485,17 @@ class Client:
     ) -> None:
         try:
             await self._connect(timeout_s)
-        except CallError as exc:
+        except Exception as exc:  # noqa: BLE001 - every waiting call gets its outcome
             callback = self._pending.pop(call_id, None)
             if callback is not None:
-                _deliver(callback, None, exc)
+                failed = (
+                    exc
+                    if isinstance(exc, CallError)
+                    else Unavailable(f"{self.name}: connect failed: {exc!r}")
+                )
+                _deliver(callback, None, failed)
+            if not isinstance(exc, CallError):
+                log.error("%s: connect failed unexpectedly", self.name, exc_info=exc)
             return
         if call_id not in self._pending:
             return  # forgotten while connecting

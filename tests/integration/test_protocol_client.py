@@ -129,3 +129,44 @@ def test_a_connection_to_itself_is_recognised_as_none():
     finally:
         server.close()
     assert not self_connected(None)
+
+    class Closed:  # uvloop's socket of a transport closed already: descriptor -1
+        def getsockname(self):
+            raise ValueError("negative file descriptor")
+
+        getpeername = getsockname
+
+    assert not self_connected(Closed())
+    gone = socket.socket()
+    gone.close()
+    assert not self_connected(gone)
+
+
+def test_an_unexpected_error_while_connecting_still_answers_the_waiting_call(monkeypatch):
+    """Whatever goes wrong while connecting, a call sent meanwhile gets its outcome at once
+    (Unavailable), never silence until its caller's deadline: a ValueError from a closed
+    socket once left calls without an answer and the gateway waiting on them."""
+
+    def broken(sock):
+        raise ValueError("negative file descriptor")
+
+    async def scenario():
+        server = await protocol.start_server(_echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = protocol.Client("127.0.0.1", port, "echo")
+        monkeypatch.setattr(protocol, "self_connected", broken)
+        got: list[object] = []
+        done = asyncio.Event()
+        client.send("x", 5.0, None, None, lambda m, e: (got.append(e), done.set()))
+        await asyncio.wait_for(done.wait(), 2.0)
+        assert isinstance(got[0], protocol.Unavailable) and "negative file descriptor" in str(
+            got[0]
+        )
+        monkeypatch.undo()
+        reply = await client.call("again", 1.0)  # and the next call connects
+        assert reply.header["echo"] == "again"
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
