@@ -31,7 +31,7 @@ from harness.checks.verdict import CheckResult, Verdict
 from harness.metrics.capacity import Capacity
 from harness.metrics.failover import Failover, Recovery, time_to_failover, time_to_recover
 from harness.metrics.stalls import at_least, in_flight_during, spells
-from harness.metrics.stats import WindowStats, window_stats
+from harness.metrics.stats import WindowStats, in_window, window_stats
 from harness.metrics.windows import Window, windows_for
 from harness.model.faults import FAULT_KINDS
 from harness.model.record import FaultEvent, Halt
@@ -189,9 +189,13 @@ class StallExcuse:
     """Judges a failed window check again without the requests a host stall delayed."""
 
     scenario: Scenario
-    requests: np.ndarray
     stalls: tuple[HostStall, ...]
-    stalled: np.ndarray = field(repr=False)  # per request: in flight during one of ``stalls``
+    margin_ns: int  # a request this soon after a stall's end may still wait on its backlog
+    stalled: np.ndarray = field(repr=False)  # the requests in flight during one of ``stalls``
+    clean: np.ndarray = field(repr=False)  # the others
+    _clean_stats: dict[tuple[str, float, float], WindowStats] = field(
+        default_factory=dict, repr=False
+    )
 
     @classmethod
     def of(
@@ -203,7 +207,8 @@ class StallExcuse:
         if not long:
             return None
         margin = int(scenario.sla_ms * 1e6)  # the backlog a stall leaves is served after it
-        return cls(scenario, requests, long, in_flight_during(requests, long, margin))
+        hit = in_flight_during(requests, long, margin)
+        return cls(scenario, long, margin, requests[hit], requests[~hit])
 
     def recheck(
         self, result: CheckResult, slo: SLOSpec, stats: WindowStats, where: str
@@ -211,14 +216,19 @@ class StallExcuse:
         if result.verdict is not Verdict.FAIL or slo.expects_violation:
             return result
         w = stats.window
-        lo, hi = int(w.start_s * 1e9), int(w.end_s * 1e9)
-        rows = (self.requests["intended_ns"] >= lo) & (self.requests["intended_ns"] < hi)
-        hit = int((rows & self.stalled).sum())
+        hit = int(in_window(self.stalled, w).shape[0])
         if not hit:
             return result
-        margin = self.scenario.sla_ms * 1e6
-        seen = [s for s in self.stalls if s.start_ns <= hi + margin and s.end_ns + margin >= lo]
-        clean = window_stats(self.requests[~self.stalled], w, self.scenario.sla_ms)
+        lo, hi = w.start_s * 1e9, w.end_s * 1e9
+        seen = [
+            s
+            for s in self.stalls
+            if s.start_ns <= hi + self.margin_ns and s.end_ns + self.margin_ns >= lo
+        ]
+        key = (w.name, w.start_s, w.end_s)
+        clean = self._clean_stats.get(key)
+        if clean is None:  # one window often fails several checks: its stats once
+            clean = self._clean_stats[key] = window_stats(self.clean, w, self.scenario.sla_ms)
         again = judge(
             slo,
             clean,

@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.metrics.histogram import LatencyHistogram
+from harness.metrics.stats import window_stats
+from harness.metrics.windows import Window
 from harness.model.capacity import CapacitySpec
-from harness.model.requestlog import error_code, succeeded
-
-SHED = error_code("shed")
 
 
 @dataclass(frozen=True)
@@ -86,21 +84,15 @@ class Capacity:
 
 
 def measure_capacity(requests: np.ndarray, spec: CapacitySpec, sla_ms: float) -> Capacity:
-    """``requests``: the steps' request log, intended times from the first step's start."""
+    """``requests``: the steps' request log, intended times from the first step's start. Each
+    step's last two thirds is a window judged as any other (:func:`window_stats`)."""
     steps = []
-    t = requests["intended_ns"]
     for i, rate in enumerate(spec.rates):
-        start = (i + 1 / 3) * spec.step_s * 1e9
-        end = (i + 1) * spec.step_s * 1e9
-        rows = requests[(t >= start) & (t < end)]
-        ok = succeeded(rows)
-        shed = int((rows["error_kind"] == SHED).sum())
-        response_ns = rows["done_ns"][ok] - rows["intended_ns"][ok]
-        hist = LatencyHistogram.from_us(
-            (np.maximum(response_ns, 0) + 500) // 1000, failures=int((~ok).sum())
-        )
-        p99 = hist.percentile_with_errors(99.0) if rows.shape[0] else math.inf
-        held = bool(rows.shape[0]) and p99 <= sla_ms
-        failed = int((~ok).sum()) - shed
-        steps.append(CapacityStep(rate, int(rows.shape[0]), p99, shed, failed, held))
+        name = f"capacity-{rate:g}"
+        step = Window(name, (i + 1 / 3) * spec.step_s, (i + 1) * spec.step_s, "steady")
+        stats = window_stats(requests, step, sla_ms)
+        p99 = stats.latency_all.p99 if stats.count else math.inf
+        held = bool(stats.count) and p99 <= sla_ms
+        failed = stats.errors - stats.shed
+        steps.append(CapacityStep(rate, stats.count, p99, stats.shed, failed, held))
     return Capacity(spec, sla_ms, tuple(steps))

@@ -47,7 +47,6 @@ def probe(cpu: int, out: Path, period_ms: float, realtime: bool = True) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    pinned = None
     try:
         os.sched_setaffinity(0, {cpu})
         pinned = True

@@ -744,13 +744,6 @@ def _extra_components(target: Target) -> list[Any]:
 # -- the side effects a run sequences ---------------------------------------------------------
 
 
-def watch_stalls(
-    out_dir: Path, watchdog: WatchdogHandle | None
-) -> AbstractContextManager[ProbeReport]:
-    """One stall probe per CPU while the load runs (:mod:`harness.process.stallprobe`)."""
-    return stall_probes(out_dir, watchdog)
-
-
 def watch_guards(scenario: Scenario, base_url: str, origin_ns: int) -> GuardWatch:
     """The scenario's guards, watched against the target at ``base_url`` from ``origin_ns``."""
     return GuardWatch(scenario.guards, base_url, origin_ns)
@@ -781,5 +774,5 @@ class Effects:
     monotonic_ns: Callable[[], int] = time.monotonic_ns
     sleep: Callable[[float], None] = time.sleep
     stall_probes: Callable[[Path, WatchdogHandle | None], AbstractContextManager[ProbeReport]] = (
-        watch_stalls
+        stall_probes
     )
