@@ -93,6 +93,7 @@ class Watchdog:
     poll_s: float = 0.1
     grace_s: float = 5.0
     out: IO[str] = sys.stderr
+    killed_note: str = "killed"  # what close_record wrote: said again if the record is rewritten
     _buffer: bytes = b""
 
     def log(self, text: str) -> None:
@@ -243,6 +244,7 @@ class Watchdog:
             self.log(f"no run record at {self.record}: the harness died before writing it")
             self.record = None
             return
+        self.killed_note = status_note
         try:
             rec = read_record(self.record)
             if rec.status != "running":
@@ -267,6 +269,14 @@ class Watchdog:
 
         try:
             rec = read_record(self.record)
+            if rec.status == "running":  # written again since close_record: the death stands
+                self.log(f"the run record said running again after it was marked killed: {line}")
+                rec = replace(
+                    rec,
+                    status="killed",
+                    ended_wall=rec.ended_wall or time.time(),
+                    errors=(self.killed_note, *rec.errors),
+                )
             write_record(self.record, replace(rec, errors=(*rec.errors, f"watchdog: {line}")))
         except Exception as exc:  # noqa: BLE001
             self.log(f"could not add the teardown to the run record: {exc}")

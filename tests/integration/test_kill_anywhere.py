@@ -209,7 +209,9 @@ def _check_clean(name: str, run: Path | None, tracker: Tracker, killed_at: float
     last = wlog.splitlines()[-1]
     assert "all clean" not in wlog and last.endswith("could not: nothing"), f"{name}: {wlog}"
     record: dict[str, Any] = json.loads((run / "run.json").read_text())
-    assert record["status"] == "killed" and record["ended_wall"], f"{name}: {record['status']}"
+    assert record["status"] == "killed" and record["ended_wall"], (
+        f"{name}: {record['status']}; errors {record['errors']}; watchdog log:\n{wlog}"
+    )
     assert record["errors"][0].startswith("killed: "), record["errors"]
     return f"{name}: killed at {killed_at:.1f} s; {last.split(': ', 1)[1][:160]}"
 

@@ -84,6 +84,26 @@ def test_the_watchdog_learns_pids_and_docker_clusters_from_pipe_lines(tmp_path) 
     assert 7 not in dog.extra and "is not PID:START" in out.getvalue()
 
 
+def test_a_record_written_running_again_after_the_death_is_still_closed_killed(tmp_path) -> None:
+    from harness.model.record import RunRecord, read_record, write_record
+
+    path = tmp_path / "run.json"
+    write_record(path, RunRecord(scenario={}, seed=1, status="running", errors=("an error",)))
+    dog, out = _watchdog(tmp_path)
+    dog.record = path
+    dog.close_record("killed: the harness is gone at T")
+    assert read_record(path).status == "killed"
+    write_record(path, RunRecord(scenario={}, seed=1, status="running"))  # the old text again
+    dog.add_to_record("done: healed 0 fault(s); could not: nothing")
+    rec = read_record(path)
+    assert rec.status == "killed" and rec.ended_wall
+    assert rec.errors == (
+        "killed: the harness is gone at T",
+        "watchdog: done: healed 0 fault(s); could not: nothing",
+    )
+    assert "said running again after it was marked killed" in out.getvalue()
+
+
 def test_the_final_line_says_what_was_done_and_never_all_clean() -> None:
     report = Teardown(
         healed=["freeze(shard-0-primary) [u1]"],
