@@ -634,6 +634,17 @@ async def serve(args: argparse.Namespace, routes: list[Route], token: str) -> No
             write_ready_file(args.ready_file, proxy, control_url)
         gc.collect()
         gc.freeze()  # start-up objects never need collecting again
+        if args.priority == "realtime":
+            # An instrument, not part of the system under test: it should add exactly the
+            # delay it is asked for. Event-driven and a few microseconds per chunk, so it takes
+            # little CPU from what it preempts. A +5 ms fault shifted the median by 5.55 ms at
+            # normal priority on a busy 2-core machine (5.2-5.3 ms when quiet). Only now, with
+            # the start-up done: as SCHED_FIFO from the start, its imports and set-up held a
+            # core from the recommender it was started next to.
+            # Bounded: a second of CPU without blocking takes it back to normal priority.
+            refused = enter_realtime()
+            if refused is not None:
+                log.info("running at normal priority: %s", refused)
         if args.parent_pid is not None:
             loop.create_task(watch_parent(args.parent_pid, stop, log.warning))
         await stop.wait()
@@ -670,15 +681,6 @@ def main(argv: list[str] | None = None) -> int:
             TOKEN_VARIABLE,
         )
         return 2
-    if args.priority == "realtime":
-        # An instrument, not part of the system under test: it should add exactly the delay
-        # it is asked for. Event-driven and a few microseconds per chunk, so it takes little
-        # CPU from what it preempts. A +5 ms fault shifted the median by 5.55 ms at normal
-        # priority on a busy 2-core machine (5.2-5.3 ms when quiet).
-        # Bounded: a second of CPU without blocking takes it back to normal priority.
-        refused = enter_realtime()
-        if refused is not None:
-            log.info("running at normal priority: %s", refused)
     try:
         if args.loop == "uvloop":
             import uvloop
