@@ -15,9 +15,14 @@ run_pytest_within() {
   local budget=$1
   shift
   set +e
-  # --foreground: a Ctrl-C at the terminal still reaches pytest
-  timeout --foreground --kill-after=60 "$budget" .venv/bin/python -m pytest "$@"
-  local code=$?
+  # --foreground: a Ctrl-C at the terminal still reaches pytest. The output is also kept, so
+  # that the end of the whole run can repeat each tier's failures (a long run's log is often
+  # read from its end only, and the chaos tier's summary is then 200 lines up).
+  local color=()
+  [ -t 1 ] && color=(--color=yes)
+  timeout --foreground --kill-after=60 "$budget" .venv/bin/python -m pytest "${color[@]}" "$@" 2>&1 |
+    tee -a "$TIER_OUTPUT"
+  local code=${PIPESTATUS[0]}
   set -e
   if [ "$code" = 5 ]; then
     echo "test.sh: pytest ran no test ($*)" >&2
@@ -26,6 +31,9 @@ run_pytest_within() {
   return "$code"
 }
 run_pytest() { run_pytest_within 0 "$@"; }
+TIER_BASE=$(mktemp -t recchaos-tier-XXXXXX)
+TIER_OUTPUT=$TIER_BASE.args
+trap 'rm -f "$TIER_BASE" "$TIER_BASE".*' EXIT
 
 # Every process a tier starts inherits this tag; what still carries it after the tier is a
 # leftover (harness/process/leftovers.py): stopped, named, and the tier fails. Left alone, a
@@ -62,6 +70,8 @@ run_tier() {
   shift
   local budget code=0
   budget=$(tier_budget_s "$tier")
+  TIER_OUTPUT=$TIER_BASE.$tier
+  : >"$TIER_OUTPUT"
   case "$tier" in
     # Two xdist workers: the unit tier is CPU-bound pure logic (about 40 s of CPU in one process).
     # Plugin autoloading off, the plugins it uses named (the recchaos plugin comes from the root
@@ -114,6 +124,13 @@ for tier in unit integration chaos docker; do
       break
     fi
   fi
+done
+# Each tier's failed and errored tests with the first line of their message, once more at the
+# very end, where a reader of the log's tail finds them.
+for tier in unit integration chaos docker; do
+  out=$TIER_BASE.$tier
+  [ -s "$out" ] || continue
+  grep -E '^(FAILED|ERROR) ' "$out" | cut -c1-1000 | sed "s/^/test.sh: $tier: /" || true
 done
 printf 'test.sh: %s\n' "${summary[@]}"
 exit "$status"
