@@ -15,7 +15,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,19 +58,10 @@ def realtime_allowed() -> None:
         pytest.skip("this machine refuses SCHED_FIFO here: nothing to check")
 
 
-@pytest.fixture
-def stub(tmp_path: Path) -> Iterator[str]:
-    argv = [sys.executable, "-m", "harness.load.stub", "--port", "0", "--parent-pid",
-            str(os.getpid())]  # fmt: skip
-    with ManagedProcess(argv, tmp_path / "stub.log", name="stub", cwd=REPO, pipes=True) as proc:
-        assert proc.popen is not None and proc.popen.stdout is not None
-        yield f"http://127.0.0.1:{json.loads(proc.popen.stdout.readline())['port']}"
-
-
-def test_the_load_worker_becomes_real_time_only_when_ready(stub: str, tmp_path: Path) -> None:
+def test_the_load_worker_becomes_real_time_only_when_ready(stub_url: str, tmp_path: Path) -> None:
     request = RequestTemplate("GET", "/x", None, ())
     mix = RequestMix(zipf_exponent=1.1, users=100, k=10)
-    job = LoadJob(target=stub, phases=(LoadPhase("steady", 20, 0.5, mix),), seed=3,
+    job = LoadJob(target=stub_url, phases=(LoadPhase("steady", 20, 0.5, mix),), seed=3,
                   output_dir=str(tmp_path / "out"), request=request, priority="realtime")  # fmt: skip
     path = job.for_worker(0, 1).write(tmp_path / "job-0.json")
     argv = [sys.executable, "-m", "harness.load.worker", str(path), "--go-stdin"]

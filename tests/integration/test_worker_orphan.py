@@ -8,13 +8,11 @@ first, re-parented by now, must stop within a few seconds instead of sending its
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,15 +39,6 @@ time.sleep(120)
 """
 
 
-@pytest.fixture
-def stub(tmp_path: Path) -> Iterator[str]:
-    argv = [sys.executable, "-m", "harness.load.stub", "--port", "0", "--parent-pid",
-            str(os.getpid())]  # fmt: skip
-    with ManagedProcess(argv, tmp_path / "stub.log", name="stub", cwd=REPO, pipes=True) as proc:
-        assert proc.popen is not None and proc.popen.stdout is not None
-        yield f"http://127.0.0.1:{json.loads(proc.popen.stdout.readline())['port']}"
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -62,10 +51,10 @@ def _progress_lines(log: Path) -> int:
     return sum('"event":"progress"' in line for line in log.read_text().splitlines())
 
 
-def test_a_worker_orphaned_before_the_start_stops_once_started(stub: str, tmp_path: Path):
+def test_a_worker_orphaned_before_the_start_stops_once_started(stub_url: str, tmp_path: Path):
     request = RequestTemplate("GET", "/x", None, ())
     mix = RequestMix(zipf_exponent=1.1, users=100, k=10)
-    job = LoadJob(target=stub, phases=(LoadPhase("steady", 20, SCHEDULE_S, mix),), seed=3,
+    job = LoadJob(target=stub_url, phases=(LoadPhase("steady", 20, SCHEDULE_S, mix),), seed=3,
                   output_dir=str(tmp_path / "out"), request=request, priority="normal")  # fmt: skip
     master = f"127.0.0.1:{free_port()}"
     master_args = [str(job.for_worker(0, 2).write(tmp_path / "job-master.json")),
