@@ -17,10 +17,11 @@ run_pytest_within() {
   set +e
   # --foreground: a Ctrl-C at the terminal still reaches pytest. The output is also kept, so
   # that the end of the whole run can repeat each tier's failures (a long run's log is often
-  # read from its end only, and the chaos tier's summary is then 200 lines up).
+  # read from its end only, and the chaos tier's summary is then 200 lines up). -u: through the
+  # pipe, pytest's progress still shows as it happens.
   local color=()
   [ -t 1 ] && color=(--color=yes)
-  timeout --foreground --kill-after=60 "$budget" .venv/bin/python -m pytest "${color[@]}" "$@" 2>&1 |
+  timeout --foreground --kill-after=60 "$budget" .venv/bin/python -u -m pytest "${color[@]}" "$@" 2>&1 |
     tee -a "$TIER_OUTPUT"
   local code=${PIPESTATUS[0]}
   set -e
