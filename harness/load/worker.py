@@ -557,6 +557,10 @@ def _progress_loop(engine: OpenLoop, interval_s: float, parent: int) -> None:
         last_sent, last_t = engine.sent, now
 
 
+class StoppedBeforeStart(Exception):
+    """A signal came while the worker waited for its start line: nothing was sent."""
+
+
 def _read_go_line(timeout_s: float) -> int:
     """The driver's start line on stdin: ``{"start_mono_ns": T}``."""
     from gevent.fileobject import FileObjectPosix
@@ -654,8 +658,8 @@ class WorkerProcess:
         self.job, self.args = job, args
         _raise_fd_limit(job.max_in_flight + 256)
         # Applied in prepare(), once the start-up work is done: as SCHED_FIFO from here, that
-        # work (the engine, the schedule, the connections, a full collection: 0.3 s of CPU on
-        # this 2-core machine) held a core from the recommender while it served.
+        # work (the engine, the schedule, the connections, a full collection: 30-50 ms of CPU
+        # on this 2-core machine) could not be preempted by the recommender's processes.
         self.priority = "normal (start-up)"
         self.go = gevent.event.Event()
         self.dispatched = gevent.event.Event()
@@ -666,6 +670,7 @@ class WorkerProcess:
         self.usage: _Usage | None = None
         self.progress: Any = None
         self.runner: Any = None
+        self.go_reader: Any = None  # the greenlet reading the start line (--go-stdin)
         self.env = Environment(user_classes=[_user_class(self)], host=job.target)
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, self.on_signal, sig)
@@ -674,6 +679,10 @@ class WorkerProcess:
         self.stopped_by.append(signum)
         if self.engine is not None:
             self.engine.stop()
+        if self.go_reader is not None:  # waiting for the start line: stop waiting now
+            self.go_reader.kill(
+                StoppedBeforeStart(f"stopped by signal {signum} before the start"), block=False
+            )
         self.go.set()
 
     def prepare(self) -> None:
@@ -711,7 +720,15 @@ class WorkerProcess:
             if self.job.start_mono_ns is not None:
                 self.start_ns = self.job.start_mono_ns
             elif self.args.go_stdin:
-                self.start_ns = _read_go_line(self.args.go_timeout)
+                # In a greenlet of its own, so that SIGTERM ends the wait at once (the line
+                # could otherwise be waited for up to --go-timeout after the signal).
+                self.go_reader = gevent.spawn(_read_go_line, self.args.go_timeout)
+                if self.stopped_by:  # the signal came before the wait began
+                    self.go_reader.kill(StoppedBeforeStart("stopped before the start"), block=False)
+                try:
+                    self.start_ns = self.go_reader.get()
+                finally:
+                    self.go_reader = None
             else:
                 self.start_ns = time.monotonic_ns() + START_LEAD_NS
             self.go.set()

@@ -8,6 +8,7 @@ first, re-parented by now, must stop within a few seconds instead of sending its
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,3 +98,29 @@ def test_a_worker_orphaned_before_the_start_stops_once_started(stub_url: str, tm
         if parent.poll() is None:
             parent.kill()
             parent.wait(timeout=10)
+
+
+def test_a_worker_waiting_for_its_start_line_stops_at_once_on_sigterm(
+    stub_url: str, tmp_path: Path
+):
+    request = RequestTemplate("GET", "/x", None, ())
+    mix = RequestMix(zipf_exponent=1.1, users=100, k=10)
+    job = LoadJob(target=stub_url, phases=(LoadPhase("steady", 20, SCHEDULE_S, mix),), seed=3,
+                  output_dir=str(tmp_path / "out"), request=request, priority="normal")  # fmt: skip
+    path = job.for_worker(0, 1).write(tmp_path / "job-0.json")
+    argv = [sys.executable, "-m", "harness.load.worker", str(path), "--go-stdin"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = tmp_path / "worker.log"
+    with ManagedProcess(argv, log, name="worker", cwd=REPO, env=env, pipes=True) as proc:
+        assert proc.popen is not None and proc.popen.stdout is not None
+        line = proc.popen.stdout.readline()
+        assert b'"event":"ready"' in line, (line, proc.tail_text(20))
+        signalled = time.monotonic()
+        proc.popen.send_signal(signal.SIGTERM)
+        code = proc.popen.wait(timeout=30)
+        took = time.monotonic() - signalled
+    assert took < 5.0, f"the worker took {took:.1f} s to stop (it waits up to 60 s for the line)"
+    assert code == 1 and "stopped by signal 15 before the start" in log.read_text(), (code, took)
+    summary = json.loads((tmp_path / "out" / "summary-0.json").read_text())
+    assert summary["sent"] == 0 and summary["partial"], summary
+    assert "stopped by signal 15 before the start" in summary["error"], summary
