@@ -46,10 +46,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from harness.process import ManagedProcess, ProcessRef, StartError
 from harness.process.identity import Stopped, stop_processes, tagged_processes
+
+if TYPE_CHECKING:  # imported when needed: the watchdog starts before every run
+    from harness.model.record import RunRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TAG_VARIABLE = "RECCHAOS_WATCHDOG_TAG"
@@ -251,16 +254,17 @@ class Watchdog:
                 self.log(f"the run record is already {rec.status}: left as it is")
                 self.record = None  # nothing more to add to it
                 return
-            write_record(
-                self.record,
-                replace(
-                    rec, status="killed", ended_wall=time.time(), errors=(*rec.errors, status_note)
-                ),
-            )
+            write_record(self.record, self._killed(rec))
             self.log(f"marked the run record killed: {self.record}")
         except Exception as exc:  # noqa: BLE001 - the teardown matters more than the record
             self.log(f"could not mark the run record killed ({self.record}): {exc}")
             self.record = None
+
+    def _killed(self, rec: RunRecord) -> RunRecord:
+        """``rec`` (a running RunRecord) marked killed, now, with the note of why."""
+        return replace(
+            rec, status="killed", ended_wall=time.time(), errors=(*rec.errors, self.killed_note)
+        )
 
     def add_to_record(self, line: str) -> None:
         if self.record is None:
@@ -271,12 +275,7 @@ class Watchdog:
             rec = read_record(self.record)
             if rec.status == "running":  # written again since close_record: the death stands
                 self.log(f"the run record said running again after it was marked killed: {line}")
-                rec = replace(
-                    rec,
-                    status="killed",
-                    ended_wall=rec.ended_wall or time.time(),
-                    errors=(self.killed_note, *rec.errors),
-                )
+                rec = self._killed(rec)
             write_record(self.record, replace(rec, errors=(*rec.errors, f"watchdog: {line}")))
         except Exception as exc:  # noqa: BLE001
             self.log(f"could not add the teardown to the run record: {exc}")

@@ -679,11 +679,14 @@ class WorkerProcess:
         self.stopped_by.append(signum)
         if self.engine is not None:
             self.engine.stop()
-        if self.go_reader is not None:  # waiting for the start line: stop waiting now
-            self.go_reader.kill(
-                StoppedBeforeStart(f"stopped by signal {signum} before the start"), block=False
-            )
+        self._stop_waiting_for_go()
         self.go.set()
+
+    def _stop_waiting_for_go(self) -> None:
+        """Waiting for the start line after a signal: stop waiting now."""
+        if self.go_reader is not None and self.stopped_by:
+            why = f"stopped by signal {self.stopped_by[-1]} before the start"
+            self.go_reader.kill(StoppedBeforeStart(why), block=False)
 
     def prepare(self) -> None:
         """Join the Locust master if any (it sets our index), open connections, say ready."""
@@ -723,8 +726,7 @@ class WorkerProcess:
                 # In a greenlet of its own, so that SIGTERM ends the wait at once (the line
                 # could otherwise be waited for up to --go-timeout after the signal).
                 self.go_reader = gevent.spawn(_read_go_line, self.args.go_timeout)
-                if self.stopped_by:  # the signal came before the wait began
-                    self.go_reader.kill(StoppedBeforeStart("stopped before the start"), block=False)
+                self._stop_waiting_for_go()  # a signal may have come before the wait began
                 try:
                     self.start_ns = self.go_reader.get()
                 finally:
